@@ -1,0 +1,183 @@
+"""The `twilio-connector` command: run, check-config, simulator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from importlib.metadata import version
+from typing import Any, NoReturn
+
+from . import service
+from .config import ConfigError, Settings, describe, load_settings, resolve_credentials
+from .simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simulator
+from .transport import BrokerError
+
+EXIT_CONFIG = 2
+
+# (flag, setting, help): every setting that makes sense on a command line. Secrets deliberately have none.
+_SETTING_FLAGS: list[tuple[str, str, str]] = [
+    (
+        "--broker",
+        "broker_url",
+        "broker URL, mqtt://host:port or mqtts://host:port (default mqtt://localhost:1883)",
+    ),
+    ("--mqtt-version", "mqtt_version", "MQTT protocol version: 5 (default) or 3.1.1"),
+    ("--client-id", "client_id", "MQTT client id of the persistent session (default twilio-connector)"),
+    ("--mqtt-username", "mqtt_username", "MQTT user name; the password comes from MQTT_PASSWORD"),
+    ("--ca-file", "ca_file", "CA certificate(s) to verify an mqtts:// broker"),
+    ("--cert-file", "cert_file", "client certificate for mutual TLS (AWS IoT Core)"),
+    ("--key-file", "key_file", "private key of the client certificate"),
+    ("--txt-topic", "txt_topic", "SMS request topic (default twilio/txt)"),
+    ("--call-topic", "call_topic", "call request topic (default twilio/call)"),
+    ("--status-topic", "status_topic", "status topic (default twilio/message/status)"),
+    ("--twilio-api-url", "twilio_api_url", "Twilio API base URL (default https://api.twilio.com)"),
+    ("--account-sid", "account_sid", "Twilio account SID (or TWILIO_ACCOUNT_SID)"),
+    ("--auth-token-file", "auth_token_file", "file holding the Twilio auth token"),
+    ("--auth-token-secret-arn", "auth_token_secret_arn", "AWS Secrets Manager ARN of the auth token"),
+    ("--api-key-sid", "api_key_sid", "Twilio API key SID (SK...); the secret comes from TWILIO_API_SECRET"),
+    ("--default-from", "default_from", "default sender number (DefaultFromPhoneNumber)"),
+    ("--max-in-flight", "max_in_flight", "requests processed at once (default 64)"),
+    ("--max-retries", "max_retries", "upper bound on a request's `retries` (default 10)"),
+    ("--http-timeout", "http_timeout", "seconds to wait for Twilio's answer (default 15)"),
+    ("--shutdown-timeout", "shutdown_timeout", "seconds to finish in-flight work on SIGTERM (default 20)"),
+    ("--log-level", "log_level", "DEBUG, INFO (default), WARNING or ERROR"),
+]
+_SECRET_FLAGS = ("--auth-token", "--api-key-secret", "--mqtt-password")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse echoes unrecognised arguments, which could be a secret typed on the command line: keep
+        # only the option names.
+        if message.startswith("unrecognized arguments:"):
+            names = [word for word in message.split()[2:] if word.startswith("-")]
+            message = "unrecognized arguments: " + (" ".join(names) or "(values hidden)")
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    for flag, dest, text in _SETTING_FLAGS:
+        parser.add_argument(flag, dest=dest, help=text, metavar=dest.split("_")[-1].upper())
+    for flag in _SECRET_FLAGS:
+        parser.add_argument(flag, dest="secret_flag", action="store_const", const=flag, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="twilio-connector",
+        description="MQTT to Twilio SMS and voice calls: a drop-in for the Greengrass v1 Twilio Notifications "
+        "connector.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('twilio-connector')}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run the connector", description="Run the connector until SIGTERM.")
+    _add_setting_flags(run)
+    check = commands.add_parser(
+        "check-config",
+        help="validate a configuration",
+        description="Validate a configuration, load the "
+        "credentials (from Secrets Manager too) and print the effective settings with secrets hidden.",
+    )
+    _add_setting_flags(check)
+
+    sim = commands.add_parser(
+        "simulator",
+        help="run a local Twilio API simulator",
+        description="Serve Twilio's Messages and Calls API locally.",
+    )
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sim.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    sim.add_argument("--account-sid", default=DEFAULT_ACCOUNT_SID, help="account SID it accepts")
+    sim.add_argument(
+        "--auth-token",
+        default=os.environ.get("SIMULATOR_AUTH_TOKEN", DEFAULT_AUTH_TOKEN),
+        help="auth token it accepts (default $SIMULATOR_AUTH_TOKEN or simulator-token)",
+    )
+    sim.add_argument("--latency-ms", type=float, default=0.0, help="delay before every answer")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if args.secret_flag:
+        raise ConfigError(
+            [
+                f"{args.secret_flag} is not accepted: other users can read command lines. Use the environment "
+                "(TWILIO_AUTH_TOKEN, TWILIO_API_SECRET, MQTT_PASSWORD) or auth_token_file"
+            ]
+        )
+    flags = {dest: getattr(args, dest) for _, dest, _ in _SETTING_FLAGS}
+    return load_settings(args.config, os.environ, flags)
+
+
+def _report(error: ConfigError) -> int:
+    for problem in error.problems:
+        print(f"twilio-connector: configuration error: {problem}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("gmqtt").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args)
+        _configure_logging(settings.log_level)
+        credentials = resolve_credentials(settings)
+    except ConfigError as error:
+        return _report(error)
+    try:
+        asyncio.run(service.run(settings, credentials))
+    except BrokerError as exc:
+        logging.getLogger("twilio_connector").error("%s", exc)
+        return 1
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args)
+        credentials = resolve_credentials(settings)
+    except ConfigError as error:
+        return _report(error)
+    for line in describe(settings):
+        print(line)
+    print(f"configuration OK (Twilio credentials found for {credentials.account_sid}, user {credentials.username})")
+    return 0
+
+
+async def _simulate(args: argparse.Namespace) -> None:
+    simulator = Simulator(args.account_sid, args.auth_token, latency=args.latency_ms / 1000)
+    runner = await simulator.serve(args.host, args.port)
+    port = runner.addresses[0][1]
+    print(
+        f"Twilio simulator listening on http://{args.host}:{port} (account SID {args.account_sid})",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (2, 15):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args: Any = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "check-config":
+        return _check_config(args)
+    asyncio.run(_simulate(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

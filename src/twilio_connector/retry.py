@@ -1,0 +1,47 @@
+"""Retry policy: which Twilio failures may be retried, and how long to wait. Pure: randomness is injected."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .contract import ErrorCode
+from .twilio import FailureKind, TwilioFailure
+
+# Gateway errors mean the request never reached Twilio's application; a plain 500 may mean it did.
+_RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+
+    def should_retry(self, failure: TwilioFailure) -> bool:
+        """True only when a retry cannot send a second copy of the notification."""
+        if failure.kind is FailureKind.NOT_SENT:
+            return True
+        return failure.kind is FailureKind.REJECTED and failure.http_status in _RETRYABLE_HTTP
+
+    def delay(self, attempt: int, failure: TwilioFailure, rand: Callable[[], float]) -> float:
+        """Seconds to wait before attempt number `attempt + 1` (attempts count from 1).
+
+        Full jitter (uniform between 0 and the exponential ceiling) spreads a fleet's retries apart;
+        Twilio's Retry-After, when given, is a floor, still capped by `max_delay`.
+        """
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        wait = rand() * ceiling
+        if failure.retry_after is not None:
+            wait = max(wait, failure.retry_after)
+        return min(wait, self.max_delay)
+
+
+def error_code_for(failure: TwilioFailure) -> ErrorCode:
+    """The status `error` value for a failure that is final."""
+    if failure.kind is FailureKind.NOT_SENT:
+        return ErrorCode.TWILIO_UNAVAILABLE
+    if failure.kind is FailureKind.AMBIGUOUS:
+        return ErrorCode.OUTCOME_UNKNOWN
+    if failure.code is None and failure.http_status in _RETRYABLE_HTTP:
+        return ErrorCode.TWILIO_UNAVAILABLE
+    return ErrorCode.TWILIO_ERROR

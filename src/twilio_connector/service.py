@@ -1,0 +1,72 @@
+"""The running connector: MQTT transport + delivery engine + Twilio client, with graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from .config import Credentials, Settings
+from .engine import Engine
+from .transport import MqttTransport
+from .twilio import TwilioClient
+
+__all__ = ["run"]
+
+log = logging.getLogger(__name__)
+
+
+async def run(
+    settings: Settings,
+    credentials: Credentials,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT (or `stop` is set), then finish in-flight work within the shutdown timeout.
+
+    `ready` is set once the input topics are subscribed.
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    client = TwilioClient(
+        settings.twilio_api_url,
+        credentials.account_sid,
+        credentials.username,
+        credentials.password,
+        max_connections=settings.max_in_flight,
+        timeout=settings.http_timeout,
+        connect_timeout=settings.connect_timeout,
+    )
+    async with client:
+        transport: MqttTransport | None = None
+
+        def publish(status: bytes) -> None:
+            assert transport is not None
+            transport.publish(settings.status_topic, status)
+
+        engine = Engine(settings, client, publish)
+        transport = MqttTransport(settings, [settings.txt_topic, settings.call_topic], engine.handle)
+        await transport.connect()
+        if ready is not None:
+            ready.set()
+        log.info(
+            "ready: listening on %s and %s, statuses on %s, Twilio at %s",
+            settings.txt_topic,
+            settings.call_topic,
+            settings.status_topic,
+            settings.twilio_api_url,
+        )
+        await stop.wait()
+        log.info("stopping: finishing %d request(s) in flight", engine.in_flight)
+        if not await engine.drain(settings.shutdown_timeout):
+            log.warning(
+                "%d request(s) unfinished after %.0fs; the broker will redeliver them",
+                engine.in_flight,
+                settings.shutdown_timeout,
+            )
+        await transport.disconnect()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(signum)
+    log.info("stopped")

@@ -1,0 +1,139 @@
+"""MQTT transport over gmqtt: persistent session, QoS 1 in and out, acknowledgement after processing.
+
+gmqtt is used because it can hold a QoS 1 PUBACK until our handler returns
+(`optimistic_acknowledgement=False`), so a request the process dies on is redelivered by the broker;
+and because it is the cheapest Python MQTT client per message (~86 us here, against ~176 us for paho).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import gmqtt
+from gmqtt.mqtt.constants import MQTTv50, MQTTv311
+
+from .config import Settings
+
+__all__ = ["BrokerError", "MqttTransport"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, bytes, bool], Awaitable[None]]
+
+RECONNECT_BASE = 0.25
+RECONNECT_CAP = 30.0
+
+
+class BrokerError(Exception):
+    """A broker problem that retrying cannot fix (refused credentials, failed certificate check)."""
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=settings.ca_file)
+    if settings.cert_file and settings.key_file:
+        context.load_cert_chain(settings.cert_file, settings.key_file)
+    return context
+
+
+class _Client(gmqtt.Client):  # type: ignore[misc]
+    """gmqtt waits a fixed delay between reconnect attempts; this makes it a capped, jittered backoff."""
+
+    failures = 0
+
+    async def reconnect(self, delay: bool = False) -> None:
+        if delay:
+            self.failures += 1
+            ceiling = min(RECONNECT_CAP, RECONNECT_BASE * 2**self.failures)
+            self.reconnect_delay = random.uniform(ceiling / 2, ceiling)
+        await super().reconnect(delay)
+
+
+class MqttTransport:
+    """Subscribes to `topics` and calls `handler(topic, payload, duplicate)` for each message.
+
+    The broker gets the PUBACK only when the handler returns, so `receive_maximum` (MQTT 5) caps how many
+    requests the broker hands us at once: backpressure without an unbounded queue in this process.
+    """
+
+    def __init__(self, settings: Settings, topics: Sequence[str], handler: Handler) -> None:
+        self._settings = settings
+        self._topics = list(topics)
+        self._handler = handler
+        self.connected = asyncio.Event()  # connected and subscribed
+        properties: dict[str, Any] = {}
+        if settings.mqtt_version == "5":
+            properties = {
+                "session_expiry_interval": settings.session_expiry,
+                "receive_maximum": min(settings.max_in_flight, 65535),
+            }
+        self._client = _Client(settings.client_id, clean_session=False, optimistic_acknowledgement=False, **properties)
+        if settings.mqtt_username:
+            password = settings.mqtt_password.reveal() if settings.mqtt_password else None
+            self._client.set_auth_credentials(settings.mqtt_username, password)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+
+    def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
+        client.failures = 0
+        # Subscribing again is harmless on a resumed session and essential on a lost one.
+        client.subscribe([gmqtt.Subscription(topic, qos=1) for topic in self._topics])
+        log.info("connected to broker %s (session resumed: %s)", self._settings.broker_url, bool(flags))
+
+    def _on_subscribe(self, client: Any, mid: int, granted: Sequence[int], properties: Any) -> None:
+        refused = [topic for topic, qos in zip(self._topics, granted, strict=False) if qos >= 0x80]
+        if refused:
+            log.error("the broker refused subscriptions to %s", ", ".join(refused))
+        self.connected.set()
+
+    def _on_disconnect(self, client: Any, packet: Any, exc: BaseException | None = None) -> None:
+        if self.connected.is_set():
+            log.warning("lost the broker connection; reconnecting")
+        self.connected.clear()
+
+    async def _on_message(self, client: Any, topic: str, payload: bytes, qos: int, properties: Any) -> int:
+        await self._handler(topic, payload, bool(properties.get("dup")))
+        return 0  # PUBACK reason code: success
+
+    async def connect(self) -> None:
+        """Connect, retrying with capped backoff while the broker is unreachable."""
+        address = self._settings.broker
+        context = tls_context(self._settings) if address.tls else False
+        version = MQTTv50 if self._settings.mqtt_version == "5" else MQTTv311
+        delay = RECONNECT_BASE
+        while True:
+            try:
+                await self._client.connect(address.host, address.port, ssl=context, keepalive=30, version=version)
+                await self.connected.wait()
+                return
+            except ssl.SSLCertVerificationError as exc:
+                raise BrokerError(f"TLS certificate check failed for {address.host}: {exc.verify_message}") from None
+            except ssl.SSLError as exc:
+                raise BrokerError(f"TLS handshake with {address.host} failed: {exc.reason}") from None
+            except gmqtt.mqtt.handler.MQTTConnectError as exc:
+                raise BrokerError(f"broker refused the connection: {exc}") from None
+            except OSError as exc:
+                log.warning(
+                    "broker %s unreachable (%s); retrying in %.1fs",
+                    self._settings.broker_url,
+                    exc.strerror or exc.__class__.__name__,
+                    delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(RECONNECT_CAP, delay * 2)
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Publish at QoS 1. While disconnected, gmqtt keeps the message and resends it on reconnect."""
+        self._client.publish(topic, payload, qos=1)
+
+    async def disconnect(self) -> None:
+        try:
+            await self._client.disconnect()
+        except Exception:
+            log.debug("disconnect failed", exc_info=True)

@@ -1,0 +1,143 @@
+"""A lean async client for the two Twilio REST calls the connector makes (Messages and Calls create)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .contract import Kind, Notification, SendResult
+from .secrets import Secret
+
+__all__ = ["FailureKind", "TwilioClient", "TwilioFailure"]
+
+API_VERSION = "2010-04-01"
+
+
+class FailureKind(enum.Enum):
+    REJECTED = "rejected"
+    """Twilio, or a gateway in front of it, answered with an error."""
+    NOT_SENT = "not_sent"
+    """The request never left this machine (connection refused, DNS, connect timeout)."""
+    AMBIGUOUS = "ambiguous"
+    """The request left but no usable answer came back: the message may exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class TwilioFailure:
+    kind: FailureKind
+    message: str
+    http_status: int | None = None
+    code: int | None = None
+    retry_after: float | None = None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date: rare from Twilio, and our backoff covers it
+    return seconds if seconds >= 0 else None
+
+
+def _form(notification: Notification) -> dict[str, str]:
+    form = {"To": notification.to, "From": notification.from_}
+    form["Body" if notification.kind is Kind.SMS else "Url"] = notification.content
+    return form
+
+
+def _rejection(status: int, body: bytes, retry_after: str | None) -> TwilioFailure:
+    code: int | None = None
+    message = f"HTTP {status}"
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        document = None
+    if isinstance(document, dict):
+        if isinstance(document.get("code"), int):
+            code = document["code"]
+        if isinstance(document.get("message"), str):
+            message = document["message"]
+    # A 500 may come after Twilio acted on the request; gateway errors (502-504) come before.
+    kind = FailureKind.AMBIGUOUS if status == 500 else FailureKind.REJECTED
+    return TwilioFailure(kind, message, status, code, _retry_after(retry_after))
+
+
+def _created(body: bytes, notification: Notification) -> SendResult | TwilioFailure:
+    try:
+        document: Any = orjson.loads(body)
+        return SendResult(
+            sid=str(document["sid"]),
+            status=str(document.get("status") or "queued"),
+            to=str(document.get("to") or notification.to),
+            from_=str(document.get("from") or notification.from_),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return TwilioFailure(FailureKind.AMBIGUOUS, "Twilio accepted the request but its answer was unreadable")
+
+
+class TwilioClient:
+    """Creates messages and calls. One instance holds one pooled keep-alive connection pool.
+
+    `username` is the account SID, or an API key SID (`SK...`) when authenticating with an API key.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        account_sid: str,
+        username: str,
+        password: Secret,
+        *,
+        max_connections: int = 64,
+        timeout: float = 15.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        base = base_url.rstrip("/")
+        self._urls = {
+            Kind.SMS: f"{base}/{API_VERSION}/Accounts/{account_sid}/Messages.json",
+            Kind.CALL: f"{base}/{API_VERSION}/Accounts/{account_sid}/Calls.json",
+        }
+        credentials = base64.b64encode(f"{username}:{password.reveal()}".encode()).decode()
+        self._headers = {"Authorization": f"Basic {credentials}", "User-Agent": "twilio-connector"}
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"TwilioClient({self._urls[Kind.SMS].rsplit('/', 1)[0]!r})"
+
+    async def __aenter__(self) -> TwilioClient:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30),
+            timeout=self._timeout,
+            headers=self._headers,
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def create(self, notification: Notification) -> SendResult | TwilioFailure:
+        """Send one SMS or place one call. Never raises for network or API errors."""
+        assert self._session is not None, "use 'async with TwilioClient(...)'"
+        try:
+            async with self._session.post(self._urls[notification.kind], data=_form(notification)) as response:
+                body = await response.read()
+                if response.status in (200, 201):
+                    return _created(body, notification)
+                return _rejection(response.status, body, response.headers.get("Retry-After"))
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            return TwilioFailure(FailureKind.NOT_SENT, f"cannot connect to Twilio: {exc.__class__.__name__}")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return TwilioFailure(FailureKind.AMBIGUOUS, f"no answer from Twilio: {exc.__class__.__name__}")

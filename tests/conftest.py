@@ -1,0 +1,231 @@
+"""Fixtures: real Mosquitto processes on free ports, the Twilio simulator over real sockets, MQTT test clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import gmqtt
+import orjson
+import pytest
+
+from twilio_connector import service
+from twilio_connector.config import Credentials, Settings
+from twilio_connector.secrets import Secret
+from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simulator
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+DEFAULT_FROM = "+15005550006"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+@dataclass
+class Broker:
+    """A Mosquitto process with persistence and a large queue, restartable on the same port."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    extra_config: str = ""
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        config = self.directory / "mosquitto.conf"
+        # `user root`: started as root, Mosquitto would switch to user mosquitto and fail to save its database.
+        config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {self.directory}/\nmax_queued_messages 100000\nmax_inflight_messages 0\n"
+            f"user root\nlog_dest file {self.directory}/mosquitto.log\n{self.extra_config}"
+        )
+        self.process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stderr=subprocess.PIPE)
+        try:
+            wait_for_port(self.port)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"mosquitto did not start: {self.log()}") from None
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+    def log(self) -> str:
+        path = self.directory / "mosquitto.log"
+        return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    directory = tmp_path / "broker"
+    directory.mkdir()
+    instance = Broker(directory)
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[SimulatorHandle]:
+    sim = Simulator()
+    runner = await sim.serve("127.0.0.1", 0)
+    yield SimulatorHandle(sim, f"http://127.0.0.1:{runner.addresses[0][1]}")
+    await runner.cleanup()
+
+
+@dataclass
+class SimulatorHandle:
+    sim: Simulator
+    url: str
+
+    def created(self, resource: str | None = None) -> list[dict[str, Any]]:
+        """Create requests the simulator received (optionally of one resource), in order."""
+        return [entry for entry in self.sim.received if resource in (None, entry["resource"])]
+
+
+class MqttProbe:
+    """A test-side MQTT client: publishes requests and collects statuses by id."""
+
+    def __init__(self, broker_url: str, status_topic: str = "twilio/message/status", **connect: Any) -> None:
+        self._url = broker_url
+        self._status_topic = status_topic
+        self._connect = connect
+        self.statuses: list[dict[str, Any]] = []
+        self._arrived = asyncio.Condition()
+        self.client = gmqtt.Client(f"probe-{uuid.uuid4().hex[:8]}")
+        self.client.on_message = self._on_message
+
+    async def _on_message(self, client: Any, topic: str, payload: bytes, qos: int, properties: Any) -> int:
+        async with self._arrived:
+            self.statuses.append(orjson.loads(payload))
+            self._arrived.notify_all()
+        return 0
+
+    async def start(self) -> None:
+        host, port = self._url.removeprefix("mqtt://").split(":")
+        await self.client.connect(host, int(port), **self._connect)
+        self.client.subscribe(self._status_topic, qos=1)
+        await asyncio.sleep(0)  # let the SUBSCRIBE go out before any request
+
+    async def stop(self) -> None:
+        await self.client.disconnect()
+
+    def publish(self, topic: str, document: Any, qos: int = 1) -> None:
+        payload = document if isinstance(document, bytes) else orjson.dumps(document)
+        self.client.publish(topic, payload, qos=qos)
+
+    async def wait_for(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """Wait until at least `count` statuses arrived; return them all."""
+        async with self._arrived:
+            await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.statuses) >= count), timeout)
+        return list(self.statuses)
+
+    async def status_of(self, request_id: str | None, timeout: float = 20.0) -> dict[str, Any]:
+        async with self._arrived:
+            await asyncio.wait_for(
+                self._arrived.wait_for(lambda: any(s["id"] == request_id for s in self.statuses)), timeout
+            )
+        return next(s for s in self.statuses if s["id"] == request_id)
+
+
+@pytest.fixture
+async def probe(broker: Broker) -> AsyncIterator[MqttProbe]:
+    instance = MqttProbe(broker.url)
+    await instance.start()
+    yield instance
+    await instance.stop()
+
+
+def make_settings(broker: Broker, simulator: SimulatorHandle, **overrides: Any) -> Settings:
+    settings = Settings(
+        broker_url=broker.url,
+        client_id=f"connector-{uuid.uuid4().hex[:8]}",
+        twilio_api_url=simulator.url,
+        account_sid=DEFAULT_ACCOUNT_SID,
+        default_from=DEFAULT_FROM,
+        backoff_base=0.01,
+        backoff_max=0.2,
+        shutdown_timeout=5.0,
+    )
+    return replace(settings, **overrides)
+
+
+CREDENTIALS = Credentials(DEFAULT_ACCOUNT_SID, DEFAULT_ACCOUNT_SID, Secret(DEFAULT_AUTH_TOKEN))
+
+
+class RunningConnector:
+    """The connector served in this test's event loop, stopped like SIGTERM would."""
+
+    def __init__(self, settings: Settings, credentials: Credentials = CREDENTIALS) -> None:
+        self.settings = settings
+        self.stop_event = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.task = asyncio.create_task(service.run(settings, credentials, self.stop_event, self.ready))
+
+    async def wait_ready(self) -> RunningConnector:
+        ready = asyncio.create_task(self.ready.wait())
+        await asyncio.wait([ready, self.task], timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        if self.task.done():
+            self.task.result()  # raise what stopped it
+        assert self.ready.is_set(), "connector not ready in time"
+        return self
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        await asyncio.wait_for(self.task, 15)
+
+
+@pytest.fixture
+async def connector(broker: Broker, simulator: SimulatorHandle, probe: MqttProbe) -> AsyncIterator[RunningConnector]:
+    running = await RunningConnector(make_settings(broker, simulator)).wait_ready()
+    yield running
+    await running.stop()
+
+
+def sms(request_id: str, to: str = "+12345000000", message: str = "Hello from the edge", **request: Any) -> dict[str, Any]:
+    return {
+        "request": {"recipient": {"name": "Darla", "phone_number": to, "message": message}, **request},
+        "id": request_id,
+    }
+
+
+def call(request_id: str, to: str = "+12345000000", url: str = "https://example.com/twiml", **request: Any) -> dict[str, Any]:
+    return {
+        "request": {"recipient": {"name": "Darla", "phone_number": to, "voice_message_location": url}, **request},
+        "id": request_id,
+    }
+
+
+@pytest.fixture
+def env_without_twilio(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("TWILIO", "Twilio", "DefaultFrom", "MQTT_", "AWS_")):
+            monkeypatch.delenv(name)
+
