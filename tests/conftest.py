@@ -209,14 +209,18 @@ async def connector(broker: Broker, simulator: SimulatorHandle, probe: MqttProbe
     await running.stop()
 
 
-def sms(request_id: str, to: str = "+12345000000", message: str = "Hello from the edge", **request: Any) -> dict[str, Any]:
+def sms(
+    request_id: str, to: str = "+12345000000", message: str = "Hello from the edge", **request: Any
+) -> dict[str, Any]:
     return {
         "request": {"recipient": {"name": "Darla", "phone_number": to, "message": message}, **request},
         "id": request_id,
     }
 
 
-def call(request_id: str, to: str = "+12345000000", url: str = "https://example.com/twiml", **request: Any) -> dict[str, Any]:
+def call(
+    request_id: str, to: str = "+12345000000", url: str = "https://example.com/twiml", **request: Any
+) -> dict[str, Any]:
     return {
         "request": {"recipient": {"name": "Darla", "phone_number": to, "voice_message_location": url}, **request},
         "id": request_id,
@@ -228,4 +232,3 @@ def env_without_twilio(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("TWILIO", "Twilio", "DefaultFrom", "MQTT_", "AWS_")):
             monkeypatch.delenv(name)
-

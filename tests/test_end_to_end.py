@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-from conftest import DEFAULT_FROM, Broker, MqttProbe, RunningConnector, SimulatorHandle, call, make_settings, sms
 
-from twilio_connector.simulator import Fault
+from conftest import DEFAULT_FROM, MqttProbe, SimulatorHandle, sms
 
 pytestmark = pytest.mark.usefixtures("connector")
 
