@@ -26,6 +26,7 @@ from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, 
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 DEFAULT_FROM = "+15005550006"
+RECIPIENT = "+12345000000"
 
 
 def free_port() -> int:

@@ -1,0 +1,126 @@
+"""The simulator answers like Twilio: auth, resources, errors, list and fetch, faults, its record."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from conftest import SimulatorHandle
+from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+
+API = f"/2010-04-01/Accounts/{DEFAULT_ACCOUNT_SID}"
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.fixture
+async def http(simulator: SimulatorHandle) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(simulator.url, headers=basic(DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN)) as session:
+        yield session
+
+
+async def create(http: aiohttp.ClientSession, resource: str, **form: str) -> tuple[int, dict]:
+    async with http.post(f"{API}/{resource}.json", data=form) as response:
+        return response.status, await response.json()
+
+
+async def test_unauthenticated_requests_get_20003(simulator: SimulatorHandle) -> None:
+    async with aiohttp.ClientSession(simulator.url) as anonymous:
+        async with anonymous.post(f"{API}/Messages.json", data={"To": "+12345000000"}) as response:
+            assert response.status == 401 and (await response.json())["code"] == 20003
+            assert "Basic" in response.headers["WWW-Authenticate"]
+        async with anonymous.get(f"{API}/Messages.json", headers=basic(DEFAULT_ACCOUNT_SID, "nope")) as response:
+            assert response.status == 401
+    assert simulator.created() == []
+
+
+async def test_other_accounts_are_not_found(http: aiohttp.ClientSession) -> None:
+    async with http.get("/2010-04-01/Accounts/AC" + "f" * 32 + "/Messages.json") as response:
+        assert response.status == 404 and (await response.json())["code"] == 20404
+
+
+async def test_message_create_list_fetch(http: aiohttp.ClientSession) -> None:
+    status, first = await create(http, "Messages", To="+12345000000", From="+15005550006", Body="one")
+    assert status == 201 and first["sid"].startswith("SM") and first["status"] == "queued"
+    assert first["to"] == "+12345000000" and first["body"] == "one" and first["num_segments"] == "1"
+    await create(http, "Messages", To="+12345000001", From="+15005550006", Body="two")
+    async with http.get(f"{API}/Messages.json", params={"To": "+12345000000"}) as response:
+        listed = await response.json()
+    assert [m["sid"] for m in listed["messages"]] == [first["sid"]]
+    async with http.get(f"{API}/Messages.json", params={"From": "+15005550006"}) as response:
+        assert [m["body"] for m in (await response.json())["messages"]] == ["two", "one"]  # newest first
+    async with http.get(f"{API}/Messages/{first['sid']}.json") as response:
+        assert (await response.json()) == first
+    async with http.get(f"{API}/Messages/SM{'0' * 32}.json") as response:
+        assert response.status == 404
+
+
+async def test_call_create_and_fetch(http: aiohttp.ClientSession) -> None:
+    status, placed = await create(http, "Calls", To="+12345000000", From="+15005550006", Url="https://e.example/t")
+    assert status == 201 and placed["sid"].startswith("CA") and placed["status"] == "queued"
+    async with http.get(f"{API}/Calls/{placed['sid']}.json") as response:
+        assert (await response.json())["to"] == "+12345000000"
+
+
+@pytest.mark.parametrize(
+    ("resource", "form", "code"),
+    [
+        ("Messages", {"From": "+15005550006", "Body": "x"}, 21604),
+        ("Messages", {"To": "+12345000000", "Body": "x"}, 21603),
+        ("Messages", {"To": "+12345000000", "From": "+15005550006"}, 21602),
+        ("Messages", {"To": "+12345000000", "From": "+15005550006", "Body": "x" * 1601}, 21617),
+        ("Messages", {"To": "+15005550001", "From": "+15005550006", "Body": "x"}, 21211),
+        ("Messages", {"To": "+15005550002", "From": "+15005550006", "Body": "x"}, 21612),
+        ("Messages", {"To": "+15005550003", "From": "+15005550006", "Body": "x"}, 21408),
+        ("Messages", {"To": "+15005550004", "From": "+15005550006", "Body": "x"}, 21610),
+        ("Messages", {"To": "+15005550009", "From": "+15005550006", "Body": "x"}, 21614),
+        ("Messages", {"To": "+12345000000", "From": "+15005550001", "Body": "x"}, 21212),
+        ("Messages", {"To": "+12345000000", "From": "+15005550007", "Body": "x"}, 21606),
+        ("Messages", {"To": "+12345000000", "From": "+15005550008", "Body": "x"}, 21611),
+        ("Messages", {"To": "12345", "From": "+15005550006", "Body": "x"}, 21211),
+        ("Calls", {"To": "+12345000000", "From": "+15005550006"}, 21205),
+        ("Calls", {"To": "+15005550001", "From": "+15005550006", "Url": "https://e.example/t"}, 21217),
+    ],
+)
+async def test_twilio_errors_and_magic_numbers(
+    http: aiohttp.ClientSession, resource: str, form: dict, code: int
+) -> None:
+    status, body = await create(http, resource, **form)
+    assert status == 400
+    assert body["code"] == code and body["status"] == 400 and body["message"]
+    assert body["more_info"] == f"https://www.twilio.com/docs/errors/{code}"
+
+
+async def test_fault_injection_and_record(http: aiohttp.ClientSession, simulator: SimulatorHandle) -> None:
+    fault = {"status": 503, "code": 20503, "message": "busy", "count": 2, "retry_after": 1.5, "resource": "Messages"}
+    async with http.post("/_sim/faults", json=fault) as response:
+        assert response.status == 201
+    form = {"To": "+12345000000", "From": "+15005550006", "Url": "https://e.example/t"}
+    assert (await create(http, "Calls", **form))[0] == 201  # the fault is for Messages only
+    for _ in range(2):
+        async with http.post(f"{API}/Messages.json", data={**form, "Body": "x"}) as response:
+            assert response.status == 503 and response.headers["Retry-After"] == "1.5"
+            assert (await response.json())["code"] == 20503
+    assert (await create(http, "Messages", **form, Body="x"))[0] == 201
+    async with http.get("/_sim/requests") as response:
+        record = await response.json()
+    assert [(e["resource"], e["outcome"] if isinstance(e["outcome"], int) else "ok") for e in record] == [
+        ("Calls", "ok"),
+        ("Messages", 20503),
+        ("Messages", 20503),
+        ("Messages", "ok"),
+    ]
+    async with http.delete("/_sim/requests") as response:
+        assert response.status == 204
+    assert simulator.created() == []
+
+
+async def test_latency_is_configurable(http: aiohttp.ClientSession, simulator: SimulatorHandle) -> None:
+    async with http.post("/_sim/config", json={"latency_ms": 50}) as response:
+        assert (await response.json()) == {"latency_ms": 50}
+    assert simulator.sim.latency == 0.05

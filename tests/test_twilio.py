@@ -1,0 +1,111 @@
+"""The Twilio client against the simulator over real sockets: results and failure classification."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from conftest import DEFAULT_FROM, SimulatorHandle, free_port
+from twilio_connector.contract import Kind, Notification, SendResult
+from twilio_connector.secrets import Secret
+from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Fault
+from twilio_connector.twilio import FailureKind, TwilioClient, TwilioFailure
+
+SMS = Notification("r", Kind.SMS, "+12345000000", DEFAULT_FROM, "Darla", "hello", 0)
+CALL = Notification("r", Kind.CALL, "+12345000000", DEFAULT_FROM, "Darla", "https://example.com/t", 0)
+
+
+def client_for(
+    url: str, token: str = DEFAULT_AUTH_TOKEN, username: str = DEFAULT_ACCOUNT_SID, **kw: float
+) -> TwilioClient:
+    return TwilioClient(url, DEFAULT_ACCOUNT_SID, username, Secret(token), **kw)
+
+
+@pytest.fixture
+async def twilio(simulator: SimulatorHandle) -> AsyncIterator[TwilioClient]:
+    async with client_for(simulator.url) as client:
+        yield client
+
+
+async def test_sms_and_call_are_created(twilio: TwilioClient, simulator: SimulatorHandle) -> None:
+    message = await twilio.create(SMS)
+    placed = await twilio.create(CALL)
+    assert isinstance(message, SendResult) and message.sid.startswith("SM") and message.status == "queued"
+    assert isinstance(placed, SendResult) and placed.sid.startswith("CA")
+    assert [e["params"] for e in simulator.created()] == [
+        {"To": "+12345000000", "From": DEFAULT_FROM, "Body": "hello"},
+        {"To": "+12345000000", "From": DEFAULT_FROM, "Url": "https://example.com/t"},
+    ]
+
+
+@pytest.mark.parametrize(("to", "code"), [("+15005550001", 21211), ("+15005550004", 21610), ("+15005550009", 21614)])
+async def test_twilio_errors_carry_code_and_message(twilio: TwilioClient, to: str, code: int) -> None:
+    result = await twilio.create(Notification("r", Kind.SMS, to, DEFAULT_FROM, "D", "hi", 0))
+    assert isinstance(result, TwilioFailure)
+    assert (result.kind, result.http_status, result.code) == (FailureKind.REJECTED, 400, code)
+    assert result.message
+
+
+async def test_bad_credentials_are_refused_with_20003(simulator: SimulatorHandle) -> None:
+    async with client_for(simulator.url, token="wrong") as client:
+        result = await client.create(SMS)
+    assert isinstance(result, TwilioFailure) and (result.http_status, result.code) == (401, 20003)
+    assert "wrong" not in repr(result) and "wrong" not in repr(client)
+
+
+async def test_api_key_authentication(simulator: SimulatorHandle) -> None:
+    key = "SK" + "1" * 32
+    simulator.sim._logins[key] = "key-secret"
+    async with client_for(simulator.url, token="key-secret", username=key) as client:
+        assert isinstance(await client.create(SMS), SendResult)
+
+
+async def test_gateway_error_with_retry_after(twilio: TwilioClient, simulator: SimulatorHandle) -> None:
+    simulator.sim.faults.append(Fault(status=429, code=20429, message="Too Many Requests", retry_after=2))
+    result = await twilio.create(SMS)
+    assert result == TwilioFailure(FailureKind.REJECTED, "Too Many Requests", 429, 20429, 2.0)
+
+
+async def test_500_is_ambiguous(twilio: TwilioClient, simulator: SimulatorHandle) -> None:
+    simulator.sim.faults.append(Fault(status=500, code=20500, message="Internal Server Error", store=True))
+    result = await twilio.create(SMS)
+    assert isinstance(result, TwilioFailure) and result.kind is FailureKind.AMBIGUOUS
+    assert len(simulator.sim._resources["Messages"].items) == 1  # Twilio did act on it
+
+
+async def test_timeout_after_sending_is_ambiguous(simulator: SimulatorHandle) -> None:
+    simulator.sim.faults.append(Fault(status=503, delay=2))
+    async with client_for(simulator.url, timeout=0.3) as client:
+        result = await client.create(SMS)
+    assert isinstance(result, TwilioFailure) and result.kind is FailureKind.AMBIGUOUS
+
+
+async def test_connection_refused_is_not_sent() -> None:
+    async with client_for(f"http://127.0.0.1:{free_port()}") as client:
+        result = await client.create(SMS)
+    assert isinstance(result, TwilioFailure) and result.kind is FailureKind.NOT_SENT
+
+
+async def test_non_json_gateway_page_keeps_the_http_status() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 5\r\nConnection: close\r\n\r\noops!")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, client_for(f"http://127.0.0.1:{port}") as client:
+        result = await client.create(SMS)
+    assert result == TwilioFailure(FailureKind.REJECTED, "HTTP 502", 502, None, None)
+
+
+async def test_requests_reuse_pooled_connections(simulator: SimulatorHandle) -> None:
+    async with client_for(simulator.url) as client:
+        results = await asyncio.gather(*(client.create(SMS) for _ in range(20)))
+        assert all(isinstance(r, SendResult) for r in results)
+        connector = client._session.connector  # type: ignore[union-attr]
+        assert isinstance(connector, aiohttp.TCPConnector) and connector.limit == 64
