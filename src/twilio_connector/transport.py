@@ -65,6 +65,7 @@ class MqttTransport:
         self._topics = list(topics)
         self._handler = handler
         self.connected = asyncio.Event()  # connected and subscribed
+        self._closing = False
         properties: dict[str, Any] = {}
         if settings.mqtt_version == "5":
             properties = {
@@ -93,7 +94,7 @@ class MqttTransport:
         self.connected.set()
 
     def _on_disconnect(self, client: Any, packet: Any, exc: BaseException | None = None) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._closing:
             log.warning("lost the broker connection; reconnecting")
         self.connected.clear()
 
@@ -133,6 +134,7 @@ class MqttTransport:
         self._client.publish(topic, payload, qos=1)
 
     async def disconnect(self) -> None:
+        self._closing = True
         try:
             await self._client.disconnect()
         except Exception:
