@@ -62,7 +62,7 @@ class Broker:
         # `user root`: started as root, Mosquitto would switch to user mosquitto and fail to save its database.
         config.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {self.directory}/\nmax_queued_messages 100000\nmax_inflight_messages 0\n"
+            f"persistence_location {self.directory}/\nmax_queued_messages 100000\n"
             f"user root\nlog_dest file {self.directory}/mosquitto.log\n{self.extra_config}"
         )
         self.process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stderr=subprocess.PIPE)
@@ -87,7 +87,7 @@ class Broker:
 def broker(tmp_path: Path) -> Iterator[Broker]:
     directory = tmp_path / "broker"
     directory.mkdir()
-    instance = Broker(directory)
+    instance = Broker(directory, extra_config=os.environ.get("TEST_MOSQUITTO_EXTRA", ""))
     instance.start()
     yield instance
     instance.stop()
@@ -138,14 +138,26 @@ class MqttProbe:
     async def stop(self) -> None:
         await self.client.disconnect()
 
-    def publish(self, topic: str, document: Any, qos: int = 1) -> None:
+    async def publish(self, topic: str, document: Any, qos: int = 1) -> None:
+        """Publish; past the broker's Receive Maximum gmqtt raises, so wait for acknowledgements then."""
         payload = document if isinstance(document, bytes) else orjson.dumps(document)
-        self.client.publish(topic, payload, qos=qos)
+        while True:
+            try:
+                self.client.publish(topic, payload, qos=qos)
+                return
+            except OverflowError:
+                await asyncio.sleep(0.005)
 
     async def wait_for(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
         """Wait until at least `count` statuses arrived; return them all."""
         async with self._arrived:
             await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.statuses) >= count), timeout)
+        return list(self.statuses)
+
+    async def wait_for_ids(self, ids: set[str], timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Wait until every id in `ids` has a status (duplicates do not count twice)."""
+        async with self._arrived:
+            await asyncio.wait_for(self._arrived.wait_for(lambda: ids <= {s["id"] for s in self.statuses}), timeout)
         return list(self.statuses)
 
     async def status_of(self, request_id: str | None, timeout: float = 20.0) -> dict[str, Any]:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("connector")
 
 
 async def test_sms_success_status_matches_contract(probe: MqttProbe, simulator: SimulatorHandle) -> None:
-    probe.publish("twilio/txt", sms("r1"))
+    await probe.publish("twilio/txt", sms("r1"))
     status = await probe.status_of("r1")
     sid = status["response"]["payload"]["messages"].pop("sid")
     assert sid.startswith("SM") and len(sid) == 34
@@ -33,7 +33,7 @@ async def test_sms_success_status_matches_contract(probe: MqttProbe, simulator: 
 
 
 async def test_call_success(probe: MqttProbe, simulator: SimulatorHandle) -> None:
-    probe.publish("twilio/call", call("c1"))
+    await probe.publish("twilio/call", call("c1"))
     status = await probe.status_of("c1")
     assert status["response"]["status"] == "success"
     assert status["response"]["payload"]["messages"]["sid"].startswith("CA")
@@ -42,7 +42,7 @@ async def test_call_success(probe: MqttProbe, simulator: SimulatorHandle) -> Non
 
 
 async def test_from_number_overrides_the_default_sender(probe: MqttProbe, simulator: SimulatorHandle) -> None:
-    probe.publish("twilio/txt", sms("o1", from_number="19999999999"))
+    await probe.publish("twilio/txt", sms("o1", from_number="19999999999"))
     status = await probe.status_of("o1")
     assert status["response"]["payload"]["from_number"] == "+19999999999"
     assert simulator.created()[0]["params"]["From"] == "+19999999999"
@@ -67,7 +67,7 @@ async def test_every_bad_payload_gets_one_failure_and_service_keeps_running(
     probe: MqttProbe, simulator: SimulatorHandle
 ) -> None:
     for payload in BAD_PAYLOADS:
-        probe.publish("twilio/txt", payload)
+        await probe.publish("twilio/txt", payload)
     statuses = await probe.wait_for(len(BAD_PAYLOADS))
     assert all(s["response"]["status"] == "fail" and s["response"]["error"] == "InvalidParameter" for s in statuses)
     assert all(s["response"]["payload"] is None and s["response"]["error_message"] for s in statuses)
@@ -75,7 +75,7 @@ async def test_every_bad_payload_gets_one_failure_and_service_keeps_running(
     assert next(s for s in statuses if s["id"] == "bad-1")["response"]["error_message"] == (
         "Recipient name cannot be None"
     )
-    probe.publish("twilio/txt", sms("good"))
+    await probe.publish("twilio/txt", sms("good"))
     assert (await probe.status_of("good"))["response"]["status"] == "success"
     assert len(probe.statuses) == len(BAD_PAYLOADS) + 1
     assert [e["params"]["Body"] for e in simulator.created()] == ["Hello from the edge"]
@@ -84,7 +84,7 @@ async def test_every_bad_payload_gets_one_failure_and_service_keeps_running(
 async def test_permanent_twilio_error_is_reported_and_never_retried(
     probe: MqttProbe, simulator: SimulatorHandle
 ) -> None:
-    probe.publish("twilio/txt", sms("e1", to="+15005550001", retries=5))
+    await probe.publish("twilio/txt", sms("e1", to="+15005550001", retries=5))
     response = (await probe.status_of("e1"))["response"]
     assert response["status"] == "fail" and response["error"] == "TwilioError"
     assert response["twilio_error_code"] == 21211 and response["http_status"] == 400
@@ -97,7 +97,7 @@ async def test_gateway_errors_are_retried_up_to_the_requested_retries(
     probe: MqttProbe, simulator: SimulatorHandle
 ) -> None:
     simulator.sim.faults.append(Fault(status=503, code=20503, count=2))
-    probe.publish("twilio/txt", sms("g1", retries=3))
+    await probe.publish("twilio/txt", sms("g1", retries=3))
     response = (await probe.status_of("g1"))["response"]
     assert response["status"] == "success" and response["attempts"] == 3
     assert len(simulator.created()) == 3
@@ -105,7 +105,7 @@ async def test_gateway_errors_are_retried_up_to_the_requested_retries(
 
 async def test_retries_run_out(probe: MqttProbe, simulator: SimulatorHandle) -> None:
     simulator.sim.faults.append(Fault(status=502, count=5))
-    probe.publish("twilio/txt", sms("g2", retries=1))
+    await probe.publish("twilio/txt", sms("g2", retries=1))
     response = (await probe.status_of("g2"))["response"]
     assert (response["status"], response["error"], response["attempts"]) == ("fail", "TwilioUnavailable", 2)
     assert len(simulator.created()) == 2
@@ -113,7 +113,7 @@ async def test_retries_run_out(probe: MqttProbe, simulator: SimulatorHandle) -> 
 
 async def test_no_retries_by_default(probe: MqttProbe, simulator: SimulatorHandle) -> None:
     simulator.sim.faults.append(Fault(status=429, code=20429, message="Too Many Requests", count=5))
-    probe.publish("twilio/txt", sms("g3"))
+    await probe.publish("twilio/txt", sms("g3"))
     response = (await probe.status_of("g3"))["response"]
     assert (response["error"], response["twilio_error_code"], response["attempts"]) == ("TwilioError", 20429, 1)
     assert len(simulator.created()) == 1
@@ -121,20 +121,20 @@ async def test_no_retries_by_default(probe: MqttProbe, simulator: SimulatorHandl
 
 async def test_500_is_not_resent_blindly(probe: MqttProbe, simulator: SimulatorHandle) -> None:
     simulator.sim.faults.append(Fault(status=500, code=20500, message="Internal Server Error", store=True))
-    probe.publish("twilio/txt", sms("u1", retries=3))
+    await probe.publish("twilio/txt", sms("u1", retries=3))
     response = (await probe.status_of("u1"))["response"]
     assert (response["status"], response["error"], response["attempts"]) == ("fail", "OutcomeUnknown", 1)
     assert len(simulator.created()) == 1
 
 
 async def test_same_request_published_twice_is_sent_once(probe: MqttProbe, simulator: SimulatorHandle) -> None:
-    probe.publish("twilio/txt", sms("d1"))
+    await probe.publish("twilio/txt", sms("d1"))
     first = await probe.status_of("d1")
-    probe.publish("twilio/txt", sms("d1"))
+    await probe.publish("twilio/txt", sms("d1"))
     statuses = await probe.wait_for(2)
     assert statuses == [first, first]
     assert len(simulator.created()) == 1
-    probe.publish("twilio/txt", sms("d1", message="other text"))  # a reused id with new content is a new request
+    await probe.publish("twilio/txt", sms("d1", message="other text"))  # a reused id with new content is a new request
     await probe.wait_for(3)
     assert len(simulator.created()) == 2
 
@@ -143,7 +143,7 @@ async def test_many_requests_in_flight_at_once(probe: MqttProbe, simulator: Simu
     simulator.sim.latency = 0.1
     started = asyncio.get_running_loop().time()
     for n in range(200):
-        probe.publish("twilio/txt", sms(f"m{n}"))
+        await probe.publish("twilio/txt", sms(f"m{n}"))
     statuses = await probe.wait_for(200)
     elapsed = asyncio.get_running_loop().time() - started
     assert {s["id"] for s in statuses} == {f"m{n}" for n in range(200)}

@@ -123,7 +123,8 @@ def _report(error: ConfigError) -> int:
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("gmqtt").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # gmqtt logs every write attempted during an outage; our transport reports connection state itself.
+    logging.getLogger("gmqtt").setLevel(logging.DEBUG if level == "DEBUG" else logging.ERROR)
 
 
 def _run(args: argparse.Namespace) -> int:

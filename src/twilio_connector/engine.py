@@ -64,7 +64,7 @@ class Engine:
         self,
         settings: Settings,
         sender: Sender,
-        publish: Callable[[bytes], None],
+        publish: Callable[[bytes], Awaitable[None]],
         *,
         rand: Callable[[], float] = random.random,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -100,7 +100,7 @@ class Engine:
             self._active += 1
             self._idle.clear()
             try:
-                self._publish(await self._process(kind, payload))
+                await self._publish(await self._process(kind, payload))
             finally:
                 self._active -= 1
                 if not self._active:

@@ -42,9 +42,9 @@ async def run(
     async with client:
         transport: MqttTransport | None = None
 
-        def publish(status: bytes) -> None:
+        async def publish(status: bytes) -> None:
             assert transport is not None
-            transport.publish(settings.status_topic, status)
+            await transport.publish(settings.status_topic, status)
 
         engine = Engine(settings, client, publish)
         transport = MqttTransport(settings, [settings.txt_topic, settings.call_topic], engine.handle)

@@ -16,6 +16,7 @@ from typing import Any
 
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
+from gmqtt.storage import PersistentStorage
 
 from .config import Settings
 
@@ -38,6 +39,18 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
     if settings.cert_file and settings.key_file:
         context.load_cert_chain(settings.cert_file, settings.key_file)
     return context
+
+
+class _Outbox(PersistentStorage):  # type: ignore[misc]
+    """gmqtt's store of unacknowledged QoS 1 publishes, telling us when the broker acknowledges one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acknowledged = asyncio.Event()
+
+    def remove_message_by_mid(self, mid: int) -> None:
+        super().remove_message_by_mid(mid)
+        self.acknowledged.set()
 
 
 class _Client(gmqtt.Client):  # type: ignore[misc]
@@ -72,7 +85,14 @@ class MqttTransport:
                 "session_expiry_interval": settings.session_expiry,
                 "receive_maximum": min(settings.max_in_flight, 65535),
             }
-        self._client = _Client(settings.client_id, clean_session=False, optimistic_acknowledgement=False, **properties)
+        self._outbox = _Outbox()
+        self._client = _Client(
+            settings.client_id,
+            clean_session=False,
+            optimistic_acknowledgement=False,
+            persistent_storage=self._outbox,
+            **properties,
+        )
         if settings.mqtt_username:
             password = settings.mqtt_password.reveal() if settings.mqtt_password else None
             self._client.set_auth_credentials(settings.mqtt_username, password)
@@ -129,12 +149,32 @@ class MqttTransport:
             await asyncio.sleep(delay)
             delay = min(RECONNECT_CAP, delay * 2)
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        """Publish at QoS 1. While disconnected, gmqtt keeps the message and resends it on reconnect."""
-        self._client.publish(topic, payload, qos=1)
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Publish at QoS 1. While disconnected, gmqtt keeps the message and resends it on reconnect.
 
-    async def disconnect(self) -> None:
+        The broker allows only so many unacknowledged publishes (its Receive Maximum; Mosquitto's default is
+        20), and gmqtt raises rather than queue past it: wait for an acknowledgement instead.
+        """
+        while True:
+            try:
+                self._client.publish(topic, payload, qos=1)
+                return
+            except OverflowError:
+                self._outbox.acknowledged.clear()
+                await self._outbox.acknowledged.wait()
+
+    async def disconnect(self, grace: float = 5.0) -> None:
+        """Leave cleanly: acknowledgements out, statuses acknowledged, then DISCONNECT.
+
+        Closing a socket with unread data makes the kernel send RST, and the broker then drops what it had
+        not read yet (statuses, PUBACKs): so wait for the broker's PUBACKs before closing.
+        """
         self._closing = True
+        await asyncio.sleep(0)  # gmqtt sends the PUBACK of a handler that just returned from a done-callback
+        try:
+            await asyncio.wait_for(self._outbox.wait_empty(), grace)
+        except TimeoutError:
+            log.warning("%d status(es) not acknowledged by the broker", len(self._outbox.get_all()))
         try:
             await self._client.disconnect()
         except Exception:

@@ -1,0 +1,85 @@
+"""TLS to the broker: server verification against a CA, mutual TLS, and a clear refusal of a wrong CA."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, free_port, make_settings, sms
+from twilio_connector.transport import BrokerError
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, str]:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("twilio-connector")
+    files = {
+        "ca": tmp_path / "ca.pem",
+        "server_cert": tmp_path / "server.pem",
+        "server_key": tmp_path / "server.key",
+        "client_cert": tmp_path / "client.pem",
+        "client_key": tmp_path / "client.key",
+        "other_ca": tmp_path / "other-ca.pem",
+    }
+    ca.cert_pem.write_to_path(files["ca"])
+    server.cert_chain_pems[0].write_to_path(files["server_cert"])
+    server.private_key_pem.write_to_path(files["server_key"])
+    client.cert_chain_pems[0].write_to_path(files["client_cert"])
+    client.private_key_pem.write_to_path(files["client_key"])
+    trustme.CA().cert_pem.write_to_path(files["other_ca"])
+    return {name: str(path) for name, path in files.items()}
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path, pki: dict[str, str]) -> Iterator[tuple[Broker, int]]:
+    directory = tmp_path / "tls-broker"
+    directory.mkdir()
+    tls_port = free_port()
+    broker = Broker(
+        directory,
+        extra_config=f"listener {tls_port} 127.0.0.1\ncafile {pki['ca']}\ncertfile {pki['server_cert']}\n"
+        f"keyfile {pki['server_key']}\nrequire_certificate true\n",
+    )
+    broker.start()
+    yield broker, tls_port
+    broker.stop()
+
+
+async def test_mutual_tls(tls_broker: tuple[Broker, int], pki: dict[str, str], simulator: SimulatorHandle) -> None:
+    broker, tls_port = tls_broker
+    probe = MqttProbe(broker.url)  # watches statuses on the plain listener
+    await probe.start()
+    settings = make_settings(
+        broker,
+        simulator,
+        broker_url=f"mqtts://127.0.0.1:{tls_port}",
+        ca_file=pki["ca"],
+        cert_file=pki["client_cert"],
+        key_file=pki["client_key"],
+    )
+    running = await RunningConnector(settings).wait_ready()
+    await probe.publish("twilio/txt", sms("tls1"))
+    assert (await probe.status_of("tls1"))["response"]["status"] == "success"
+    await running.stop()
+    await probe.stop()
+
+
+async def test_wrong_ca_is_a_clear_error_not_a_retry_loop(
+    tls_broker: tuple[Broker, int], pki: dict[str, str], simulator: SimulatorHandle
+) -> None:
+    broker, tls_port = tls_broker
+    settings = make_settings(
+        broker,
+        simulator,
+        broker_url=f"mqtts://127.0.0.1:{tls_port}",
+        ca_file=pki["other_ca"],
+        cert_file=pki["client_cert"],
+        key_file=pki["client_key"],
+    )
+    running = RunningConnector(settings)
+    with pytest.raises(BrokerError, match=r"TLS certificate check failed for 127\.0\.0\.1"):
+        await running.wait_ready()
