@@ -54,9 +54,16 @@ class _Parser(argparse.ArgumentParser):
         # argparse echoes unrecognised arguments, which could be a secret typed on the command line: keep
         # only the option names.
         if message.startswith("unrecognized arguments:"):
-            names = [word for word in message.split()[2:] if word.startswith("-")]
+            names = [word.split("=")[0] for word in message.split()[2:] if word.startswith("-")]
             message = "unrecognized arguments: " + (" ".join(names) or "(values hidden)")
         self.exit(EXIT_CONFIG, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class _SecretFlag(argparse.Action):
+    """Swallows a secret given on the command line, remembering only which flag it was."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, *_: object) -> None:
+        namespace.secret_flag = self.option_strings[0]
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +71,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for flag, dest, text in _SETTING_FLAGS:
         parser.add_argument(flag, dest=dest, help=text, metavar=dest.split("_")[-1].upper())
     for flag in _SECRET_FLAGS:
-        parser.add_argument(flag, dest="secret_flag", action="store_const", const=flag, help=argparse.SUPPRESS)
+        parser.add_argument(flag, dest="secret_flag", nargs="?", action=_SecretFlag, help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -347,7 +347,11 @@ def describe(settings: Settings) -> list[str]:
     lines = []
     for item in fields(Settings):
         value = getattr(settings, item.name)
-        if item.name in _SECRET_FIELDS:
-            value = "(set, hidden)" if value else None
-        lines.append(f"{item.name} = {value!r}" if value is not None else f"{item.name} = (not set)")
+        if value is None:
+            shown = "(not set)"
+        elif item.name in _SECRET_FIELDS:
+            shown = "(set, hidden)"
+        else:
+            shown = repr(value)
+        lines.append(f"{item.name} = {shown}")
     return lines

@@ -1,0 +1,180 @@
+"""The `twilio-connector` command as users run it: real processes, mosquitto_pub and mosquitto_sub."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Broker
+from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+
+CLI = [sys.executable, "-m", "twilio_connector"]
+SEED_REQUEST = json.dumps(
+    {
+        "request": {
+            "recipient": {"name": "Darla", "phone_number": "12345000000", "message": "Hello from the edge"},
+            "from_number": "19999999999",
+            "retries": 3,
+        },
+        "id": "request123",
+    }
+)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO", "Twilio", "DefaultFrom", "MQTT_"))}
+    return {**env, **extra}
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], check=False, capture_output=True, text=True, env=env or clean_env(), timeout=60
+    )
+
+
+def test_help_everywhere() -> None:
+    for args in ([], ["run"], ["check-config"], ["simulator"]):
+        result = cli(*args, "--help")
+        assert result.returncode == 0 and "usage: twilio-connector" in result.stdout
+    assert "--twilio-api-url" in cli("run", "--help").stdout
+    assert re.fullmatch(r"twilio-connector \d+\.\d+\.\d+\n", cli("--version").stdout)
+
+
+def test_bad_flag_is_one_clear_line() -> None:
+    result = cli("run", "--brokr", "mqtt://x")
+    assert result.returncode == 2
+    assert result.stderr == "twilio-connector: error: unrecognized arguments: --brokr (see --help)\n"
+
+
+def test_secret_on_the_command_line_is_refused_without_echo() -> None:
+    for args in (
+        ["run", "--auth-token", "hunter2-SECRET"],
+        ["run", "--bogus=hunter2-SECRET"],
+        ["run", "hunter2-SECRET"],
+    ):
+        result = cli(*args, env=clean_env(TWILIO_ACCOUNT_SID=DEFAULT_ACCOUNT_SID))
+        assert result.returncode == 2, args
+        assert "hunter2" not in result.stdout + result.stderr, args
+    assert "is not accepted: other users can read command lines" in cli("run", "--auth-token", "x").stderr
+
+
+def test_check_config_ok_hides_secrets() -> None:
+    env = clean_env(
+        TWILIO_ACCOUNT_SID=DEFAULT_ACCOUNT_SID, TWILIO_AUTH_TOKEN="tok-SECRET", DefaultFromPhoneNumber="19999999999"
+    )
+    result = cli("check-config", "--broker", "mqtt://127.0.0.1:1999", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "SECRET" not in result.stdout + result.stderr
+    assert "auth_token = (set, hidden)" in result.stdout
+    assert "default_from = '+19999999999'" in result.stdout
+    assert "broker_url = 'mqtt://127.0.0.1:1999'" in result.stdout
+    assert result.stdout.endswith(
+        f"configuration OK (Twilio credentials found for {DEFAULT_ACCOUNT_SID}, user {DEFAULT_ACCOUNT_SID})\n"
+    )
+
+
+def test_check_config_lists_every_problem(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('TWILIO_ACCOUNT_SID = "abcd12345xyz"\nmax_in_flight = "many"\n')
+    result = cli("check-config", "--config", str(config))
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and all(line.startswith("twilio-connector: configuration error: ") for line in lines)
+    assert "must be AC followed by 32 hexadecimal digits" in lines[0]
+    assert "max_in_flight" in lines[1]
+
+
+def test_run_without_credentials_fails_fast() -> None:
+    result = cli("run", env=clean_env(TWILIO_ACCOUNT_SID=DEFAULT_ACCOUNT_SID))
+    assert result.returncode == 2 and "no Twilio credentials" in result.stderr
+
+
+@pytest.fixture
+def simulator_process() -> Iterator[str]:
+    process = subprocess.Popen([*CLI, "simulator", "--port", "0"], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    url = re.search(r"http://127\.0\.0\.1:\d+", line)
+    assert url, line
+    yield url.group(0)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(10) == 0
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto-clients not installed")
+def test_mosquitto_pub_request_gets_its_status_and_sigterm_exits_zero(broker: Broker, simulator_process: str) -> None:
+    env = clean_env(TWILIO_ACCOUNT_SID=DEFAULT_ACCOUNT_SID, TWILIO_AUTH_TOKEN=DEFAULT_AUTH_TOKEN)
+    connector = subprocess.Popen(
+        [
+            *CLI,
+            "run",
+            "--broker",
+            broker.url,
+            "--twilio-api-url",
+            simulator_process,
+            "--account-sid",
+            DEFAULT_ACCOUNT_SID,
+            "--default-from",
+            "+15005550006",
+            "--client-id",
+            "cli-test",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert connector.stderr is not None
+    for line in connector.stderr:  # wait until it is subscribed
+        if "ready:" in line:
+            break
+    port = str(broker.port)
+    subscriber = subprocess.Popen(
+        [
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-q",
+            "1",
+            "-t",
+            "twilio/message/status",
+            "-C",
+            "1",
+            "-W",
+            "20",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    # mosquitto_sub has no "subscribed" signal: retry the publish until the status shows up.
+    output = ""
+    for _ in range(20):
+        subprocess.run(
+            ["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-q", "1", "-t", "twilio/txt", "-m", SEED_REQUEST],
+            check=True,
+        )
+        try:
+            output, _ = subscriber.communicate(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    status = json.loads(output)
+    assert status["id"] == "request123"
+    assert status["response"]["status"] == "success"
+    assert status["response"]["payload"]["from_number"] == "+19999999999"
+    assert status["response"]["payload"]["messages"]["to_number"] == "+12345000000"
+    connector.send_signal(signal.SIGTERM)
+    remaining = connector.stderr.read()
+    assert connector.wait(15) == 0
+    assert "stopped" in remaining
+    assert DEFAULT_AUTH_TOKEN not in remaining
