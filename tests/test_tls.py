@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import trustme
 
 from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, free_port, make_settings, sms
+from twilio_connector.secrets import Secret
 from twilio_connector.transport import BrokerError
 
 
@@ -83,3 +86,36 @@ async def test_wrong_ca_is_a_clear_error_not_a_retry_loop(
     running = RunningConnector(settings)
     with pytest.raises(BrokerError, match=r"TLS certificate check failed for 127\.0\.0\.1"):
         await running.wait_ready()
+
+
+async def test_username_and_password(tmp_path: Path, simulator: SimulatorHandle) -> None:
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "connector", "pw-secret"], check=True)
+    directory = tmp_path / "auth-broker"
+    directory.mkdir()
+    auth_port = free_port()
+    broker = Broker(
+        directory,
+        extra_config=f"listener {auth_port} 127.0.0.1\npassword_file {passwords}\nper_listener_settings false\n",
+    )
+    broker.start()
+    try:
+        probe = MqttProbe(broker.url)
+        await probe.start()
+        good = make_settings(
+            broker,
+            simulator,
+            broker_url=f"mqtt://127.0.0.1:{auth_port}",
+            mqtt_username="connector",
+            mqtt_password=Secret("pw-secret"),
+        )
+        running = await RunningConnector(good).wait_ready()
+        await probe.publish("twilio/txt", sms("auth1"))
+        assert (await probe.status_of("auth1"))["response"]["status"] == "success"
+        await running.stop()
+        await probe.stop()
+        bad = replace(good, mqtt_password=Secret("wrong"))
+        with pytest.raises(BrokerError, match="broker refused the connection"):
+            await RunningConnector(bad).wait_ready()
+    finally:
+        broker.stop()
