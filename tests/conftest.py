@@ -186,6 +186,7 @@ def make_settings(broker: Broker, simulator: SimulatorHandle, **overrides: Any) 
         backoff_base=0.01,
         backoff_max=0.2,
         shutdown_timeout=5.0,
+        journal_path=":memory:",
     )
     return replace(settings, **overrides)
 

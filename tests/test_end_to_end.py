@@ -119,11 +119,29 @@ async def test_no_retries_by_default(probe: MqttProbe, simulator: SimulatorHandl
     assert len(simulator.created()) == 1
 
 
-async def test_500_is_not_resent_blindly(probe: MqttProbe, simulator: SimulatorHandle) -> None:
+async def test_500_after_twilio_acted_is_reconciled_not_resent(probe: MqttProbe, simulator: SimulatorHandle) -> None:
     simulator.sim.faults.append(Fault(status=500, code=20500, message="Internal Server Error", store=True))
     await probe.publish("twilio/txt", sms("u1", retries=3))
     response = (await probe.status_of("u1"))["response"]
-    assert (response["status"], response["error"], response["attempts"]) == ("fail", "OutcomeUnknown", 1)
+    [created] = simulator.created()
+    assert response["status"] == "success" and response["attempts"] == 1
+    assert response["payload"]["messages"]["sid"] == created["stored"]
+
+
+async def test_500_before_twilio_acted_is_retried_after_checking(probe: MqttProbe, simulator: SimulatorHandle) -> None:
+    simulator.sim.faults.append(Fault(status=500, code=20500, message="Internal Server Error"))
+    await probe.publish("twilio/txt", sms("u2", retries=1))
+    response = (await probe.status_of("u2"))["response"]
+    assert response["status"] == "success" and response["attempts"] == 2
+    assert len(simulator.created()) == 2 and len(simulator.sim._resources["Messages"].items) == 1
+
+
+async def test_500_without_retries_is_reported(probe: MqttProbe, simulator: SimulatorHandle) -> None:
+    simulator.sim.faults.append(Fault(status=500, code=20500, message="Internal Server Error"))
+    await probe.publish("twilio/txt", sms("u3"))
+    response = (await probe.status_of("u3"))["response"]
+    assert (response["status"], response["attempts"], response["http_status"]) == ("fail", 1, 500)
+    assert response["error_message"] == "Internal Server Error; not found at Twilio"
     assert len(simulator.created()) == 1
 
 

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from .contract import ContractViolation, normalise_number
 from .secrets import SECRET_ARN, Secret, SecretError, fetch_secrets_manager, read_secret_file
+from .store import SYNC_MODES
 
 __all__ = ["BrokerAddress", "ConfigError", "Credentials", "Settings", "load_settings", "resolve_credentials"]
 
@@ -33,6 +34,11 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+def default_journal_path() -> str:
+    """systemd's StateDirectory when there is one, else the working directory."""
+    return os.path.join(os.environ.get("STATE_DIRECTORY", "."), "twilio-connector-journal.db")
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,11 @@ class Settings:
     connect_timeout: float = 5.0
     shutdown_timeout: float = 20.0
     max_payload_bytes: int = 64 * 1024
+    journal_path: str = field(default_factory=default_journal_path)
+    journal_sync: str = "full"
+    journal_retention: float = 7 * 24 * 3600.0
+    dedupe_window: float = 600.0
+    max_backlog: int = 100_000
     log_level: str = "INFO"
 
     @property
@@ -188,6 +199,18 @@ def _default_from(value: Any) -> str | None:
         raise ValueError(str(exc).removeprefix("value ")) from None
 
 
+def _journal_sync(value: Any) -> str:
+    if value not in SYNC_MODES:
+        raise ValueError(f"must be one of {', '.join(SYNC_MODES)}")
+    return str(value)
+
+
+def _non_negative_float(value: Any) -> float:
+    if isinstance(value, bool) or float(value) < 0:
+        raise ValueError("must be a number >= 0")
+    return float(value)
+
+
 def _log_level(value: Any) -> str:
     level = _text(value).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -230,6 +253,11 @@ _FIELDS: dict[str, _Field] = {
     "connect_timeout": _Field(_positive_float),
     "shutdown_timeout": _Field(_positive_float),
     "max_payload_bytes": _Field(_positive_int),
+    "journal_path": _Field(_text),
+    "journal_sync": _Field(_journal_sync),
+    "journal_retention": _Field(_non_negative_float),
+    "dedupe_window": _Field(_non_negative_float),
+    "max_backlog": _Field(_positive_int),
     "log_level": _Field(_log_level),
 }
 _SECRET_FIELDS = frozenset(name for name, spec in _FIELDS.items() if spec.parse is _secret)

@@ -1,13 +1,21 @@
-"""The delivery engine: one request in, one status out, with bounded concurrency, honest retries and dedupe."""
+"""The delivery engine: requests in, Twilio calls out, one status per request, nothing lost or doubled.
+
+Three loops share the journal:
+- intake (`handle`): validate, record durably, return; the transport acknowledges the MQTT message after that;
+- dispatch: start due requests, at most `max_in_flight` at once, each attempt recorded before it is made;
+- publish: send unpublished statuses in journal order and mark them once the broker acknowledged them.
+A request whose attempt's outcome is unknown (a crash mid-send, a timeout, a 500) is looked up at Twilio before
+it is ever sent again.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from .config import Settings
@@ -23,105 +31,101 @@ from .contract import (
     success_status,
 )
 from .retry import RetryPolicy, error_code_for
-from .twilio import TwilioFailure
+from .store import Duplicate, Entry, Journal
+from .twilio import FailureKind, TwilioFailure
 
 __all__ = ["Engine", "Sender"]
 
 log = logging.getLogger(__name__)
 
+PUBLISH_BATCH = 256
+PRUNE_EVERY = 60.0
+
 
 class Sender(Protocol):
     async def create(self, notification: Notification) -> SendResult | TwilioFailure: ...
 
-
-class RecentOutcomes:
-    """Statuses of requests finished within `window` seconds, so a broker redelivery is answered, not resent.
-
-    Bounded in count as well as age; a restart forgets it (the journal of a later release will not).
-    """
-
-    def __init__(self, window: float, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._window, self._limit, self._clock = window, limit, clock
-        self._entries: OrderedDict[Notification, tuple[float, bytes]] = OrderedDict()
-
-    def get(self, key: Notification) -> bytes | None:
-        entry = self._entries.get(key)
-        if entry is None or self._clock() - entry[0] > self._window:
-            return None
-        return entry[1]
-
-    def put(self, key: Notification, status: bytes) -> None:
-        self._entries[key] = (self._clock(), status)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._limit:
-            self._entries.popitem(last=False)
+    async def find(self, notification: Notification, since: float) -> list[SendResult] | TwilioFailure: ...
 
 
 class Engine:
-    """Turns MQTT payloads into Twilio calls and statuses. `handle` returns once the status is published."""
-
     def __init__(
         self,
         settings: Settings,
         sender: Sender,
+        journal: Journal,
         publish: Callable[[bytes], Awaitable[None]],
         *,
         rand: Callable[[], float] = random.random,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-        dedupe_window: float = 600.0,
     ) -> None:
         self._settings = settings
         self._sender = sender
+        self._journal = journal
         self._publish = publish
         self._rand = rand
-        self._sleep = sleep
         self._policy = RetryPolicy(settings.backoff_base, settings.backoff_max)
         self._kinds = {settings.txt_topic: Kind.SMS, settings.call_topic: Kind.CALL}
-        self._slots = asyncio.Semaphore(settings.max_in_flight)
-        self._recent = RecentOutcomes(dedupe_window, limit=10_000)
-        self._running: dict[Notification, asyncio.Future[bytes]] = {}
-        self._active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._active: dict[int, asyncio.Task[None]] = {}
+        self._unfinished = 0
+        self._work = asyncio.Event()  # new or finished work for the dispatcher
+        self._statuses = asyncio.Event()  # statuses waiting for the publisher
+        self._published_all = asyncio.Event()  # the publisher found nothing left to publish
+        self._room = asyncio.Event()  # the backlog is under its bound
+        self._room.set()
         self._closing = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
 
     @property
     def in_flight(self) -> int:
-        return self._active
+        return len(self._active)
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume from the journal: reconcile attempts in doubt, then serve due requests and statuses."""
+        core = self._journal.core
+        self._unfinished = await self._journal.read(core.unfinished)
+        self._update_room()
+        for entry in await self._journal.read(core.in_doubt):
+            log.info("request id=%s was being sent when the connector stopped: checking Twilio", entry.notification.id)
+            self._spawn(entry.seq, self._resolve_doubt(entry))
+        self._loops = [
+            asyncio.create_task(self._dispatch(), name="dispatch"),
+            asyncio.create_task(self._publish_statuses(), name="publish"),
+            asyncio.create_task(self._prune(), name="prune"),
+        ]
+
+    async def stop(self, grace: float) -> bool:
+        """Stop intake; give in-flight attempts and pending statuses `grace` seconds. True if all finished.
+
+        Requests not started stay in the journal for the next start; an attempt cut short is reconciled then.
+        """
+        self._closing.set()
+        self._work.set()
+        deadline = time.monotonic() + grace
+        finished = True
+        if self._active:
+            _, pending = await asyncio.wait(list(self._active.values()), timeout=grace)
+            finished = not pending
+        self._published_all.clear()
+        self._statuses.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._published_all.wait(), max(0.0, deadline - time.monotonic()))
+        for task in [*self._active.values(), *self._loops]:
+            task.cancel()
+        await asyncio.gather(*self._active.values(), *self._loops, return_exceptions=True)
+        return finished
+
+    # -- intake -----------------------------------------------------------------------------------------
 
     async def handle(self, topic: str, payload: bytes, duplicate: bool = False) -> None:
+        """Take one MQTT request. Returns once it is durably recorded (or answered, if invalid)."""
         kind = self._kinds.get(topic)
         if kind is None:
             log.warning("ignoring a message on unexpected topic %r", topic)
             return
-        await self._park_if_closing()
-        async with self._slots:
-            await self._park_if_closing()
-            self._active += 1
-            self._idle.clear()
-            try:
-                await self._publish(await self._process(kind, payload))
-            finally:
-                self._active -= 1
-                if not self._active:
-                    self._idle.set()
-
-    async def _park_if_closing(self) -> None:
-        # A request taken in after shutdown began is never acknowledged: the broker keeps it for next time.
         if self._closing.is_set():
-            await asyncio.Future()
-
-    async def drain(self, grace: float) -> bool:
-        """Stop taking requests and wait up to `grace` seconds for those in flight. True if all finished."""
-        self._closing.set()
-        try:
-            await asyncio.wait_for(self._idle.wait(), grace)
-        except TimeoutError:
-            return False
-        return True
-
-    async def _process(self, kind: Kind, payload: bytes) -> bytes:
-        started = time.monotonic()
+            await asyncio.Future()  # never acknowledged: the broker keeps it for the next session
         parsed = parse_request(
             payload,
             kind,
@@ -131,55 +135,120 @@ class Engine:
         )
         if isinstance(parsed, InvalidRequest):
             log.info("request id=%s kind=%s result=invalid reason=%r", parsed.id, kind.value, parsed.message)
-            return encode_status(failure_status(parsed.id, ErrorCode.INVALID_PARAMETER, parsed.message))
-        try:
-            return await self._deliver_once(parsed, started)
-        except Exception:
-            log.exception("request id=%s failed with an internal error", parsed.id)
-            return encode_status(failure_status(parsed.id, ErrorCode.INTERNAL_ERROR, "internal error"))
+            await self._publish(encode_status(failure_status(parsed.id, ErrorCode.INVALID_PARAMETER, parsed.message)))
+            return
+        await self._room.wait()  # backpressure: stop reading from the broker rather than grow without bound
+        accepted = await self._journal.accept(parsed, self._settings.dedupe_window)
+        if isinstance(accepted, Duplicate):
+            log.info("request id=%s result=duplicate (already recorded; nothing sent again)", parsed.id)
+            if accepted.status is not None:
+                await self._journal.republish(accepted.seq)
+                self._statuses.set()
+            return
+        self._unfinished += 1
+        self._update_room()
+        self._work.set()
 
-    async def _deliver_once(self, notification: Notification, started: float) -> bytes:
-        """Deliver, unless the same request finished recently or is running now: then reuse that status."""
-        recorded = self._recent.get(notification)
-        if recorded is not None:
-            log.info("request id=%s result=duplicate (status republished, nothing sent)", notification.id)
-            return recorded
-        running = self._running.get(notification)
-        if running is not None:
-            return await asyncio.shield(running)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._running[notification] = future
-        try:
-            status = encode_status(await self._deliver(notification, started))
-            future.set_result(status)
-            self._recent.put(notification, status)
-            return status
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: nobody else may be waiting
-            raise
-        finally:
-            del self._running[notification]
+    def _update_room(self) -> None:
+        if self._unfinished < self._settings.max_backlog:
+            self._room.set()
+        else:
+            self._room.clear()
 
-    async def _deliver(self, notification: Notification, started: float) -> dict[str, Any]:
-        attempt = 0
-        while True:
-            attempt += 1
+    # -- dispatch ---------------------------------------------------------------------------------------
+
+    def _spawn(self, seq: int, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._active[seq] = task
+        task.add_done_callback(lambda _: self._done(seq))
+
+    def _done(self, seq: int) -> None:
+        self._active.pop(seq, None)
+        self._work.set()
+
+    async def _dispatch(self) -> None:
+        core = self._journal.core
+        while not self._closing.is_set():
+            self._work.clear()
+            free = self._settings.max_in_flight - len(self._active)
+            if free > 0:
+                busy = list(self._active)
+                for entry in await self._journal.read(lambda: core.due(time.time(), free, busy)):  # noqa: B023
+                    self._spawn(entry.seq, self._deliver(entry))
+            wait = 1.0
+            if len(self._active) < self._settings.max_in_flight:
+                next_due = await self._journal.read(core.next_due)
+                if next_due is not None:
+                    wait = min(wait, max(0.0, next_due - time.time()))
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._work.wait(), wait)
+
+    async def _deliver(self, entry: Entry) -> None:
+        notification, attempt = entry.notification, entry.attempts + 1
+        started = time.monotonic()
+        try:
+            await self._journal.begin_attempt(entry.seq)  # durable before anything leaves
             outcome = await self._sender.create(notification)
-            if isinstance(outcome, SendResult):
-                self._log_outcome(notification, "success", attempt, started, sid=outcome.sid)
-                return success_status(notification, outcome, attempt)
-            if attempt > notification.retries or not self._policy.should_retry(outcome):
-                error = error_code_for(outcome)
-                self._log_outcome(notification, error.value, attempt, started, code=outcome.code)
-                return failure_status(
-                    notification.id,
-                    error,
-                    outcome.message,
-                    twilio_error_code=outcome.code,
-                    http_status=outcome.http_status,
-                    attempts=attempt,
-                )
+            if isinstance(outcome, TwilioFailure) and outcome.kind is FailureKind.AMBIGUOUS:
+                outcome = await self._reconcile(entry, time.time() - (time.monotonic() - started), outcome)
+            await self._conclude(entry.seq, notification, outcome, attempt, started)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("request id=%s failed with an internal error", notification.id)
+            status = encode_status(failure_status(notification.id, ErrorCode.INTERNAL_ERROR, "internal error"))
+            await self._finish(entry.seq, "failed", status, None, "internal error")
+
+    async def _resolve_doubt(self, entry: Entry) -> None:
+        """An attempt was under way when the process stopped: find it at Twilio, or send it (once)."""
+        since = entry.attempt_started_at or time.time()
+        delay = self._settings.backoff_base
+        while True:
+            found = await self._sender.find(entry.notification, since)
+            if not isinstance(found, TwilioFailure):
+                break
+            log.warning("request id=%s: cannot check Twilio (%s); trying again", entry.notification.id, found.message)
+            await asyncio.sleep(delay)
+            delay = min(self._settings.backoff_max, delay * 2)
+        match = await self._unclaimed(found)
+        if match is not None:
+            await self._conclude(entry.seq, entry.notification, match, entry.attempts, time.monotonic())
+            return
+        # Never reached Twilio: the interrupted attempt does not count against the request's retries.
+        await self._deliver(Entry(entry.seq, entry.notification, "accepted", entry.attempts - 1, None, None))
+
+    async def _reconcile(self, entry: Entry, since: float, failure: TwilioFailure) -> SendResult | TwilioFailure:
+        """After an ambiguous failure: a match at Twilio is a success; without one the failure stands as safe
+        to retry (the request evidently did not arrive)."""
+        found = await self._sender.find(entry.notification, since)
+        if isinstance(found, TwilioFailure):
+            return failure  # cannot tell: stays ambiguous, never resent blindly
+        match = await self._unclaimed(found)
+        if match is not None:
+            log.info("request id=%s: no answer from Twilio, but it was created as %s", entry.notification.id, match.sid)
+            return match
+        return TwilioFailure(
+            FailureKind.NOT_SENT, f"{failure.message}; not found at Twilio", failure.http_status, failure.code
+        )
+
+    async def _unclaimed(self, candidates: list[SendResult]) -> SendResult | None:
+        """The oldest match not already recorded for another request."""
+        core = self._journal.core
+        for candidate in reversed(candidates):
+            if not await self._journal.read(lambda c=candidate: core.sid_known(c.sid)):  # type: ignore[misc]
+                return candidate
+        return None
+
+    async def _conclude(
+        self, seq: int, notification: Notification, outcome: SendResult | TwilioFailure, attempt: int, started: float
+    ) -> None:
+        if isinstance(outcome, SendResult):
+            self._log_outcome(notification, "success", attempt, started, sid=outcome.sid)
+            status = encode_status(success_status(notification, outcome, attempt))
+            await self._finish(seq, "sent", status, outcome.sid, None)
+            return
+        if attempt <= notification.retries and self._policy.should_retry(outcome):
             wait = self._policy.delay(attempt, outcome, self._rand)
             log.info(
                 "request id=%s attempt=%d failed (%s, HTTP %s); retrying in %.2fs",
@@ -189,7 +258,55 @@ class Engine:
                 outcome.http_status,
                 wait,
             )
-            await self._sleep(wait)
+            await self._journal.retry_later(seq, time.time() + wait, outcome.message)
+            return
+        error = error_code_for(outcome)
+        self._log_outcome(notification, error.value, attempt, started, code=outcome.code)
+        status = encode_status(
+            failure_status(
+                notification.id,
+                error,
+                outcome.message,
+                twilio_error_code=outcome.code,
+                http_status=outcome.http_status,
+                attempts=attempt,
+            )
+        )
+        await self._finish(seq, "failed", status, None, outcome.message)
+
+    async def _finish(self, seq: int, state: str, status: bytes, sid: str | None, error: str | None) -> None:
+        await self._journal.finish(seq, state, status, sid, error)
+        self._unfinished -= 1
+        self._update_room()
+        self._statuses.set()
+
+    # -- statuses ---------------------------------------------------------------------------------------
+
+    async def _publish_statuses(self) -> None:
+        core = self._journal.core
+        while True:
+            self._statuses.clear()
+            rows = await self._journal.read(lambda: core.unpublished(PUBLISH_BATCH))
+            if not rows:
+                self._published_all.set()
+                await self._statuses.wait()
+                continue
+            # Published in journal order; each waits for the broker's PUBACK (kept across reconnects by gmqtt).
+            results = await asyncio.gather(*(self._publish(status) for _, status in rows), return_exceptions=True)
+            done = [seq for (seq, _), result in zip(rows, results, strict=True) if result is None]
+            if done:
+                await self._journal.mark_published(done)
+            if len(done) < len(rows):
+                log.warning("%d status(es) not acknowledged by the broker; publishing again", len(rows) - len(done))
+                await asyncio.sleep(1.0)
+
+    async def _prune(self) -> None:
+        retention = max(self._settings.journal_retention, self._settings.dedupe_window)
+        while True:
+            removed = await self._journal.prune(time.time() - retention)
+            if removed:
+                log.info("pruned %d finished request(s) from the journal", removed)
+            await asyncio.sleep(PRUNE_EVERY)
 
     @staticmethod
     def _log_outcome(notification: Notification, result: str, attempts: int, started: float, **extra: Any) -> None:

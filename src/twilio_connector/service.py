@@ -1,4 +1,4 @@
-"""The running connector: MQTT transport + delivery engine + Twilio client, with graceful shutdown."""
+"""The running connector: journal + delivery engine + Twilio client + MQTT transport, with graceful shutdown."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import signal
 
 from .config import Credentials, Settings
 from .engine import Engine
+from .store import Journal
 from .transport import MqttTransport
 from .twilio import TwilioClient
 
@@ -39,34 +40,38 @@ async def run(
         timeout=settings.http_timeout,
         connect_timeout=settings.connect_timeout,
     )
-    async with client:
-        transport: MqttTransport | None = None
+    journal = await Journal.open(settings.journal_path, settings.journal_sync)
+    try:
+        async with client:
+            transport: MqttTransport | None = None
 
-        async def publish(status: bytes) -> None:
-            assert transport is not None
-            await transport.publish(settings.status_topic, status)
+            async def publish(status: bytes) -> None:
+                assert transport is not None
+                await transport.publish(settings.status_topic, status)
 
-        engine = Engine(settings, client, publish)
-        transport = MqttTransport(settings, [settings.txt_topic, settings.call_topic], engine.handle)
-        await transport.connect()
-        if ready is not None:
-            ready.set()
-        log.info(
-            "ready: listening on %s and %s, statuses on %s, Twilio at %s",
-            settings.txt_topic,
-            settings.call_topic,
-            settings.status_topic,
-            settings.twilio_api_url,
-        )
-        await stop.wait()
-        log.info("stopping: finishing %d request(s) in flight", engine.in_flight)
-        if not await engine.drain(settings.shutdown_timeout):
-            log.warning(
-                "%d request(s) unfinished after %.0fs; the broker will redeliver them",
-                engine.in_flight,
-                settings.shutdown_timeout,
+            engine = Engine(settings, client, journal, publish)
+            transport = MqttTransport(settings, [settings.txt_topic, settings.call_topic], engine.handle)
+            await engine.start()
+            await transport.connect()
+            if ready is not None:
+                ready.set()
+            log.info(
+                "ready: listening on %s and %s, statuses on %s, Twilio at %s, journal %s",
+                settings.txt_topic,
+                settings.call_topic,
+                settings.status_topic,
+                settings.twilio_api_url,
+                settings.journal_path,
             )
-        await transport.disconnect()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(signum)
+            await stop.wait()
+            log.info("stopping: finishing %d request(s) in flight", engine.in_flight)
+            if not await engine.stop(settings.shutdown_timeout):
+                log.warning(
+                    "requests unfinished after %.0fs stay in the journal for the next start", settings.shutdown_timeout
+                )
+            await transport.disconnect()
+    finally:
+        await journal.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
     log.info("stopped")

@@ -42,15 +42,27 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
 
 
 class _Outbox(PersistentStorage):  # type: ignore[misc]
-    """gmqtt's store of unacknowledged QoS 1 publishes, telling us when the broker acknowledges one."""
+    """gmqtt's store of unacknowledged QoS 1 publishes, resolving a future when the broker acknowledges one."""
 
     def __init__(self) -> None:
         super().__init__()
         self.acknowledged = asyncio.Event()
+        self.waiters: dict[int, asyncio.Future[None]] = {}
 
     def remove_message_by_mid(self, mid: int) -> None:
         super().remove_message_by_mid(mid)
         self.acknowledged.set()
+        waiter = self.waiters.pop(mid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        # The broker lost our session: what it had not acknowledged will never be; the caller publishes again.
+        super().clear()
+        for waiter in self.waiters.values():
+            if not waiter.done():
+                waiter.set_exception(ConnectionError("the broker session was lost before the acknowledgement"))
+        self.waiters.clear()
 
 
 class _Client(gmqtt.Client):  # type: ignore[misc]
@@ -150,18 +162,25 @@ class MqttTransport:
             delay = min(RECONNECT_CAP, delay * 2)
 
     async def publish(self, topic: str, payload: bytes) -> None:
-        """Publish at QoS 1. While disconnected, gmqtt keeps the message and resends it on reconnect.
+        """Publish at QoS 1 and return once the broker acknowledged it (PUBACK).
 
-        The broker allows only so many unacknowledged publishes (its Receive Maximum; Mosquitto's default is
-        20), and gmqtt raises rather than queue past it: wait for an acknowledgement instead.
+        While disconnected, gmqtt keeps the message and resends it on reconnect. Raises ConnectionError if the
+        broker lost the session meanwhile. The broker allows only so many unacknowledged publishes (its Receive
+        Maximum; Mosquitto's default is 20) and gmqtt raises rather than queue past it: wait for room instead.
         """
+        message = gmqtt.Message(topic, payload, qos=1)
         while True:
             try:
-                self._client.publish(topic, payload, qos=1)
-                return
+                # Client.publish without hiding the packet id, which we need to wait for the PUBACK.
+                mid, package = self._client._connection.publish(message)
+                break
             except OverflowError:
                 self._outbox.acknowledged.clear()
                 await self._outbox.acknowledged.wait()
+        acknowledged = asyncio.get_running_loop().create_future()
+        self._outbox.waiters[mid] = acknowledged
+        self._outbox.push_message(mid, package)
+        await acknowledged
 
     async def disconnect(self, grace: float = 5.0) -> None:
         """Leave cleanly: acknowledgements out, statuses acknowledged, then DISCONNECT.

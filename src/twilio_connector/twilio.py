@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import enum
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -82,6 +83,22 @@ def _created(body: bytes, notification: Notification) -> SendResult | TwilioFail
         return TwilioFailure(FailureKind.AMBIGUOUS, "Twilio accepted the request but its answer was unreadable")
 
 
+#: Twilio's clock and ours may differ; a match may be created a little "before" our attempt started.
+CLOCK_SKEW = 120.0
+
+
+def _matches(item: dict[str, Any], notification: Notification, since: float) -> bool:
+    if item.get("to") != notification.to or item.get("from") != notification.from_:
+        return False
+    if notification.kind is Kind.SMS and item.get("body") != notification.content:
+        return False
+    try:
+        created = parsedate_to_datetime(str(item.get("date_created"))).timestamp()
+    except (TypeError, ValueError):
+        return False
+    return created >= since - CLOCK_SKEW
+
+
 class TwilioClient:
     """Creates messages and calls. One instance holds one pooled keep-alive connection pool.
 
@@ -128,6 +145,33 @@ class TwilioClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def find(self, notification: Notification, since: float) -> list[SendResult] | TwilioFailure:
+        """Messages or calls matching `notification` created since `since` (epoch seconds), newest first.
+
+        Used when an attempt's outcome is unknown: Twilio has no idempotency key, so the only way to avoid a
+        second text is to look. A message must match To, From and Body; a call To and From (Twilio does not
+        echo a call's Url).
+        """
+        assert self._session is not None, "use 'async with TwilioClient(...)'"
+        query = {"To": notification.to, "From": notification.from_, "PageSize": "100"}
+        try:
+            async with self._session.get(self._urls[notification.kind], params=query) as response:
+                body = await response.read()
+                if response.status != 200:
+                    return _rejection(response.status, body, response.headers.get("Retry-After"))
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return TwilioFailure(FailureKind.NOT_SENT, f"cannot list Twilio resources: {exc.__class__.__name__}")
+        try:
+            document = orjson.loads(body)
+            items = document["messages" if notification.kind is Kind.SMS else "calls"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return TwilioFailure(FailureKind.AMBIGUOUS, "unreadable list answer from Twilio")
+        return [
+            SendResult(str(item["sid"]), str(item.get("status") or ""), str(item.get("to")), str(item.get("from")))
+            for item in items
+            if isinstance(item, dict) and _matches(item, notification, since)
+        ]
 
     async def create(self, notification: Notification) -> SendResult | TwilioFailure:
         """Send one SMS or place one call. Never raises for network or API errors."""

@@ -1,0 +1,325 @@
+"""The journal: every accepted request and every unpublished status, durably, in SQLite (WAL).
+
+All database work runs on one worker thread, off the event loop. Writes are group-committed: while one commit
+(and its fsync) is under way, the writes that arrive queue up and share the next commit, so durability costs
+one fsync per batch rather than one per request.
+
+Request states: `accepted` (waiting for its first or next attempt) -> `sending` (an attempt may be on the wire)
+-> `sent` or `failed`. A row found in `sending` at start-up had an attempt whose outcome is unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .contract import Kind, Notification
+
+__all__ = ["SYNC_MODES", "Duplicate", "Entry", "Journal", "JournalCore"]
+
+T = TypeVar("T")
+
+#: journal_sync setting -> SQLite `synchronous` pragma. In WAL mode, NORMAL survives a killed process but may
+#: lose the last commits on power loss; FULL fsyncs every commit (one per group) and survives both.
+SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    dedupe_key BLOB NOT NULL,
+    request_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    to_number TEXT NOT NULL,
+    from_number TEXT NOT NULL,
+    name TEXT NOT NULL,
+    content TEXT NOT NULL,
+    retries INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    attempt_started_at REAL,
+    sid TEXT,
+    last_error TEXT,
+    status BLOB,
+    status_published INTEGER NOT NULL DEFAULT 0,
+    accepted_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_dedupe ON requests (dedupe_key, accepted_at);
+CREATE INDEX IF NOT EXISTS requests_due ON requests (next_attempt_at) WHERE state = 'accepted';
+CREATE INDEX IF NOT EXISTS requests_sending ON requests (seq) WHERE state = 'sending';
+CREATE INDEX IF NOT EXISTS requests_unpublished ON requests (seq) WHERE status IS NOT NULL AND status_published = 0;
+CREATE INDEX IF NOT EXISTS requests_sid ON requests (sid) WHERE sid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS requests_finished ON requests (updated_at) WHERE status_published = 1;
+"""
+
+_COLUMNS = (
+    "seq, request_id, kind, to_number, from_number, name, content, retries, state, attempts, attempt_started_at, sid"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    seq: int
+    notification: Notification
+    state: str
+    attempts: int
+    attempt_started_at: float | None
+    sid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """The request is already in the journal. `status` is its recorded status, or None while it is in progress."""
+
+    seq: int
+    status: bytes | None
+
+
+def dedupe_key(notification: Notification) -> bytes:
+    parts = (
+        notification.kind.value,
+        notification.id,
+        notification.to,
+        notification.from_,
+        notification.name,
+        notification.content,
+    )
+    return hashlib.blake2b("\x00".join(parts).encode(), digest_size=16).digest()
+
+
+def _entry(row: tuple[Any, ...]) -> Entry:
+    seq, request_id, kind, to, sender, name, content, retries, state, attempts, started, sid = row
+    return Entry(
+        seq, Notification(request_id, Kind(kind), to, sender, name, content, retries), state, attempts, started, sid
+    )
+
+
+class JournalCore:
+    """Synchronous journal operations on one connection. The async `Journal` and the CLI both use it."""
+
+    def __init__(self, path: str, sync: str = "full") -> None:
+        if path != ":memory:":
+            # 0600: the journal holds phone numbers and message texts.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={SYNC_MODES[sync]}")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- writes ---------------------------------------------------------------------------------------------
+
+    def accept(self, notification: Notification, now: float, window: float) -> int | Duplicate:
+        key = dedupe_key(notification)
+        row = self.db.execute(
+            "SELECT seq, status FROM requests WHERE dedupe_key = ? AND accepted_at >= ? ORDER BY seq DESC LIMIT 1",
+            (key, now - window),
+        ).fetchone()
+        if row is not None:
+            return Duplicate(row[0], row[1])
+        n = notification
+        cursor = self.db.execute(
+            "INSERT INTO requests (dedupe_key, request_id, kind, to_number, from_number, name, content, retries, "
+            "state, next_attempt_at, accepted_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?, ?, ?)",
+            (key, n.id, n.kind.value, n.to, n.from_, n.name, n.content, n.retries, now, now, now),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def begin_attempt(self, seq: int, now: float) -> None:
+        self.db.execute(
+            "UPDATE requests SET state = 'sending', attempts = attempts + 1, attempt_started_at = ?, updated_at = ? "
+            "WHERE seq = ?",
+            (now, now, seq),
+        )
+
+    def retry_later(self, seq: int, at: float, error: str) -> None:
+        self.db.execute(
+            "UPDATE requests SET state = 'accepted', next_attempt_at = ?, last_error = ?, updated_at = ? WHERE seq = ?",
+            (at, error, time.time(), seq),
+        )
+
+    def finish(self, seq: int, state: str, status: bytes, sid: str | None, error: str | None) -> None:
+        self.db.execute(
+            "UPDATE requests SET state = ?, status = ?, sid = ?, last_error = ?, status_published = 0, "
+            "updated_at = ? WHERE seq = ?",
+            (state, status, sid, error, time.time(), seq),
+        )
+
+    def mark_published(self, seqs: Iterable[int]) -> None:
+        now = time.time()
+        self.db.executemany(
+            "UPDATE requests SET status_published = 1, updated_at = ? WHERE seq = ?", [(now, seq) for seq in seqs]
+        )
+
+    def republish(self, seq: int) -> None:
+        self.db.execute("UPDATE requests SET status_published = 0 WHERE seq = ? AND status IS NOT NULL", (seq,))
+
+    def retry_failed(self, seq: int) -> bool:
+        """Send a failed request again (operator's decision): back to `accepted`, its old status discarded."""
+        cursor = self.db.execute(
+            "UPDATE requests SET state = 'accepted', status = NULL, status_published = 0, next_attempt_at = 0, "
+            "updated_at = ? WHERE seq = ? AND state = 'failed'",
+            (time.time(), seq),
+        )
+        return cursor.rowcount == 1
+
+    def prune(self, before: float) -> int:
+        cursor = self.db.execute("DELETE FROM requests WHERE status_published = 1 AND updated_at < ?", (before,))
+        return cursor.rowcount
+
+    # -- reads ----------------------------------------------------------------------------------------------
+
+    def due(self, now: float, limit: int, exclude: Iterable[int]) -> list[Entry]:
+        skip = list(exclude)
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM requests WHERE state = 'accepted' AND next_attempt_at <= ? "
+            f"AND seq NOT IN ({','.join('?' * len(skip))}) ORDER BY seq LIMIT ?",
+            (now, *skip, limit),
+        ).fetchall()
+        return [_entry(row) for row in rows]
+
+    def next_due(self) -> float | None:
+        row = self.db.execute("SELECT MIN(next_attempt_at) FROM requests WHERE state = 'accepted'").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def in_doubt(self) -> list[Entry]:
+        """Requests whose last attempt's outcome is unknown (the process stopped while sending)."""
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM requests WHERE state = 'sending' ORDER BY seq").fetchall()
+        return [_entry(row) for row in rows]
+
+    def unpublished(self, limit: int) -> list[tuple[int, bytes]]:
+        return self.db.execute(
+            "SELECT seq, status FROM requests WHERE status IS NOT NULL AND status_published = 0 ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+
+    def sid_known(self, sid: str) -> bool:
+        return self.db.execute("SELECT 1 FROM requests WHERE sid = ?", (sid,)).fetchone() is not None
+
+    def unfinished(self) -> int:
+        return int(
+            self.db.execute("SELECT COUNT(*) FROM requests WHERE state IN ('accepted', 'sending')").fetchone()[0]
+        )
+
+    def counts(self) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT state, COUNT(*) FROM requests GROUP BY state UNION ALL "
+            "SELECT 'unpublished', COUNT(*) FROM requests WHERE status IS NOT NULL AND status_published = 0"
+        ).fetchall()
+        return {state: count for state, count in rows}
+
+    def rows(self, states: Iterable[str], limit: int) -> list[dict[str, Any]]:
+        wanted = list(states)
+        cursor = self.db.execute(
+            "SELECT seq, request_id, kind, to_number, state, attempts, sid, last_error, accepted_at FROM requests "
+            f"WHERE state IN ({','.join('?' * len(wanted))}) ORDER BY seq DESC LIMIT ?",
+            (*wanted, limit),
+        )
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+class Journal:
+    """Async front of `JournalCore`: one worker thread, group commit for writes."""
+
+    def __init__(self, core: JournalCore) -> None:
+        self.core = core
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._flushing = False
+        self._flushed = asyncio.Event()
+        self._flushed.set()
+
+    @classmethod
+    async def open(cls, path: str, sync: str = "full") -> Journal:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(max_workers=1) as opener:
+            core = await loop.run_in_executor(opener, JournalCore, path, sync)
+        return cls(core)
+
+    async def close(self) -> None:
+        await self._flushed.wait()
+        await self.read(self.core.close)
+        self._executor.shutdown(wait=True)
+
+    async def read(self, operation: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, operation)
+
+    async def write(self, operation: Callable[[], T]) -> T:
+        """Run `operation` in the next group commit; return once it is committed."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._batch.append((operation, future))
+        if not self._flushing:
+            self._flushing = True
+            self._flushed.clear()
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._batch:
+                batch, self._batch = self._batch, []
+                outcomes = await self.read(lambda b=batch: self._commit(b))  # type: ignore[misc]
+                for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+        finally:
+            self._flushing = False
+            self._flushed.set()
+
+    def _commit(self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
+        outcomes: list[tuple[bool, Any]] = []
+        db = self.core.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for operation, _ in batch:
+                db.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((True, operation()))
+                    db.execute("RELEASE op")
+                except Exception as exc:  # one failed operation must not sink the batch
+                    db.execute("ROLLBACK TO op")
+                    db.execute("RELEASE op")
+                    outcomes.append((False, exc))
+            db.execute("COMMIT")
+        except BaseException as exc:
+            db.execute("ROLLBACK")
+            return [(False, exc)] * len(batch)
+        return outcomes
+
+    # -- the operations the engine uses -------------------------------------------------------------------
+
+    async def accept(self, notification: Notification, window: float) -> int | Duplicate:
+        return await self.write(lambda: self.core.accept(notification, time.time(), window))
+
+    async def begin_attempt(self, seq: int) -> None:
+        await self.write(lambda: self.core.begin_attempt(seq, time.time()))
+
+    async def retry_later(self, seq: int, at: float, error: str) -> None:
+        await self.write(lambda: self.core.retry_later(seq, at, error))
+
+    async def finish(self, seq: int, state: str, status: bytes, sid: str | None, error: str | None) -> None:
+        await self.write(lambda: self.core.finish(seq, state, status, sid, error))
+
+    async def mark_published(self, seqs: list[int]) -> None:
+        await self.write(lambda: self.core.mark_published(seqs))
+
+    async def republish(self, seq: int) -> None:
+        await self.write(lambda: self.core.republish(seq))
+
+    async def prune(self, before: float) -> int:
+        return await self.write(lambda: self.core.prune(before))
