@@ -44,6 +44,12 @@ _SETTING_FLAGS: list[tuple[str, str, str]] = [
     ("--max-retries", "max_retries", "upper bound on a request's `retries` (default 10)"),
     ("--http-timeout", "http_timeout", "seconds to wait for Twilio's answer (default 15)"),
     ("--shutdown-timeout", "shutdown_timeout", "seconds to finish in-flight work on SIGTERM (default 20)"),
+    (
+        "--journal-path",
+        "journal_path",
+        "journal database file (default ./twilio-connector-journal.db; :memory: for none)",
+    ),
+    ("--journal-sync", "journal_sync", "full (default: survives power loss), normal (survives crashes) or off"),
     ("--log-level", "log_level", "DEBUG, INFO (default), WARNING or ERROR"),
 ]
 _SECRET_FLAGS = ("--auth-token", "--api-key-secret", "--mqtt-password")

@@ -115,9 +115,19 @@ class MqttTransport:
 
     def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
         client.failures = 0
-        # Subscribing again is harmless on a resumed session and essential on a lost one.
-        client.subscribe([gmqtt.Subscription(topic, qos=1) for topic in self._topics])
         log.info("connected to broker %s (session resumed: %s)", self._settings.broker_url, bool(flags))
+        # Subscribing again is harmless on a resumed session and essential on a lost one.
+        self._subscriber = asyncio.get_running_loop().create_task(self._subscribe())
+
+    async def _subscribe(self) -> None:
+        # Packet ids are shared with publishes still awaiting the broker's PUBACK: wait for one to free up.
+        while True:
+            try:
+                self._client.subscribe([gmqtt.Subscription(topic, qos=1) for topic in self._topics])
+                return
+            except OverflowError:
+                self._outbox.acknowledged.clear()
+                await self._outbox.acknowledged.wait()
 
     def _on_subscribe(self, client: Any, mid: int, granted: Sequence[int], properties: Any) -> None:
         refused = [topic for topic, qos in zip(self._topics, granted, strict=False) if qos >= 0x80]
@@ -164,10 +174,12 @@ class MqttTransport:
     async def publish(self, topic: str, payload: bytes) -> None:
         """Publish at QoS 1 and return once the broker acknowledged it (PUBACK).
 
-        While disconnected, gmqtt keeps the message and resends it on reconnect. Raises ConnectionError if the
+        Waits while disconnected; a message already out when the connection drops is kept by gmqtt and resent on
+        reconnect. Raises ConnectionError if the
         broker lost the session meanwhile. The broker allows only so many unacknowledged publishes (its Receive
         Maximum; Mosquitto's default is 20) and gmqtt raises rather than queue past it: wait for room instead.
         """
+        await self.connected.wait()
         message = gmqtt.Message(topic, payload, qos=1)
         while True:
             try:

@@ -1,0 +1,97 @@
+"""Nothing lost, nothing doubled: kill -9 the connector mid-burst, restart it, count what Twilio received."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import Broker, MqttProbe, SimulatorHandle, sms
+from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+
+BURST = int(os.environ.get("CRASH_BURST", "300"))
+
+
+class ConnectorProcess:
+    def __init__(self, broker: Broker, simulator: SimulatorHandle, journal: Path, log: Path) -> None:
+        env = {**os.environ, "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID, "TWILIO_AUTH_TOKEN": DEFAULT_AUTH_TOKEN}
+        self.log = log
+        with log.open("a") as handle:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "twilio_connector",
+                    "run",
+                    "--broker",
+                    broker.url,
+                    "--client-id",
+                    "crash-test",
+                    "--twilio-api-url",
+                    simulator.url,
+                    "--default-from",
+                    "+15005550006",
+                    "--journal-path",
+                    str(journal),
+                    "--max-in-flight",
+                    "32",
+                ],
+                env=env,
+                stderr=handle,
+            )
+
+    async def ready(self, timeout: float = 20.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while "ready:" not in self.log.read_text().rsplit("run:", 1)[-1]:
+            assert self.process.poll() is None, self.log.read_text()
+            assert asyncio.get_running_loop().time() < deadline, "connector not ready"
+            await asyncio.sleep(0.05)
+
+
+async def wait_until(condition: object, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("kill_after", [0.1, 0.5, 0.9])
+async def test_kill_9_mid_burst_loses_and_doubles_nothing(
+    broker: Broker, simulator: SimulatorHandle, tmp_path: Path, kill_after: float
+) -> None:
+    simulator.sim.latency = 0.02
+    journal, log = tmp_path / "journal.db", tmp_path / "connector.log"
+    log.write_text("run:\n")
+    probe = MqttProbe(broker.url)
+    await probe.start()
+    first = ConnectorProcess(broker, simulator, journal, log)
+    await first.ready()
+    ids = {f"k{n}" for n in range(BURST)}
+    for n in range(BURST):
+        await probe.publish("twilio/txt", sms(f"k{n}", message=f"text k{n}"))
+    await wait_until(lambda: len(simulator.created()) >= BURST * kill_after)
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(10)
+    created_before_restart = len(simulator.created())
+
+    log.write_text(log.read_text() + "run:\n")
+    second = ConnectorProcess(broker, simulator, journal, log)
+    await second.ready()
+    await probe.wait_for_ids(ids, timeout=60)
+    second.process.send_signal(signal.SIGTERM)
+    assert second.process.wait(20) == 0
+
+    stored = Counter(item["body"] for item in simulator.sim._resources["Messages"].items.values())
+    assert set(stored) == {f"text {i}" for i in ids}, "every request was sent"
+    assert max(stored.values()) == 1, f"doubled: {[body for body, n in stored.items() if n > 1]}"
+    assert all(s["response"]["status"] == "success" for s in probe.statuses)
+    assert 0 < created_before_restart < BURST + 32
+    second_run = log.read_text().rsplit("run:", 1)[-1]
+    assert "was being sent when the connector stopped" in second_run  # the in-doubt path was exercised
+    await probe.stop()
