@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import Broker
+from twilio_connector.contract import Kind, Notification
 from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+from twilio_connector.store import JournalCore
 
 CLI = [sys.executable, "-m", "twilio_connector"]
 SEED_REQUEST = json.dumps(
@@ -178,3 +180,21 @@ def test_mosquitto_pub_request_gets_its_status_and_sigterm_exits_zero(broker: Br
     assert connector.wait(15) == 0
     assert "stopped" in remaining
     assert DEFAULT_AUTH_TOKEN not in remaining
+
+
+def test_journal_command(tmp_path: Path) -> None:
+    path = str(tmp_path / "j.db")
+    core = JournalCore(path)
+    note = Notification("r1", Kind.SMS, "+12345000000", "+15005550006", "Darla", "hi", 0)
+    failed = core.accept(note, 0.0, 0)
+    core.finish(failed, "failed", b"{}", None, "The 'To' number is not valid")  # type: ignore[arg-type]
+    core.accept(Notification("r2", Kind.SMS, "+12345000001", "+15005550006", "D", "x", 0), 0.0, 0)
+    core.close()
+    assert cli("journal", "--journal-path", path, "counts").stdout == "accepted: 1\nfailed: 1\nunpublished: 1\n"
+    rows = [json.loads(line) for line in cli("journal", "--journal-path", path, "list").stdout.splitlines()]
+    assert [(r["request_id"], r["state"]) for r in rows] == [("r2", "accepted"), ("r1", "failed")]
+    assert rows[1]["last_error"] == "The 'To' number is not valid"
+    assert cli("journal", "--journal-path", path, "retry", str(failed)).returncode == 0
+    assert cli("journal", "--journal-path", path, "retry", str(failed)).returncode == 1  # no longer failed
+    assert cli("journal", "--journal-path", path, "counts").stdout == "accepted: 2\nunpublished: 0\n"
+    assert cli("journal", "--journal-path", str(tmp_path / "none.db"), "counts").returncode == 2

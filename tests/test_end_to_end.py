@@ -167,3 +167,14 @@ async def test_many_requests_in_flight_at_once(probe: MqttProbe, simulator: Simu
     assert {s["id"] for s in statuses} == {f"m{n}" for n in range(200)}
     assert all(s["response"]["status"] == "success" for s in statuses)
     assert elapsed < 10, elapsed  # one at a time would take 20 s; 64 at a time about 0.4 s
+
+
+async def test_429_storm_all_sent_once(probe: MqttProbe, simulator: SimulatorHandle) -> None:
+    simulator.sim.faults.append(Fault(status=429, code=20429, message="Too Many Requests", count=60, retry_after=0.01))
+    for n in range(30):
+        await probe.publish("twilio/txt", sms(f"s{n}", message=f"storm {n}", retries=10))
+    statuses = await probe.wait_for_ids({f"s{n}" for n in range(30)})
+    assert all(s["response"]["status"] == "success" for s in statuses)
+    bodies = sorted(item["body"] for item in simulator.sim._resources["Messages"].items.values())
+    assert bodies == sorted(f"storm {n}" for n in range(30))
+    assert len(simulator.created()) == 90

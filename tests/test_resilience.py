@@ -99,3 +99,29 @@ async def test_broker_restart_while_requests_flow(broker: Broker, simulator: Sim
     assert bodies == sorted(f"text {request_id}" for request_id in expected)
     await running.stop()
     await probe.stop()
+
+
+async def test_answer_after_the_client_timeout_is_reconciled(broker: Broker, simulator: SimulatorHandle) -> None:
+    probe = MqttProbe(broker.url)
+    await probe.start()
+    running = await RunningConnector(make_settings(broker, simulator, http_timeout=0.3)).wait_ready()
+    simulator.sim.faults.append(Fault(status=201, store=True, delay=1.0))  # stored, answered too late
+    await probe.publish("twilio/txt", sms("t1", retries=3))
+    response = (await probe.status_of("t1"))["response"]
+    [created] = simulator.created()
+    assert response["status"] == "success" and response["payload"]["messages"]["sid"] == created["stored"]
+    await running.stop()
+    await probe.stop()
+
+
+async def test_backpressure_bounds_the_backlog(broker: Broker, simulator: SimulatorHandle) -> None:
+    probe = MqttProbe(broker.url)
+    await probe.start()
+    simulator.sim.latency = 0.01
+    running = await RunningConnector(make_settings(broker, simulator, max_backlog=3, max_in_flight=2)).wait_ready()
+    for n in range(40):
+        await probe.publish("twilio/txt", sms(f"p{n}", message=f"bp {n}"))
+    statuses = await probe.wait_for_ids({f"p{n}" for n in range(40)})
+    assert len(statuses) == 40 and all(s["response"]["status"] == "success" for s in statuses)
+    await running.stop()
+    await probe.stop()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from importlib.metadata import version
 from typing import Any, NoReturn
@@ -14,6 +16,7 @@ from typing import Any, NoReturn
 from . import service
 from .config import ConfigError, Settings, describe, load_settings, resolve_credentials
 from .simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simulator
+from .store import JournalCore
 from .transport import BrokerError
 
 EXIT_CONFIG = 2
@@ -99,6 +102,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_setting_flags(check)
 
+    journal = commands.add_parser(
+        "journal",
+        help="inspect the journal: counts, pending and failed requests, retry a failed one",
+        description="Inspect the journal of a connector (running or not).",
+    )
+    journal.add_argument("--config", metavar="FILE", help="TOML configuration file (for journal_path)")
+    journal.add_argument("--journal-path", dest="journal_path", metavar="PATH", help="journal database file")
+    actions = journal.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    actions.add_parser("counts", help="requests by state, and statuses not yet published")
+    listing = actions.add_parser("list", help="the newest requests in some states")
+    listing.add_argument(
+        "--state",
+        action="append",
+        choices=["accepted", "sending", "sent", "failed"],
+        help="states to show (repeatable; default: accepted, sending, failed)",
+    )
+    listing.add_argument("--limit", type=int, default=50)
+    retry = actions.add_parser("retry", help="send a failed request again")
+    retry.add_argument("seq", type=int, help="the request's journal number (see list)")
+
     sim = commands.add_parser(
         "simulator",
         help="run a local Twilio API simulator",
@@ -167,6 +190,33 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _journal(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config, os.environ, {"journal_path": args.journal_path})
+    except ConfigError as error:
+        return _report(error)
+    if not os.path.exists(settings.journal_path):
+        print(f"twilio-connector: no journal at {settings.journal_path}", file=sys.stderr)
+        return EXIT_CONFIG
+    core = JournalCore(settings.journal_path, settings.journal_sync)
+    try:
+        if args.action == "counts":
+            for state, count in sorted(core.counts().items()):
+                print(f"{state}: {count}")
+        elif args.action == "list":
+            for row in core.rows(args.state or ["accepted", "sending", "failed"], args.limit):
+                accepted = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.pop("accepted_at")))
+                print(json.dumps({**row, "accepted_at": accepted}))
+        elif core.retry_failed(args.seq):
+            print(f"request {args.seq} will be sent again")
+        else:
+            print(f"twilio-connector: request {args.seq} is not a failed request", file=sys.stderr)
+            return 1
+    finally:
+        core.close()
+    return 0
+
+
 async def _simulate(args: argparse.Namespace) -> None:
     simulator = Simulator(args.account_sid, args.auth_token, latency=args.latency_ms / 1000)
     runner = await simulator.serve(args.host, args.port)
@@ -189,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "journal":
+        return _journal(args)
     asyncio.run(_simulate(args))
     return 0
 

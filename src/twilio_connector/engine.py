@@ -306,6 +306,9 @@ class Engine:
             removed = await self._journal.prune(time.time() - retention)
             if removed:
                 log.info("pruned %d finished request(s) from the journal", removed)
+            # An operator's `twilio-connector journal retry` changes the backlog behind our back.
+            self._unfinished = await self._journal.read(self._journal.core.unfinished)
+            self._update_room()
             await asyncio.sleep(PRUNE_EVERY)
 
     @staticmethod

@@ -110,6 +110,7 @@ class JournalCore:
             # 0600: the journal holds phone numbers and message texts.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA busy_timeout=5000")  # `twilio-connector journal` may write while we run
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={SYNC_MODES[sync]}")
         self.db.executescript(_SCHEMA)

@@ -1,0 +1,103 @@
+"""The journal on its own: states, dedupe window, ordering, pruning, group commit, file permissions."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from twilio_connector.contract import Kind, Notification
+from twilio_connector.store import Duplicate, Journal, JournalCore
+
+
+def note(request_id: str = "r1", content: str = "hi") -> Notification:
+    return Notification(request_id, Kind.SMS, "+12345000000", "+15005550006", "Darla", content, 2)
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> Journal:
+    opened = await Journal.open(str(tmp_path / "j.db"))
+    yield opened  # type: ignore[misc]
+    await opened.close()
+
+
+def test_file_is_private_and_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    core = JournalCore(str(path))
+    seq = core.accept(note(), time.time(), 600)
+    core.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = JournalCore(str(path))
+    assert [entry.seq for entry in again.due(time.time(), 10, [])] == [seq]
+    assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    again.close()
+
+
+async def test_same_request_within_the_window_is_a_duplicate(journal: Journal) -> None:
+    seq = await journal.accept(note(), window=600)
+    assert isinstance(seq, int)
+    assert await journal.accept(note(), window=600) == Duplicate(seq, None)
+    assert isinstance(await journal.accept(note(content="other"), window=600), int)  # reused id, new content
+    assert isinstance(await journal.accept(note(), window=0), int)  # outside the window
+    await journal.finish(seq, "sent", b"status", "SM1", None)
+    dup = await journal.accept(note(content="other"), window=600)
+    assert isinstance(dup, Duplicate) and dup.status is None
+
+
+async def test_life_of_a_request(journal: Journal) -> None:
+    core = journal.core
+    seq = await journal.accept(note(), window=600)
+    assert isinstance(seq, int)
+    assert core.unfinished() == 1
+    await journal.begin_attempt(seq)
+    [doubt] = core.in_doubt()
+    assert (doubt.seq, doubt.attempts, doubt.notification) == (seq, 1, note())
+    assert doubt.attempt_started_at is not None and doubt.attempt_started_at <= time.time()
+    await journal.retry_later(seq, time.time() + 60, "HTTP 503")
+    assert core.due(time.time(), 10, []) == [] and core.next_due() > time.time() + 50  # type: ignore[operator]
+    await journal.finish(seq, "failed", b'{"s":1}', None, "HTTP 503")
+    assert core.unfinished() == 0 and core.unpublished(10) == [(seq, b'{"s":1}')]
+    assert core.counts() == {"failed": 1, "unpublished": 1}
+    assert core.retry_failed(seq) and core.unpublished(10) == [] and core.unfinished() == 1
+    await journal.finish(seq, "sent", b"ok", "SM9", None)
+    assert core.sid_known("SM9") and not core.sid_known("SM0")
+    await journal.mark_published([seq])
+    assert core.unpublished(10) == []
+    await journal.republish(seq)
+    assert core.unpublished(10) == [(seq, b"ok")]
+    await journal.mark_published([seq])
+    assert await journal.prune(time.time() - 3600) == 0
+    assert await journal.prune(time.time() + 1) == 1
+
+
+async def test_due_requests_come_in_order_and_skip_busy_ones(journal: Journal) -> None:
+    seqs = [await journal.accept(note(f"r{n}"), window=600) for n in range(5)]
+    due = journal.core.due(time.time(), 3, [seqs[0]])
+    assert [entry.seq for entry in due] == seqs[1:4]
+
+
+async def test_concurrent_writes_share_commits(journal: Journal) -> None:
+    commits = 0
+    original = journal._commit
+
+    def counting(batch: list) -> list:  # type: ignore[type-arg]
+        nonlocal commits
+        commits += 1
+        return original(batch)
+
+    journal._commit = counting  # type: ignore[method-assign]
+    results = await asyncio.gather(*(journal.accept(note(f"g{n}"), window=600) for n in range(200)))
+    assert len(set(results)) == 200 and all(isinstance(r, int) for r in results)
+    assert commits < 20, commits
+
+
+async def test_a_failing_operation_does_not_sink_its_batch(journal: Journal) -> None:
+    def broken() -> None:
+        raise ValueError("boom")
+
+    good, bad = await asyncio.gather(journal.accept(note(), window=600), journal.write(broken), return_exceptions=True)
+    assert isinstance(good, int) and isinstance(bad, ValueError)
+    assert journal.core.unfinished() == 1
