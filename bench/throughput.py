@@ -1,15 +1,18 @@
-"""Throughput benchmark: N SMS requests through Mosquitto, the connector and the simulator, each its own process.
+"""Throughput benchmark: SMS requests through Mosquitto, the connector and the simulator, each its own process.
 
-    .venv/bin/python bench/throughput.py --requests 1000 --latency-ms 0
+    .venv/bin/python bench/throughput.py --requests 1000 --latency-ms 0            # a burst, durable journal
+    .venv/bin/python bench/throughput.py --requests 1000 --journal memory          # without durability
+    .venv/bin/python bench/throughput.py --requests 100000 --backlog               # queued while stopped, drained
 
-Reports notifications/s, publish-to-status latency percentiles, connector CPU per notification and peak RSS.
-Not part of the test run.
+Reports notifications/s, publish-to-status latency percentiles, connector CPU per notification, RSS and the
+journal's size. Not part of the test run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -39,8 +42,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def peak_rss_mb(pid: int) -> float:
-    match = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    match = re.search(rf"{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
@@ -48,9 +51,8 @@ def start_broker(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     config = directory / "mosquitto.conf"
     config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nuser root\n")
-    process = subprocess.Popen(
-        [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(config)], stderr=subprocess.DEVNULL
-    )
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    process = subprocess.Popen([mosquitto, "-c", str(config)], stderr=subprocess.DEVNULL)
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
@@ -60,52 +62,93 @@ def start_broker(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError("mosquitto did not start")
 
 
-async def drive(port: int, count: int) -> tuple[float, list[float]]:
-    sent: dict[str, float] = {}
-    latencies: list[float] = []
-    done = asyncio.Event()
+class Probe:
+    """Publishes requests and times their statuses."""
 
-    async def on_message(client: object, topic: str, payload: bytes, qos: int, properties: object) -> int:
-        status = orjson.loads(payload)
-        latencies.append(time.perf_counter() - sent[status["id"]])
-        if len(latencies) >= count:
-            done.set()
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.sent: dict[str, float] = {}
+        self.latencies: list[float] = []
+        self.done = asyncio.Event()
+        self.client = gmqtt.Client("bench-probe")
+        self.client.on_message = self._on_message
+
+    async def _on_message(self, client: object, topic: str, payload: bytes, qos: int, properties: object) -> int:
+        self.latencies.append(time.perf_counter() - self.sent[orjson.loads(payload)["id"]])
+        if len(self.latencies) >= self.count:
+            self.done.set()
         return 0
 
-    client = gmqtt.Client("bench-probe")
-    client.on_message = on_message
-    await client.connect("127.0.0.1", port)
-    client.subscribe("twilio/message/status", qos=1)
-    await asyncio.sleep(0.2)
+    async def connect(self, port: int) -> None:
+        await self.client.connect("127.0.0.1", port)
+        self.client.subscribe("twilio/message/status", qos=1)
+        await asyncio.sleep(0.2)
+
+    async def publish_all(self) -> None:
+        for n in range(self.count):
+            request_id = f"bench-{n}"
+            recipient = {"name": "Darla", "phone_number": "+12345000000", "message": f"alert {n}"}
+            payload = orjson.dumps({"request": {"recipient": recipient}, "id": request_id})
+            while True:
+                try:
+                    self.sent[request_id] = time.perf_counter()
+                    self.client.publish("twilio/txt", payload, qos=1)
+                    break
+                except OverflowError:  # past the broker's Receive Maximum: let acknowledgements in
+                    await asyncio.sleep(0.001)
+            if n % 50 == 0:
+                await asyncio.sleep(0)
+
+
+async def scenario(
+    args: argparse.Namespace, mqtt_port: int, command: list[str], env: dict[str, str]
+) -> dict[str, float]:
+    probe = Probe(args.requests)
+    await probe.connect(mqtt_port)
+    if args.backlog:
+        await probe.publish_all()
+        await asyncio.sleep(2.0)  # the broker now holds the whole backlog for the stopped connector
+    connector = await asyncio.create_subprocess_exec(*command, env=env)
+    await asyncio.sleep(1.5)
+    idle_rss = rss_mb(connector.pid) if not args.backlog else float("nan")
+    cpu_before = cpu_seconds(connector.pid)
     started = time.perf_counter()
-    for n in range(count):
-        request_id = f"bench-{n}"
-        payload = orjson.dumps(
-            {
-                "request": {"recipient": {"name": "Darla", "phone_number": "+12345000000", "message": f"alert {n}"}},
-                "id": request_id,
-            }
-        )
-        while True:
-            try:
-                sent[request_id] = time.perf_counter()
-                client.publish("twilio/txt", payload, qos=1)
-                break
-            except OverflowError:  # past the broker's Receive Maximum: let acknowledgements in
-                await asyncio.sleep(0.001)
-        if n % 50 == 0:
-            await asyncio.sleep(0)
-    await asyncio.wait_for(done.wait(), 600)
+    if args.backlog:
+        probe.sent = dict.fromkeys(probe.sent, started - 1.5)
+    else:
+        await probe.publish_all()
+    peak = 0.0
+    while not probe.done.is_set():
+        peak = max(peak, rss_mb(connector.pid))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(probe.done.wait(), 0.5)
     elapsed = time.perf_counter() - started
-    await client.disconnect()
-    return elapsed, latencies
+    cpu = cpu_seconds(connector.pid) - cpu_before
+    peak = max(peak, rss_mb(connector.pid, "VmHWM"))
+    connector.send_signal(signal.SIGTERM)
+    await connector.wait()
+    await probe.client.disconnect()
+    probe.latencies.sort()
+    n = len(probe.latencies)
+    return {
+        "rate": args.requests / elapsed,
+        "p50": probe.latencies[n // 2] * 1000,
+        "p95": probe.latencies[int(n * 0.95)] * 1000,
+        "p99": probe.latencies[min(n - 1, int(n * 0.99))] * 1000,
+        "cpu_ms": cpu / args.requests * 1000,
+        "idle_rss": idle_rss,
+        "peak_rss": peak,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--max-in-flight", type=int, default=64)
+    parser.add_argument("--journal", choices=["file", "memory"], default="file", help="durable journal or none")
+    parser.add_argument("--sync", choices=["full", "normal", "off"], default="full", help="journal fsync policy")
+    parser.add_argument("--backlog", action="store_true", help="queue every request while the connector is stopped")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,48 +160,47 @@ def main() -> None:
         assert simulator.stdout is not None
         simulator.stdout.readline()
         env = {**os.environ, "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "simulator-token"}
-        connector = subprocess.Popen(
-            [
-                *CLI,
-                "run",
-                "--broker",
-                f"mqtt://127.0.0.1:{mqtt_port}",
-                "--twilio-api-url",
-                f"http://127.0.0.1:{sim_port}",
-                "--default-from",
-                "+15005550006",
-                "--log-level",
-                "WARNING",
-                "--max-in-flight",
-                str(args.max_in_flight),
-            ],
-            env=env,
-        )
-        time.sleep(1.5)
-        idle_rss = peak_rss_mb(connector.pid)
-        cpu_before, sim_cpu_before = cpu_seconds(connector.pid), cpu_seconds(simulator.pid)
+        journal = Path(tmp) / "journal.db"
+        command = [
+            *CLI,
+            "run",
+            "--broker",
+            f"mqtt://127.0.0.1:{mqtt_port}",
+            "--twilio-api-url",
+            f"http://127.0.0.1:{sim_port}",
+            "--default-from",
+            "+15005550006",
+            "--log-level",
+            "WARNING",
+            "--max-in-flight",
+            str(args.max_in_flight),
+            "--journal-path",
+            str(journal) if args.journal == "file" else ":memory:",
+            "--journal-sync",
+            args.sync,
+        ]
         try:
-            elapsed, latencies = asyncio.run(drive(mqtt_port, args.requests))
-            cpu = cpu_seconds(connector.pid) - cpu_before
-            sim_cpu = cpu_seconds(simulator.pid) - sim_cpu_before
-            rss = peak_rss_mb(connector.pid)
+            if args.backlog:  # register the connector's persistent session first
+                subprocess.run(["timeout", "-s", "TERM", "2", *command], env=env, check=False)
+            sim_cpu = cpu_seconds(simulator.pid)
+            result = asyncio.run(scenario(args, mqtt_port, command, env))
+            sim_cpu = cpu_seconds(simulator.pid) - sim_cpu
+            journal_mb = sum(p.stat().st_size for p in Path(tmp).glob("journal.db*")) / 2**20
         finally:
-            for process in (connector, simulator, broker):
+            for process in (simulator, broker):
                 process.send_signal(signal.SIGTERM)
                 process.wait(30)
-    latencies.sort()
-
-    def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
-
+    mode = f"{args.journal}/{args.sync}" if args.journal == "file" else "none"
     print(
-        "| requests | Twilio latency | notifications/s | p50 ms | p95 ms | p99 ms | connector CPU ms/notification "
-        "| simulator CPU s | RSS idle MB | RSS peak MB |"
+        "| scenario | requests | Twilio latency | journal | notifications/s | p50 ms | p95 ms | p99 ms "
+        "| connector CPU ms/notification | simulator CPU s | RSS idle MB | RSS peak MB | journal MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(
-        f"| {args.requests} | {args.latency_ms:g} ms | {args.requests / elapsed:.0f} | {pct(0.5):.1f} | {pct(0.95):.1f} "
-        f"| {pct(0.99):.1f} | {cpu / args.requests * 1000:.2f} | {sim_cpu:.2f} | {idle_rss:.1f} | {rss:.1f} |"
+        f"| {'backlog' if args.backlog else 'burst'} | {args.requests} | {args.latency_ms:g} ms | {mode} "
+        f"| {result['rate']:.0f} | {result['p50']:.1f} | {result['p95']:.1f} | {result['p99']:.1f} "
+        f"| {result['cpu_ms']:.2f} | {sim_cpu:.2f} | {result['idle_rss']:.1f} | {result['peak_rss']:.1f} "
+        f"| {journal_mb:.1f} |"
     )
 
 
