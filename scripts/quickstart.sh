@@ -27,7 +27,7 @@ sed -e "s/^listener .*/listener $mqtt_port 127.0.0.1/" -e "s|^persistence_locati
 pids=($!)
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 
-args=(--broker "mqtt://127.0.0.1:$mqtt_port")
+args=(--broker "mqtt://127.0.0.1:$mqtt_port" --journal-path "$state/journal.db")
 if [ -z "${TWILIO_ACCOUNT_SID:-}" ] || [ -z "${TWILIO_AUTH_TOKEN:-}${TWILIO_API_SECRET:-}" ]; then
     sim_port=$(free_port)
     .venv/bin/twilio-connector simulator --port "$sim_port" >"$state/simulator.log" 2>&1 &

@@ -65,7 +65,7 @@ class Broker:
             f"persistence_location {self.directory}/\nmax_queued_messages 100000\n"
             f"user root\nlog_dest file {self.directory}/mosquitto.log\n{self.extra_config}"
         )
-        self.process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stderr=subprocess.PIPE)
+        self.process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stderr=subprocess.DEVNULL)
         try:
             wait_for_port(self.port)
         except TimeoutError:

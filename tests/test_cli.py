@@ -113,7 +113,9 @@ def simulator_process() -> Iterator[str]:
 
 
 @pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto-clients not installed")
-def test_mosquitto_pub_request_gets_its_status_and_sigterm_exits_zero(broker: Broker, simulator_process: str) -> None:
+def test_mosquitto_pub_request_gets_its_status_and_sigterm_exits_zero(
+    broker: Broker, simulator_process: str, tmp_path: Path
+) -> None:
     env = clean_env(TWILIO_ACCOUNT_SID=DEFAULT_ACCOUNT_SID, TWILIO_AUTH_TOKEN=DEFAULT_AUTH_TOKEN)
     connector = subprocess.Popen(
         [
@@ -129,57 +131,63 @@ def test_mosquitto_pub_request_gets_its_status_and_sigterm_exits_zero(broker: Br
             "+15005550006",
             "--client-id",
             "cli-test",
+            "--journal-path",
+            str(tmp_path / "journal.db"),
         ],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert connector.stderr is not None
-    for line in connector.stderr:  # wait until it is subscribed
-        if "ready:" in line:
-            break
-    port = str(broker.port)
-    subscriber = subprocess.Popen(
-        [
-            "mosquitto_sub",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            port,
-            "-q",
-            "1",
-            "-t",
-            "twilio/message/status",
-            "-C",
-            "1",
-            "-W",
-            "20",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    # mosquitto_sub has no "subscribed" signal: retry the publish until the status shows up.
-    output = ""
-    for _ in range(20):
-        subprocess.run(
-            ["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-q", "1", "-t", "twilio/txt", "-m", SEED_REQUEST],
-            check=True,
+    try:
+        assert connector.stderr is not None
+        for line in connector.stderr:  # wait until it is subscribed
+            if "ready:" in line:
+                break
+        port = str(broker.port)
+        subscriber = subprocess.Popen(
+            [
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port,
+                "-q",
+                "1",
+                "-t",
+                "twilio/message/status",
+                "-C",
+                "1",
+                "-W",
+                "20",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        try:
-            output, _ = subscriber.communicate(timeout=0.5)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    status = json.loads(output)
-    assert status["id"] == "request123"
-    assert status["response"]["status"] == "success"
-    assert status["response"]["payload"]["from_number"] == "+19999999999"
-    assert status["response"]["payload"]["messages"]["to_number"] == "+12345000000"
-    connector.send_signal(signal.SIGTERM)
-    remaining = connector.stderr.read()
-    assert connector.wait(15) == 0
-    assert "stopped" in remaining
-    assert DEFAULT_AUTH_TOKEN not in remaining
+        # mosquitto_sub has no "subscribed" signal: retry the publish until the status shows up.
+        output = ""
+        for _ in range(20):
+            subprocess.run(
+                ["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-q", "1", "-t", "twilio/txt", "-m", SEED_REQUEST],
+                check=True,
+            )
+            try:
+                output, _ = subscriber.communicate(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        status = json.loads(output)
+        assert status["id"] == "request123"
+        assert status["response"]["status"] == "success"
+        assert status["response"]["payload"]["from_number"] == "+19999999999"
+        assert status["response"]["payload"]["messages"]["to_number"] == "+12345000000"
+        connector.send_signal(signal.SIGTERM)
+        remaining = connector.stderr.read()
+        assert connector.wait(15) == 0
+        assert "stopped" in remaining
+        assert DEFAULT_AUTH_TOKEN not in remaining
+    finally:
+        if connector.poll() is None:
+            connector.kill()
 
 
 def test_journal_command(tmp_path: Path) -> None:

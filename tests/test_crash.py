@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,9 +62,19 @@ async def wait_until(condition: object, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.005)
 
 
+@pytest.fixture
+def spawned() -> Iterator[list[ConnectorProcess]]:
+    processes: list[ConnectorProcess] = []
+    yield processes
+    for connector in processes:  # whatever the test's outcome, leave no connector behind
+        if connector.process.poll() is None:
+            connector.process.kill()
+            connector.process.wait(10)
+
+
 @pytest.mark.parametrize("kill_after", [0.1, 0.5, 0.9])
 async def test_kill_9_mid_burst_loses_and_doubles_nothing(
-    broker: Broker, simulator: SimulatorHandle, tmp_path: Path, kill_after: float
+    broker: Broker, simulator: SimulatorHandle, tmp_path: Path, kill_after: float, spawned: list[ConnectorProcess]
 ) -> None:
     simulator.sim.latency = 0.02
     journal, log = tmp_path / "journal.db", tmp_path / "connector.log"
@@ -71,6 +82,7 @@ async def test_kill_9_mid_burst_loses_and_doubles_nothing(
     probe = MqttProbe(broker.url)
     await probe.start()
     first = ConnectorProcess(broker, simulator, journal, log)
+    spawned.append(first)
     await first.ready()
     ids = {f"k{n}" for n in range(BURST)}
     for n in range(BURST):
@@ -82,6 +94,7 @@ async def test_kill_9_mid_burst_loses_and_doubles_nothing(
 
     log.write_text(log.read_text() + "run:\n")
     second = ConnectorProcess(broker, simulator, journal, log)
+    spawned.append(second)
     await second.ready()
     await probe.wait_for_ids(ids, timeout=60)
     second.process.send_signal(signal.SIGTERM)

@@ -174,6 +174,8 @@ class Engine:
             if free > 0:
                 busy = list(self._active)
                 for entry in await self._journal.read(lambda: core.due(time.time(), free, busy)):  # noqa: B023
+                    if self._closing.is_set():
+                        return  # `stop` is already waiting on what is in flight: leave the rest for next time
                     self._spawn(entry.seq, self._deliver(entry))
             wait = 1.0
             if len(self._active) < self._settings.max_in_flight:

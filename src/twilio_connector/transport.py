@@ -12,7 +12,7 @@ import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
@@ -24,6 +24,7 @@ __all__ = ["BrokerError", "MqttTransport"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Handler = Callable[[str, bytes, bool], Awaitable[None]]
 
 RECONNECT_BASE = 0.25
@@ -91,6 +92,7 @@ class MqttTransport:
         self._handler = handler
         self.connected = asyncio.Event()  # connected and subscribed
         self._closing = False
+        self._subscriber: asyncio.Task[None] | None = None
         properties: dict[str, Any] = {}
         if settings.mqtt_version == "5":
             properties = {
@@ -120,11 +122,18 @@ class MqttTransport:
         self._subscriber = asyncio.get_running_loop().create_task(self._subscribe())
 
     async def _subscribe(self) -> None:
-        # Packet ids are shared with publishes still awaiting the broker's PUBACK: wait for one to free up.
+        subscriptions = [gmqtt.Subscription(topic, qos=1) for topic in self._topics]
+        await self._with_packet_id(lambda: self._client.subscribe(subscriptions))
+
+    async def _with_packet_id(self, send: Callable[[], T]) -> T:
+        """Run `send`, waiting for a free packet id when all are taken.
+
+        The broker allows only so many unacknowledged publishes (its Receive Maximum; Mosquitto's default is 20)
+        and gmqtt raises rather than queue past it; subscriptions share the same ids.
+        """
         while True:
             try:
-                self._client.subscribe([gmqtt.Subscription(topic, qos=1) for topic in self._topics])
-                return
+                return send()
             except OverflowError:
                 self._outbox.acknowledged.clear()
                 await self._outbox.acknowledged.wait()
@@ -175,20 +184,12 @@ class MqttTransport:
         """Publish at QoS 1 and return once the broker acknowledged it (PUBACK).
 
         Waits while disconnected; a message already out when the connection drops is kept by gmqtt and resent on
-        reconnect. Raises ConnectionError if the
-        broker lost the session meanwhile. The broker allows only so many unacknowledged publishes (its Receive
-        Maximum; Mosquitto's default is 20) and gmqtt raises rather than queue past it: wait for room instead.
+        reconnect. Raises ConnectionError if the broker lost the session meanwhile.
         """
         await self.connected.wait()
         message = gmqtt.Message(topic, payload, qos=1)
-        while True:
-            try:
-                # Client.publish without hiding the packet id, which we need to wait for the PUBACK.
-                mid, package = self._client._connection.publish(message)
-                break
-            except OverflowError:
-                self._outbox.acknowledged.clear()
-                await self._outbox.acknowledged.wait()
+        # gmqtt's Client.publish, minus hiding the packet id we need to match the PUBACK.
+        mid, package = await self._with_packet_id(lambda: self._client._connection.publish(message))
         acknowledged = asyncio.get_running_loop().create_future()
         self._outbox.waiters[mid] = acknowledged
         self._outbox.push_message(mid, package)
