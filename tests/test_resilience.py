@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, make_settings, sms
+from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, free_port, make_settings, sms
 from twilio_connector.simulator import Fault
 
 
@@ -125,3 +125,11 @@ async def test_backpressure_bounds_the_backlog(broker: Broker, simulator: Simula
     assert len(statuses) == 40 and all(s["response"]["status"] == "success" for s in statuses)
     await running.stop()
     await probe.stop()
+
+
+async def test_stop_while_the_broker_is_unreachable(broker: Broker, simulator: SimulatorHandle) -> None:
+    settings = make_settings(broker, simulator, broker_url=f"mqtt://127.0.0.1:{free_port()}")
+    running = RunningConnector(settings)
+    await asyncio.sleep(0.3)  # it is retrying the connection now
+    assert not running.ready.is_set()
+    await asyncio.wait_for(running.stop(), 5)

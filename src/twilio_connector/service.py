@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Coroutine
+from typing import Any
 
 from .config import Credentials, Settings
 from .engine import Engine
@@ -15,6 +17,19 @@ from .twilio import TwilioClient
 __all__ = ["run"]
 
 log = logging.getLogger(__name__)
+
+
+async def _first(*aws: Coroutine[Any, Any, Any]) -> int:
+    """Run the awaitables until one finishes (its exception propagates); cancel the rest; return its index."""
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+    winner = next(task for task in tasks if task in done)
+    winner.result()
+    return tasks.index(winner)
 
 
 async def run(
@@ -52,18 +67,18 @@ async def run(
             engine = Engine(settings, client, journal, publish)
             transport = MqttTransport(settings, [settings.txt_topic, settings.call_topic], engine.handle)
             await engine.start()
-            await transport.connect()
-            if ready is not None:
-                ready.set()
-            log.info(
-                "ready: listening on %s and %s, statuses on %s, Twilio at %s, journal %s",
-                settings.txt_topic,
-                settings.call_topic,
-                settings.status_topic,
-                settings.twilio_api_url,
-                settings.journal_path,
-            )
-            await stop.wait()
+            if await _first(transport.connect(), stop.wait()) == 0:  # SIGTERM works while connecting too
+                if ready is not None:
+                    ready.set()
+                log.info(
+                    "ready: listening on %s and %s, statuses on %s, Twilio at %s, journal %s",
+                    settings.txt_topic,
+                    settings.call_topic,
+                    settings.status_topic,
+                    settings.twilio_api_url,
+                    settings.journal_path,
+                )
+                await stop.wait()
             log.info("stopping: finishing %d request(s) in flight", engine.in_flight)
             if not await engine.stop(settings.shutdown_timeout):
                 log.warning(
