@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--state",
         action="append",
-        choices=["accepted", "sending", "sent", "failed"],
+        choices=["accepted", "sending", "sent", "failed", "invalid"],
         help="states to show (repeatable; default: accepted, sending, failed)",
     )
     listing.add_argument("--limit", type=int, default=50)

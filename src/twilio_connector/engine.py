@@ -119,7 +119,7 @@ class Engine:
     # -- intake -----------------------------------------------------------------------------------------
 
     async def handle(self, topic: str, payload: bytes, duplicate: bool = False) -> None:
-        """Take one MQTT request. Returns once it is durably recorded (or answered, if invalid)."""
+        """Take one MQTT request. Returns once it, or its failure status if it is invalid, is durably recorded."""
         kind = self._kinds.get(topic)
         if kind is None:
             log.warning("ignoring a message on unexpected topic %r", topic)
@@ -135,7 +135,9 @@ class Engine:
         )
         if isinstance(parsed, InvalidRequest):
             log.info("request id=%s kind=%s result=invalid reason=%r", parsed.id, kind.value, parsed.message)
-            await self._publish(encode_status(failure_status(parsed.id, ErrorCode.INVALID_PARAMETER, parsed.message)))
+            status = encode_status(failure_status(parsed.id, ErrorCode.INVALID_PARAMETER, parsed.message))
+            await self._journal.reject(kind, parsed.id, status, parsed.message)
+            self._statuses.set()
             return
         await self._room.wait()  # backpressure: stop reading from the broker rather than grow without bound
         accepted = await self._journal.accept(parsed, self._settings.dedupe_window)

@@ -5,7 +5,7 @@ All database work runs on one worker thread, off the event loop. Writes are grou
 one fsync per batch rather than one per request.
 
 Request states: `accepted` (waiting for its first or next attempt) -> `sending` (an attempt may be on the wire)
--> `sent` or `failed`. A row found in `sending` at start-up had an attempt whose outcome is unknown.
+-> `sent` or `failed`; `invalid` for a request that broke the contract (kept for its status). A row found in `sending` at start-up had an attempt whose outcome is unknown.
 """
 
 from __future__ import annotations
@@ -133,6 +133,16 @@ class JournalCore:
             "INSERT INTO requests (dedupe_key, request_id, kind, to_number, from_number, name, content, retries, "
             "state, next_attempt_at, accepted_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?, ?, ?)",
             (key, n.id, n.kind.value, n.to, n.from_, n.name, n.content, n.retries, now, now, now),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def reject(self, kind: Kind, request_id: str | None, status: bytes, reason: str, now: float) -> int:
+        """Record an invalid request with its failure status, so the status goes out like any other."""
+        cursor = self.db.execute(
+            "INSERT INTO requests (dedupe_key, request_id, kind, to_number, from_number, name, content, retries, "
+            "state, next_attempt_at, last_error, status, accepted_at, updated_at) "
+            "VALUES (randomblob(16), ?, ?, '', '', '', '', 0, 'invalid', 0, ?, ?, ?, ?)",
+            (request_id or "", kind.value, reason, status, now, now),
         )
         return int(cursor.lastrowid or 0)
 
@@ -306,6 +316,9 @@ class Journal:
 
     async def accept(self, notification: Notification, window: float) -> int | Duplicate:
         return await self.write(lambda: self.core.accept(notification, time.time(), window))
+
+    async def reject(self, kind: Kind, request_id: str | None, status: bytes, reason: str) -> int:
+        return await self.write(lambda: self.core.reject(kind, request_id, status, reason, time.time()))
 
     async def begin_attempt(self, seq: int) -> None:
         await self.write(lambda: self.core.begin_attempt(seq, time.time()))

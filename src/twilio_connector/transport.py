@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Handler = Callable[[str, bytes, bool], Awaitable[None]]
 
+READ_SIZE = 16 * 1024
 RECONNECT_BASE = 0.25
 RECONNECT_CAP = 30.0
 
@@ -93,6 +94,9 @@ class MqttTransport:
         self.connected = asyncio.Event()  # connected and subscribed
         self._closing = False
         self._subscriber: asyncio.Task[None] | None = None
+        self._pending = 0  # messages being handled, not yet acknowledged
+        self._high_water = max(2, settings.max_in_flight)
+        self._paused: asyncio.Transport | None = None
         properties: dict[str, Any] = {}
         if settings.mqtt_version == "5":
             properties = {
@@ -117,6 +121,11 @@ class MqttTransport:
 
     def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
         client.failures = 0
+        socket_transport = self._client._connection._transport
+        if hasattr(socket_transport, "max_size"):
+            # asyncio reads up to 256 KiB at once, ~2,000 requests gmqtt would start handling in one go; smaller
+            # reads let pause_reading() (see _on_message) hold a flood back at the broker.
+            socket_transport.max_size = READ_SIZE
         log.info("connected to broker %s (session resumed: %s)", self._settings.broker_url, bool(flags))
         # Subscribing again is harmless on a resumed session and essential on a lost one.
         self._subscriber = asyncio.get_running_loop().create_task(self._subscribe())
@@ -150,7 +159,20 @@ class MqttTransport:
         self.connected.clear()
 
     async def _on_message(self, client: Any, topic: str, payload: bytes, qos: int, properties: Any) -> int:
-        await self._handler(topic, payload, bool(properties.get("dup")))
+        self._pending += 1
+        if self._pending >= self._high_water and self._paused is None:
+            # Some brokers send past our Receive Maximum (Mosquitto 2.0.11 does, to a resumed session): stop
+            # reading the socket so the backlog stays queued at the broker, not in this process's memory.
+            self._paused = self._client._connection._transport
+            self._paused.pause_reading()
+        try:
+            await self._handler(topic, payload, bool(properties.get("dup")))
+        finally:
+            self._pending -= 1
+            if self._paused is not None and self._pending <= self._high_water // 2:
+                if not self._paused.is_closing():
+                    self._paused.resume_reading()
+                self._paused = None
         return 0  # PUBACK reason code: success
 
     async def connect(self) -> None:
