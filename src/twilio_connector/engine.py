@@ -118,7 +118,7 @@ class Engine:
 
     # -- intake -----------------------------------------------------------------------------------------
 
-    async def handle(self, topic: str, payload: bytes, duplicate: bool = False) -> None:
+    async def handle(self, topic: str, payload: bytes) -> None:
         """Take one MQTT request. Returns once it, or its failure status if it is invalid, is durably recorded."""
         kind = self._kinds.get(topic)
         if kind is None:

@@ -25,7 +25,7 @@ __all__ = ["BrokerError", "MqttTransport"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Handler = Callable[[str, bytes, bool], Awaitable[None]]
+Handler = Callable[[str, bytes], Awaitable[None]]
 
 READ_SIZE = 16 * 1024
 RECONNECT_BASE = 0.25
@@ -81,7 +81,7 @@ class _Client(gmqtt.Client):  # type: ignore[misc]
 
 
 class MqttTransport:
-    """Subscribes to `topics` and calls `handler(topic, payload, duplicate)` for each message.
+    """Subscribes to `topics` and calls `handler(topic, payload)` for each message.
 
     The broker gets the PUBACK only when the handler returns, so `receive_maximum` (MQTT 5) caps how many
     requests the broker hands us at once: backpressure without an unbounded queue in this process.
@@ -166,7 +166,7 @@ class MqttTransport:
             self._paused = self._client._connection._transport
             self._paused.pause_reading()
         try:
-            await self._handler(topic, payload, bool(properties.get("dup")))
+            await self._handler(topic, payload)
         finally:
             self._pending -= 1
             if self._paused is not None and self._pending <= self._high_water // 2:
