@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from twilio_connector.contract import (
+    Content,
     ErrorCode,
     InvalidRequest,
     Kind,
@@ -56,9 +57,18 @@ SEED_LAMBDA = {
 }
 
 
-def parse(document: Any, kind: Kind = Kind.SMS, default_from: str | None = "+15005550006", max_retries: int = 10):
+def parse_all(document: Any, kind: Kind = Kind.SMS, default_from: str | None = "+15005550006", max_retries: int = 10):
     payload = document if isinstance(document, bytes) else orjson.dumps(document)
     return parse_request(payload, kind, default_from=default_from, max_retries=max_retries, max_payload_bytes=65536)
+
+
+def parse(document: Any, kind: Kind = Kind.SMS, default_from: str | None = "+15005550006", max_retries: int = 10):
+    """The single notification of a one-recipient request, or the InvalidRequest."""
+    result = parse_all(document, kind, default_from, max_retries)
+    if isinstance(result, list):
+        [single] = result
+        return single
+    return result
 
 
 def txt(**recipient: Any) -> dict[str, Any]:
@@ -79,7 +89,7 @@ def test_seed_txt_example_verbatim() -> None:
 
 def test_seed_call_example_verbatim() -> None:
     assert parse(SEED_CALL, Kind.CALL) == Notification(
-        "request123", Kind.CALL, "+12345000000", "+19999999999", "Darla", "https://some-public-TwiML", 3
+        "request123", Kind.CALL, "+12345000000", "+19999999999", "Darla", "https://some-public-TwiML", 3, Content.URL
     )
 
 
@@ -267,3 +277,114 @@ def test_error_codes_are_the_documented_stable_set() -> None:
         "OutcomeUnknown",
         "InternalError",
     }
+
+
+# -- optional fields beyond the original contract --------------------------------------------------------
+
+
+def call_doc(**recipient: Any) -> dict[str, Any]:
+    return {"request": {"recipient": {"name": "Darla", "phone_number": "+12345000000", **recipient}}, "id": "c"}
+
+
+def test_mms_media_urls() -> None:
+    one = parse(txt(media_url="https://e.example/a.jpg"))
+    assert isinstance(one, Notification) and one.media_urls == ("https://e.example/a.jpg",)
+    document = txt(media_url=[f"https://e.example/{n}.jpg" for n in range(10)])
+    del document["request"]["recipient"]["message"]
+    many = parse(document)
+    assert isinstance(many, Notification) and len(many.media_urls) == 10 and many.content == ""
+    assert "more than 10 URLs" in invalid(parse(txt(media_url=[f"https://e.example/{n}" for n in range(11)]))).message
+    assert "must be an http(s) URL" in invalid(parse(txt(media_url=["ftp://e.example/a"]))).message
+    assert (
+        "media_url is not allowed on a call request"
+        in invalid(
+            parse(call_doc(voice_message_location="https://e.example/t", media_url="https://e.example/a"), Kind.CALL)
+        ).message
+    )
+
+
+def test_messaging_service_picks_the_sender() -> None:
+    service = "MG" + "a" * 32
+    document = txt()
+    document["request"]["messaging_service_sid"] = service
+    result = parse(document, default_from="+15005550006")
+    assert isinstance(result, Notification) and (result.from_, result.messaging_service_sid) == ("", service)
+    document["request"]["from_number"] = "+19999999999"
+    both = parse(document)
+    assert isinstance(both, Notification) and (both.from_, both.messaging_service_sid) == ("+19999999999", service)
+    document["request"]["messaging_service_sid"] = "MG123"
+    assert "MG followed by 32 hexadecimal digits" in invalid(parse(document)).message
+
+
+def test_whatsapp_addresses() -> None:
+    document = txt(phone_number="whatsapp:+1 234 500 0000")
+    document["request"]["from_number"] = "whatsapp:14155238886"
+    result = parse(document)
+    assert isinstance(result, Notification)
+    assert (result.to, result.from_) == ("whatsapp:+12345000000", "whatsapp:+14155238886")
+    assert "needs a WhatsApp sender" in invalid(parse(txt(phone_number="whatsapp:+12345000000"))).message
+    assert (
+        "not a valid phone number"
+        in invalid(
+            parse(
+                call_doc(phone_number="whatsapp:+12345000000", voice_message_location="https://e.example/t"), Kind.CALL
+            )
+        ).message
+    )
+
+
+def test_inline_twiml_and_spoken_messages_are_escaped() -> None:
+    twiml = parse(call_doc(twiml="<Response><Say>Hi</Say></Response>"), Kind.CALL)
+    assert isinstance(twiml, Notification) and twiml.content_type is Content.TWIML
+    spoken = parse(call_doc(voice_message='Fire in <Hall> & "B"', voice="Polly.Joanna", language="en-US"), Kind.CALL)
+    assert isinstance(spoken, Notification) and spoken.content_type is Content.TWIML
+    assert spoken.content == (
+        '<Response><Say voice="Polly.Joanna" language="en-US">Fire in &lt;Hall&gt; &amp; "B"</Say></Response>'
+    )
+    assert "short name" in invalid(parse(call_doc(voice_message="x", voice='a" onload="'), Kind.CALL)).message
+    assert (
+        "give only one of"
+        in invalid(parse(call_doc(voice_message="x", voice_message_location="https://e.example/t"), Kind.CALL)).message
+    )
+    assert "twiml is not allowed on a text request" in invalid(parse(txt(twiml="<Response/>"))).message
+
+
+def test_validity_period() -> None:
+    document = txt()
+    document["request"]["validity_period"] = 600
+    result = parse(document)
+    assert isinstance(result, Notification) and result.validity_period == 600
+    document["request"]["validity_period"] = 0
+    assert "from 1 to 36000" in invalid(parse(document)).message
+
+
+def test_several_recipients_one_notification_each() -> None:
+    document = {
+        "request": {
+            "recipient": [
+                {"name": "A", "phone_number": "+12345000001", "message": "hi A"},
+                {"name": "B", "phone_number": "12345000002", "message": "hi B"},
+            ]
+        },
+        "id": "multi",
+    }
+    result = parse_all(document)
+    assert isinstance(result, list) and [(n.id, n.to, n.content, n.listed) for n in result] == [
+        ("multi", "+12345000001", "hi A", True),
+        ("multi", "+12345000002", "hi B", True),
+    ]
+    status = success_status(result[1], SendResult("SM2", "queued", "+12345000002", "+15005550006"), 1)
+    assert status["recipient"] == "+12345000002" and status["id"] == "multi"
+    document["request"]["recipient"][1]["phone_number"] = "+12345000001"
+    assert "same phone number twice" in invalid(parse_all(document)).message
+    document["request"]["recipient"] = []
+    assert "1 to 20 recipients" in invalid(parse_all(document)).message
+
+
+def test_options_round_trip_for_storage() -> None:
+    document = txt(media_url=["https://e.example/a"])
+    document["request"].update(messaging_service_sid="MG" + "b" * 32, validity_period=60)
+    note = parse(document)
+    assert isinstance(note, Notification)
+    bare = Notification(note.id, note.kind, note.to, note.from_, note.name, note.content, note.retries)
+    assert bare.with_options(note.options()) == note

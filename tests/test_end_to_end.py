@@ -178,3 +178,58 @@ async def test_429_storm_all_sent_once(probe: MqttProbe, simulator: SimulatorHan
     bodies = sorted(item["body"] for item in simulator.sim._resources["Messages"].items.values())
     assert bodies == sorted(f"storm {n}" for n in range(30))
     assert len(simulator.created()) == 90
+
+
+async def test_extensions_reach_twilio(probe: MqttProbe, simulator: SimulatorHandle) -> None:
+    service = "MG" + "c" * 32
+    await probe.publish(
+        "twilio/txt",
+        {
+            "request": {
+                "recipient": [
+                    {
+                        "name": "A",
+                        "phone_number": "+12345000001",
+                        "message": "look",
+                        "media_url": ["https://e.example/1.jpg", "https://e.example/2.jpg"],
+                    },
+                    {"name": "B", "phone_number": "+15005550001", "message": "look"},
+                ],
+                "messaging_service_sid": service,
+                "validity_period": 300,
+            },
+            "id": "x1",
+        },
+    )
+    await probe.publish(
+        "twilio/call",
+        call("x2", url="https://unused.example")
+        | {
+            "request": {
+                "recipient": {
+                    "name": "C",
+                    "phone_number": "+12345000003",
+                    "voice_message": "Smoke <alarm>",
+                    "language": "en-GB",
+                }
+            }
+        },
+    )
+    statuses = await probe.wait_for(3)
+    by_recipient = {s.get("recipient"): s for s in statuses if s["id"] == "x1"}
+    assert by_recipient["+12345000001"]["response"]["status"] == "success"
+    assert by_recipient["+15005550001"]["response"]["twilio_error_code"] == 21211
+    sent = {entry["params"]["To"]: entry for entry in simulator.created()}
+    assert sent["+12345000001"]["params"] == {
+        "To": "+12345000001",
+        "MessagingServiceSid": service,
+        "Body": "look",
+        "ValidityPeriod": "300",
+    }
+    assert sent["+12345000001"]["media"] == ["https://e.example/1.jpg", "https://e.example/2.jpg"]
+    assert (
+        sent["+12345000003"]["params"]["Twiml"]
+        == '<Response><Say language="en-GB">Smoke &lt;alarm&gt;</Say></Response>'
+    )
+    assert "Url" not in sent["+12345000003"]["params"]
+    assert next(s for s in statuses if s["id"] == "x2")["response"]["status"] == "success"

@@ -9,13 +9,13 @@ import aiohttp
 import pytest
 
 from conftest import DEFAULT_FROM, SimulatorHandle, free_port
-from twilio_connector.contract import Kind, Notification, SendResult
+from twilio_connector.contract import Content, Kind, Notification, SendResult
 from twilio_connector.secrets import Secret
 from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Fault
 from twilio_connector.twilio import FailureKind, TwilioClient, TwilioFailure
 
 SMS = Notification("r", Kind.SMS, "+12345000000", DEFAULT_FROM, "Darla", "hello", 0)
-CALL = Notification("r", Kind.CALL, "+12345000000", DEFAULT_FROM, "Darla", "https://example.com/t", 0)
+CALL = Notification("r", Kind.CALL, "+12345000000", DEFAULT_FROM, "Darla", "https://example.com/t", 0, Content.URL)
 
 
 def client_for(

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
+from xml.sax.saxutils import escape
 
 import orjson
 
 __all__ = [
+    "Content",
     "ErrorCode",
     "InvalidRequest",
     "Kind",
@@ -28,6 +30,10 @@ __all__ = [
 
 #: Twilio refuses message bodies longer than this (error 21617); rejecting locally gives a clearer status.
 MAX_BODY_CHARS = 1600
+MAX_TWIML_CHARS = 4000  # Twilio's limit for inline TwiML
+MAX_MEDIA = 10  # Twilio's limit of media per message
+MAX_RECIPIENTS = 20
+VALIDITY_RANGE = (1, 36000)  # seconds, Twilio's ValidityPeriod range
 MAX_ID_CHARS = 256
 MAX_NAME_CHARS = 256
 MAX_URL_CHARS = 2048
@@ -35,6 +41,9 @@ MAX_URL_CHARS = 2048
 # Separators people type inside phone numbers; anything else makes the number invalid.
 _SEPARATORS = re.compile(r"[\s\-().]")
 _E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+_MESSAGING_SERVICE = re.compile(r"MG[0-9a-fA-F]{32}")
+_SAY_OPTION = re.compile(r"[A-Za-z0-9.\-_]{1,64}")
+WHATSAPP = "whatsapp:"
 
 
 class Kind(enum.Enum):
@@ -59,17 +68,55 @@ class ErrorCode(enum.StrEnum):
     """A defect in the connector; the log has details."""
 
 
+class Content(enum.Enum):
+    """What `Notification.content` holds; the value is Twilio's form parameter."""
+
+    BODY = "Body"
+    URL = "Url"
+    TWIML = "Twiml"
+
+
 @dataclass(frozen=True, slots=True)
 class Notification:
-    """A validated request, numbers in E.164."""
+    """One validated notification to one recipient; numbers in E.164 (with `whatsapp:` kept for WhatsApp)."""
 
     id: str
     kind: Kind
     to: str
-    from_: str
+    from_: str  # empty when a Messaging Service picks the sender
     name: str
-    content: str  # the SMS body, or the TwiML URL of a call
+    content: str  # the SMS body, the TwiML URL of a call, or inline TwiML
     retries: int
+    content_type: Content = Content.BODY
+    media_urls: tuple[str, ...] = ()
+    messaging_service_sid: str | None = None
+    validity_period: int | None = None
+    listed: bool = False  # one of several recipients: its status names the recipient
+
+    def options(self) -> dict[str, Any]:
+        """The optional fields that are set, for storage (see `with_options`)."""
+        options: dict[str, Any] = {}
+        if self.content_type is not Content.BODY:
+            options["content_type"] = self.content_type.value
+        if self.media_urls:
+            options["media_urls"] = list(self.media_urls)
+        if self.messaging_service_sid:
+            options["messaging_service_sid"] = self.messaging_service_sid
+        if self.validity_period is not None:
+            options["validity_period"] = self.validity_period
+        if self.listed:
+            options["listed"] = True
+        return options
+
+    def with_options(self, options: dict[str, Any]) -> Notification:
+        return replace(
+            self,
+            content_type=Content(options.get("content_type", "Body")),
+            media_urls=tuple(options.get("media_urls", ())),
+            messaging_service_sid=options.get("messaging_service_sid"),
+            validity_period=options.get("validity_period"),
+            listed=bool(options.get("listed", False)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,45 +214,156 @@ def _check_retries(value: object, cap: int) -> int:
     return min(value, cap)
 
 
-def _validate(document: object, kind: Kind, default_from: str | None, max_retries: int) -> Notification:
+def _address(value: object, field: str, kind: Kind) -> str:
+    """A phone number, or on texts a WhatsApp address (`whatsapp:+...`)."""
+    if kind is Kind.SMS and isinstance(value, str) and value.startswith(WHATSAPP):
+        return WHATSAPP + normalise_number(value.removeprefix(WHATSAPP), field)
+    return normalise_number(value, field)
+
+
+def _media_urls(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    urls = [value] if isinstance(value, str) else value
+    if not isinstance(urls, list) or not urls:
+        raise ContractViolation("request.recipient.media_url must be a URL or a non-empty list of URLs")
+    if len(urls) > MAX_MEDIA:
+        raise ContractViolation(f"request.recipient.media_url has more than {MAX_MEDIA} URLs")
+    return tuple(_check_url(url, "request.recipient.media_url") for url in urls)
+
+
+def _say(text: str, voice: object, language: object) -> str:
+    """TwiML that speaks `text`; escaped, so a message can never inject TwiML."""
+    attributes = ""
+    for attribute, value in (("voice", voice), ("language", language)):
+        if value is None:
+            continue
+        if not isinstance(value, str) or not _SAY_OPTION.fullmatch(value):
+            raise ContractViolation(f"request.recipient.{attribute} must be a short name such as Polly.Joanna or en-US")
+        attributes += f' {attribute}="{value}"'
+    return f"<Response><Say{attributes}>{escape(text)}</Say></Response>"
+
+
+def _text_content(recipient: dict[str, Any]) -> tuple[Content, str, tuple[str, ...]]:
+    if recipient.get("voice_message_location") is not None:
+        raise ContractViolation("request.recipient.voice_message_location is not allowed on a text request")
+    for field in ("twiml", "voice_message"):
+        if recipient.get(field) is not None:
+            raise ContractViolation(f"request.recipient.{field} is not allowed on a text request")
+    media = _media_urls(recipient.get("media_url"))
+    message = recipient.get("message")
+    if message is None:
+        if media:
+            return Content.BODY, "", media
+        raise ContractViolation("request.recipient.message is required")
+    return Content.BODY, _text(message, "request.recipient.message", limit=MAX_BODY_CHARS), media
+
+
+def _call_content(recipient: dict[str, Any]) -> tuple[Content, str, tuple[str, ...]]:
+    for field in ("message", "media_url"):
+        if recipient.get(field) is not None:
+            raise ContractViolation(f"request.recipient.{field} is not allowed on a call request")
+    given = [
+        field for field in ("voice_message_location", "twiml", "voice_message") if recipient.get(field) is not None
+    ]
+    if not given:
+        raise ContractViolation("request.recipient.voice_message_location is required")
+    if len(given) > 1:
+        raise ContractViolation(f"request.recipient: give only one of {', '.join(given)}")
+    field = given[0]
+    path = f"request.recipient.{field}"
+    if field == "voice_message_location":
+        return Content.URL, _check_url(recipient[field], path), ()
+    if field == "twiml":
+        return Content.TWIML, _text(recipient[field], path, limit=MAX_TWIML_CHARS), ()
+    spoken = _say(
+        _text(recipient[field], path, limit=MAX_BODY_CHARS), recipient.get("voice"), recipient.get("language")
+    )
+    if len(spoken) > MAX_TWIML_CHARS:
+        raise ContractViolation(f"{path} is too long once escaped into TwiML")
+    return Content.TWIML, spoken, ()
+
+
+def _recipients(request: dict[str, Any]) -> list[dict[str, Any]]:
+    recipient = request.get("recipient")
+    if recipient is None:
+        raise ContractViolation("request.recipient is required")
+    if isinstance(recipient, dict):
+        return [recipient]
+    if not isinstance(recipient, list):
+        raise ContractViolation("request.recipient must be an object")
+    if not recipient or len(recipient) > MAX_RECIPIENTS:
+        raise ContractViolation(f"request.recipient must list 1 to {MAX_RECIPIENTS} recipients")
+    if not all(isinstance(item, dict) for item in recipient):
+        raise ContractViolation("request.recipient must be an object or a list of objects")
+    return recipient
+
+
+def _sender(request: dict[str, Any], kind: Kind, default_from: str | None) -> tuple[str, str | None]:
+    """(From, MessagingServiceSid). A Messaging Service picks the sender itself unless from_number is given."""
+    service = request.get("messaging_service_sid")
+    if service is not None:
+        if kind is not Kind.SMS:
+            raise ContractViolation("request.messaging_service_sid is not allowed on a call request")
+        if not isinstance(service, str) or not _MESSAGING_SERVICE.fullmatch(service):
+            raise ContractViolation("request.messaging_service_sid must be MG followed by 32 hexadecimal digits")
+    from_number = request.get("from_number")
+    if from_number is not None:
+        return _address(from_number, "request.from_number", kind), service
+    if service is not None:
+        return "", service
+    if default_from:
+        return default_from, None
+    raise ContractViolation("request.from_number is required when no DefaultFromPhoneNumber is configured")
+
+
+def _validity(request: dict[str, Any], kind: Kind) -> int | None:
+    value = request.get("validity_period")
+    if value is None:
+        return None
+    if kind is not Kind.SMS:
+        raise ContractViolation("request.validity_period is not allowed on a call request")
+    low, high = VALIDITY_RANGE
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ContractViolation(f"request.validity_period must be an integer from {low} to {high} (seconds)")
+    return value
+
+
+def _one(recipient: dict[str, Any], kind: Kind, path: str) -> tuple[str, str, tuple[Content, str, tuple[str, ...]]]:
+    name = recipient.get("name")
+    if name is None:
+        raise ContractViolation("Recipient name cannot be None")  # the original connector's wording
+    name = _text(name, f"{path}.name", limit=MAX_NAME_CHARS, allow_empty=kind is Kind.SMS)
+    if recipient.get("phone_number") is None:
+        raise ContractViolation(f"{path}.phone_number is required")
+    to = _address(recipient["phone_number"], f"{path}.phone_number", kind)
+    content = _text_content(recipient) if kind is Kind.SMS else _call_content(recipient)
+    return name, to, content
+
+
+def _validate(document: object, kind: Kind, default_from: str | None, max_retries: int) -> list[Notification]:
     if not isinstance(document, dict):
         raise ContractViolation("payload must be a JSON object")
     request_id = _check_id(document)
     request = _object(document, "request", "request")
-    recipient = _object(request, "recipient", "request.recipient")
-
-    name = recipient.get("name")
-    if name is None:
-        raise ContractViolation("Recipient name cannot be None")  # the original connector's wording
-    name = _text(name, "request.recipient.name", limit=MAX_NAME_CHARS, allow_empty=kind is Kind.SMS)
-    if recipient.get("phone_number") is None:
-        raise ContractViolation("request.recipient.phone_number is required")
-    to = normalise_number(recipient["phone_number"], "request.recipient.phone_number")
-
-    message, location = recipient.get("message"), recipient.get("voice_message_location")
-    if kind is Kind.SMS:
-        if location is not None:
-            raise ContractViolation("request.recipient.voice_message_location is not allowed on a text request")
-        if message is None:
-            raise ContractViolation("request.recipient.message is required")
-        content = _text(message, "request.recipient.message", limit=MAX_BODY_CHARS)
-    else:
-        if message is not None:
-            raise ContractViolation("request.recipient.message is not allowed on a call request")
-        if location is None:
-            raise ContractViolation("request.recipient.voice_message_location is required")
-        content = _check_url(location, "request.recipient.voice_message_location")
-
-    from_number = request.get("from_number")
-    if from_number is not None:
-        sender = normalise_number(from_number, "request.from_number")
-    elif default_from:
-        sender = default_from
-    else:
-        raise ContractViolation("request.from_number is required when no DefaultFromPhoneNumber is configured")
-
+    recipients = _recipients(request)
+    sender, service = _sender(request, kind, default_from)
+    validity = _validity(request, kind)
     retries = _check_retries(request.get("retries"), max_retries)
-    return Notification(request_id, kind, to, sender, name, content, retries)
+    listed = isinstance(request["recipient"], list)
+    notifications = []
+    for recipient in recipients:
+        name, to, (content_type, content, media) = _one(recipient, kind, "request.recipient")
+        if to.startswith(WHATSAPP) != sender.startswith(WHATSAPP) and sender:
+            raise ContractViolation("a WhatsApp recipient needs a WhatsApp sender (whatsapp:+...), and the reverse")
+        notifications.append(
+            Notification(
+                request_id, kind, to, sender, name, content, retries, content_type, media, service, validity, listed
+            )
+        )
+    if len({n.to for n in notifications}) < len(notifications):
+        raise ContractViolation("request.recipient lists the same phone number twice")
+    return notifications
 
 
 def parse_request(
@@ -215,8 +373,9 @@ def parse_request(
     default_from: str | None,
     max_retries: int,
     max_payload_bytes: int,
-) -> Notification | InvalidRequest:
-    """Validate one MQTT payload. Never raises: a bad payload becomes an `InvalidRequest`."""
+) -> list[Notification] | InvalidRequest:
+    """Validate one MQTT payload into one notification per recipient. Never raises: a bad payload becomes an
+    `InvalidRequest`."""
     if len(payload) > max_payload_bytes:
         return InvalidRequest(None, f"payload is larger than {max_payload_bytes} bytes")
     try:
@@ -231,7 +390,7 @@ def parse_request(
 
 
 def success_status(notification: Notification, result: SendResult, attempts: int) -> dict[str, Any]:
-    return {
+    status: dict[str, Any] = {
         "response": {
             "status": "success",
             "payload": {
@@ -247,6 +406,9 @@ def success_status(notification: Notification, result: SendResult, attempts: int
         },
         "id": notification.id,
     }
+    if notification.listed:
+        status["recipient"] = notification.to
+    return status
 
 
 def failure_status(
@@ -257,6 +419,7 @@ def failure_status(
     twilio_error_code: int | None = None,
     http_status: int | None = None,
     attempts: int | None = None,
+    recipient: str | None = None,
 ) -> dict[str, Any]:
     response: dict[str, Any] = {
         "status": "fail",
@@ -270,7 +433,10 @@ def failure_status(
         response["http_status"] = http_status
     if attempts is not None:
         response["attempts"] = attempts
-    return {"response": response, "id": request_id}
+    status: dict[str, Any] = {"response": response, "id": request_id}
+    if recipient is not None:
+        status["recipient"] = recipient
+    return status
 
 
 def encode_status(status: dict[str, Any]) -> bytes:

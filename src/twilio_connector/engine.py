@@ -42,6 +42,19 @@ PUBLISH_BATCH = 256
 PRUNE_EVERY = 60.0
 
 
+async def _supervised(loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a service loop; if a defect makes it raise, log it and start it again rather than go silent."""
+    while True:
+        try:
+            await loop()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the %s loop failed; restarting it", loop.__name__.strip("_"))
+            await asyncio.sleep(1.0)
+
+
 class Sender(Protocol):
     async def create(self, notification: Notification) -> SendResult | TwilioFailure: ...
 
@@ -90,9 +103,9 @@ class Engine:
             log.info("request id=%s was being sent when the connector stopped: checking Twilio", entry.notification.id)
             self._spawn(entry.seq, self._resolve_doubt(entry))
         self._loops = [
-            asyncio.create_task(self._dispatch(), name="dispatch"),
-            asyncio.create_task(self._publish_statuses(), name="publish"),
-            asyncio.create_task(self._prune(), name="prune"),
+            asyncio.create_task(_supervised(self._dispatch), name="dispatch"),
+            asyncio.create_task(_supervised(self._publish_statuses), name="publish"),
+            asyncio.create_task(_supervised(self._prune), name="prune"),
         ]
 
     async def stop(self, grace: float) -> bool:
@@ -139,17 +152,18 @@ class Engine:
             await self._journal.reject(kind, parsed.id, status, parsed.message)
             self._statuses.set()
             return
-        await self._room.wait()  # backpressure: stop reading from the broker rather than grow without bound
-        accepted = await self._journal.accept(parsed, self._settings.dedupe_window)
-        if isinstance(accepted, Duplicate):
-            log.info("request id=%s result=duplicate (already recorded; nothing sent again)", parsed.id)
-            if accepted.status is not None:
-                await self._journal.republish(accepted.seq)
-                self._statuses.set()
-            return
-        self._unfinished += 1
-        self._update_room()
-        self._work.set()
+        for notification in parsed:
+            await self._room.wait()  # backpressure: stop reading from the broker rather than grow without bound
+            accepted = await self._journal.accept(notification, self._settings.dedupe_window)
+            if isinstance(accepted, Duplicate):
+                log.info("request id=%s result=duplicate (already recorded; nothing sent again)", notification.id)
+                if accepted.status is not None:
+                    await self._journal.republish(accepted.seq)
+                    self._statuses.set()
+                continue
+            self._unfinished += 1
+            self._update_room()
+            self._work.set()
 
     def _update_room(self) -> None:
         if self._unfinished < self._settings.max_backlog:
@@ -201,7 +215,10 @@ class Engine:
             raise
         except Exception:
             log.exception("request id=%s failed with an internal error", notification.id)
-            status = encode_status(failure_status(notification.id, ErrorCode.INTERNAL_ERROR, "internal error"))
+            recipient = notification.to if notification.listed else None
+            status = encode_status(
+                failure_status(notification.id, ErrorCode.INTERNAL_ERROR, "internal error", recipient=recipient)
+            )
             await self._finish(entry.seq, "failed", status, None, "internal error")
 
     async def _resolve_doubt(self, entry: Entry) -> None:
@@ -274,6 +291,7 @@ class Engine:
                 twilio_error_code=outcome.code,
                 http_status=outcome.http_status,
                 attempts=attempt,
+                recipient=notification.to if notification.listed else None,
             )
         )
         await self._finish(seq, "failed", status, None, outcome.message)

@@ -169,19 +169,23 @@ class Simulator:
         refusal = self._authorised(request)
         if refusal is not None:
             return refusal
-        form = {key: str(value) for key, value in (await request.post()).items()}
+        posted = await request.post()
+        form = {key: str(value) for key, value in posted.items() if key != "MediaUrl"}
+        media = [str(url) for url in posted.getall("MediaUrl", [])]
         entry: dict[str, Any] = {"resource": resource.name, "params": form, "time": time.time()}
+        if media:
+            entry["media"] = media
         self.received.append(entry)
         if self.latency:
             await asyncio.sleep(self.latency)
         fault = self._take_fault(resource.name)
         if fault is not None:
-            return await self._inject(fault, resource, form, entry)
-        problem = self._validate(resource, form)
+            return await self._inject(fault, resource, form, media, entry)
+        problem = self._validate(resource, form, media)
         if problem is not None:
             entry["outcome"] = problem[1]
             return _error(*problem)
-        item = self._store(resource, form)
+        item = self._store(resource, form, media)
         entry["outcome"] = item["sid"]
         return _json(item, status=201)
 
@@ -195,10 +199,10 @@ class Simulator:
         return None
 
     async def _inject(
-        self, fault: Fault, resource: _Resource, form: dict[str, str], entry: dict[str, Any]
+        self, fault: Fault, resource: _Resource, form: dict[str, str], media: list[str], entry: dict[str, Any]
     ) -> web.Response:
-        if fault.store and self._validate(resource, form) is None:
-            entry["stored"] = self._store(resource, form)["sid"]
+        if fault.store and self._validate(resource, form, media) is None:
+            entry["stored"] = self._store(resource, form, media)["sid"]
         if fault.delay:
             await asyncio.sleep(fault.delay)
         entry["outcome"] = fault.code or fault.status
@@ -206,27 +210,29 @@ class Simulator:
         return _error(fault.status, fault.code, fault.message, headers)
 
     @staticmethod
-    def _validate(resource: _Resource, form: dict[str, str]) -> tuple[int, int, str] | None:
-        to, sender, content = form.get("To"), form.get("From"), form.get(resource.content_param)
+    def _validate(resource: _Resource, form: dict[str, str], media: list[str]) -> tuple[int, int, str] | None:
+        to, sender = form.get("To"), form.get("From")
         if not to:
             return 400, 21604, "A 'To' phone number is required."
-        if not sender:
+        if not sender and not (resource.name == "Messages" and form.get("MessagingServiceSid")):
             return 400, 21603, "A 'From' phone number is required."
-        if not content:
-            if resource.name == "Messages":
+        if resource.name == "Messages":
+            body = form.get("Body", "")
+            if not body and not media:
                 return 400, 21602, "Message body is required."
+            if len(body) > MAX_BODY_CHARS:
+                return 400, 21617, "The concatenated message body exceeds the 1600 character limit."
+        elif not form.get("Url") and not form.get("Twiml"):
             return 400, 21205, "Url parameter is required."
-        if resource.name == "Messages" and len(content) > MAX_BODY_CHARS:
-            return 400, 21617, "The concatenated message body exceeds the 1600 character limit."
         if sender in _FROM:
             return 400, *_FROM[sender]
         if to in resource.to_errors:
             return 400, *resource.to_errors[to]
-        if not _valid_number(to):
+        if not _valid_number(to.removeprefix("whatsapp:")):
             return 400, 21211, f"The 'To' number {to} is not a valid phone number."
         return None
 
-    def _store(self, resource: _Resource, form: dict[str, str]) -> dict[str, Any]:
+    def _store(self, resource: _Resource, form: dict[str, str], media: list[str]) -> dict[str, Any]:
         sid = resource.prefix + secrets.token_hex(16)
         now = _now()
         base = f"{API.format(account=self.account_sid)}/{resource.name}/{sid}"
@@ -234,7 +240,7 @@ class Simulator:
             "sid": sid,
             "account_sid": self.account_sid,
             "to": form["To"],
-            "from": form["From"],
+            "from": form.get("From"),
             "status": "queued",
             "direction": "outbound-api",
             "api_version": "2010-04-01",
@@ -246,19 +252,19 @@ class Simulator:
         }
         if resource.name == "Messages":
             item = common | {
-                "body": form["Body"],
-                "num_segments": str(max(1, -(-len(form["Body"]) // 153))),
-                "num_media": "0",
+                "body": form.get("Body", ""),
+                "num_segments": str(max(1, -(-len(form.get("Body", "")) // 153))),
+                "num_media": str(len(media)),
                 "date_sent": None,
                 "error_code": None,
                 "error_message": None,
-                "messaging_service_sid": None,
+                "messaging_service_sid": form.get("MessagingServiceSid"),
                 "subresource_uris": {"media": f"{base}/Media.json", "feedback": f"{base}/Feedback.json"},
             }
         else:
             item = common | {
                 "to_formatted": form["To"],
-                "from_formatted": form["From"],
+                "from_formatted": form.get("From"),
                 "parent_call_sid": None,
                 "phone_number_sid": None,
                 "start_time": None,

@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
+
 from .contract import Kind, Notification
 
 __all__ = ["SYNC_MODES", "Duplicate", "Entry", "Journal", "JournalCore"]
@@ -41,6 +43,7 @@ CREATE TABLE IF NOT EXISTS requests (
     name TEXT NOT NULL,
     content TEXT NOT NULL,
     retries INTEGER NOT NULL,
+    options TEXT NOT NULL DEFAULT '{}',
     state TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
@@ -61,7 +64,8 @@ CREATE INDEX IF NOT EXISTS requests_finished ON requests (updated_at) WHERE stat
 """
 
 _COLUMNS = (
-    "seq, request_id, kind, to_number, from_number, name, content, retries, state, attempts, attempt_started_at, sid"
+    "seq, request_id, kind, to_number, from_number, name, content, retries, options, state, attempts, "
+    "attempt_started_at, sid"
 )
 
 
@@ -83,23 +87,18 @@ class Duplicate:
     status: bytes | None
 
 
-def dedupe_key(notification: Notification) -> bytes:
-    parts = (
-        notification.kind.value,
-        notification.id,
-        notification.to,
-        notification.from_,
-        notification.name,
-        notification.content,
-    )
+def dedupe_key(notification: Notification, options: str) -> bytes:
+    n = notification
+    parts = (n.kind.value, n.id, n.to, n.from_, n.name, n.content, options)
     return hashlib.blake2b("\x00".join(parts).encode(), digest_size=16).digest()
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
-    seq, request_id, kind, to, sender, name, content, retries, state, attempts, started, sid = row
-    return Entry(
-        seq, Notification(request_id, Kind(kind), to, sender, name, content, retries), state, attempts, started, sid
-    )
+    seq, request_id, kind, to, sender, name, content, retries, options, state, attempts, started, sid = row
+    notification = Notification(request_id, Kind(kind), to, sender, name, content, retries)
+    if options != "{}":
+        notification = notification.with_options(orjson.loads(options))
+    return Entry(seq, notification, state, attempts, started, sid)
 
 
 class JournalCore:
@@ -121,7 +120,8 @@ class JournalCore:
     # -- writes ---------------------------------------------------------------------------------------------
 
     def accept(self, notification: Notification, now: float, window: float) -> int | Duplicate:
-        key = dedupe_key(notification)
+        options = orjson.dumps(notification.options(), option=orjson.OPT_SORT_KEYS).decode()
+        key = dedupe_key(notification, options)
         row = self.db.execute(
             "SELECT seq, status FROM requests WHERE dedupe_key = ? AND accepted_at >= ? ORDER BY seq DESC LIMIT 1",
             (key, now - window),
@@ -131,8 +131,9 @@ class JournalCore:
         n = notification
         cursor = self.db.execute(
             "INSERT INTO requests (dedupe_key, request_id, kind, to_number, from_number, name, content, retries, "
-            "state, next_attempt_at, accepted_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?, ?, ?)",
-            (key, n.id, n.kind.value, n.to, n.from_, n.name, n.content, n.retries, now, now, now),
+            "options, state, next_attempt_at, accepted_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?, ?, ?)",
+            (key, n.id, n.kind.value, n.to, n.from_, n.name, n.content, n.retries, options, now, now, now),
         )
         return int(cursor.lastrowid or 0)
 

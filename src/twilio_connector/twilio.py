@@ -47,9 +47,18 @@ def _retry_after(value: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-def _form(notification: Notification) -> dict[str, str]:
-    form = {"To": notification.to, "From": notification.from_}
-    form["Body" if notification.kind is Kind.SMS else "Url"] = notification.content
+def _form(notification: Notification) -> list[tuple[str, str]]:
+    n = notification
+    form = [("To", n.to)]
+    if n.from_:
+        form.append(("From", n.from_))
+    if n.messaging_service_sid:
+        form.append(("MessagingServiceSid", n.messaging_service_sid))
+    if n.content:
+        form.append((n.content_type.value, n.content))
+    form.extend(("MediaUrl", url) for url in n.media_urls)
+    if n.validity_period is not None:
+        form.append(("ValidityPeriod", str(n.validity_period)))
     return form
 
 
@@ -88,7 +97,7 @@ CLOCK_SKEW = 120.0
 
 
 def _matches(item: dict[str, Any], notification: Notification, since: float) -> bool:
-    if item.get("to") != notification.to or item.get("from") != notification.from_:
+    if item.get("to") != notification.to or (notification.from_ and item.get("from") != notification.from_):
         return False
     if notification.kind is Kind.SMS and item.get("body") != notification.content:
         return False
@@ -150,11 +159,13 @@ class TwilioClient:
         """Messages or calls matching `notification` created since `since` (epoch seconds), newest first.
 
         Used when an attempt's outcome is unknown: Twilio has no idempotency key, so the only way to avoid a
-        second text is to look. A message must match To, From and Body; a call To and From (Twilio does not
-        echo a call's Url).
+        second text is to look. A message must match To, From (unless a Messaging Service picks it) and Body;
+        a call To and From (Twilio does not echo a call's Url or TwiML).
         """
         assert self._session is not None, "use 'async with TwilioClient(...)'"
-        query = {"To": notification.to, "From": notification.from_, "PageSize": "100"}
+        query = {"To": notification.to, "PageSize": "100"}
+        if notification.from_:
+            query["From"] = notification.from_
         try:
             async with self._session.get(self._urls[notification.kind], params=query) as response:
                 body = await response.read()
