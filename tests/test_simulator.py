@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
-from conftest import SimulatorHandle
+from conftest import SimulatorHandle, basic
 from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 
 API = f"/2010-04-01/Accounts/{DEFAULT_ACCOUNT_SID}"
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 @pytest.fixture
