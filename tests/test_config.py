@@ -170,3 +170,22 @@ def test_env_is_not_read_when_given(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings(env={}).max_in_flight == 64
     assert load_settings().max_in_flight == 5
     assert os.environ["TWILIO_CONNECTOR_MAX_IN_FLIGHT"] == "5"
+
+
+@pytest.mark.parametrize(
+    ("env", "url"),
+    [
+        ({}, "https://api.twilio.com"),
+        ({"TWILIO_EDGE": "sydney", "TWILIO_REGION": "au1"}, "https://api.sydney.au1.twilio.com"),
+        ({"TWILIO_REGION": "ie1"}, "https://api.ie1.twilio.com"),
+        ({"TWILIO_EDGE": "dublin"}, "https://api.dublin.us1.twilio.com"),
+        ({"TWILIO_CONNECTOR_TWILIO_API_URL": "http://127.0.0.1:9/"}, "http://127.0.0.1:9"),
+    ],
+)
+def test_regional_edges(env: dict[str, str], url: str) -> None:
+    assert load_settings(env=env).api_base_url == url
+
+
+def test_edge_and_explicit_url_conflict() -> None:
+    assert "not both" in problems_of(env={"TWILIO_EDGE": "sydney", "TWILIO_CONNECTOR_TWILIO_API_URL": "http://x"})[0]
+    assert "edge or region name" in problems_of(env={"TWILIO_REGION": "AU 1"})[0]

@@ -36,6 +36,10 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+DEFAULT_API_URL = "https://api.twilio.com"
+_LOCATION_NAME = re.compile(r"[a-z0-9-]{2,32}")
+
+
 def default_journal_path() -> str:
     """systemd's StateDirectory when there is one, else the working directory."""
     return os.path.join(os.environ.get("STATE_DIRECTORY", "."), "twilio-connector-journal.db")
@@ -55,7 +59,9 @@ class Settings:
     txt_topic: str = "twilio/txt"
     call_topic: str = "twilio/call"
     status_topic: str = "twilio/message/status"
-    twilio_api_url: str = "https://api.twilio.com"
+    twilio_api_url: str = DEFAULT_API_URL
+    twilio_edge: str | None = None
+    twilio_region: str | None = None
     account_sid: str | None = None
     auth_token: Secret | None = field(default=None, repr=False)
     auth_token_file: str | None = None
@@ -81,6 +87,15 @@ class Settings:
     @property
     def broker(self) -> BrokerAddress:
         return BrokerAddress.parse(self.broker_url)
+
+    @property
+    def api_base_url(self) -> str:
+        """Twilio's API root: `twilio_api_url`, or the regional host an edge and/or region name
+        (`api.{edge}.{region}.twilio.com`; an edge alone implies region us1, as Twilio's SDKs do)."""
+        if not (self.twilio_edge or self.twilio_region):
+            return self.twilio_api_url
+        host = ".".join(part for part in ("api", self.twilio_edge, self.twilio_region or "us1", "twilio.com") if part)
+        return f"https://{host}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +187,12 @@ def _http_url(value: Any) -> str:
     return str(value).rstrip("/")
 
 
+def _location(value: Any) -> str | None:
+    if value and not _LOCATION_NAME.fullmatch(_text(value)):
+        raise ValueError("must be a Twilio edge or region name such as sydney, dublin, au1 or ie1")
+    return value or None
+
+
 def _account_sid(value: Any) -> str:
     if not ACCOUNT_SID.fullmatch(_text(value)):
         raise ValueError("must be AC followed by 32 hexadecimal digits")
@@ -238,6 +259,8 @@ _FIELDS: dict[str, _Field] = {
     "call_topic": _Field(_topic),
     "status_topic": _Field(_topic),
     "twilio_api_url": _Field(_http_url),
+    "twilio_edge": _Field(_location, ("TWILIO_EDGE",)),
+    "twilio_region": _Field(_location, ("TWILIO_REGION",)),
     "account_sid": _Field(_account_sid, ("TWILIO_ACCOUNT_SID",)),
     "auth_token": _Field(_secret, ("TWILIO_AUTH_TOKEN",)),
     "auth_token_file": _Field(_optional_text),
@@ -340,6 +363,8 @@ def _cross_checks(settings: Settings) -> list[str]:
         problems.append("ca_file/cert_file need an mqtts:// broker_url")
     if settings.api_key_sid and not settings.api_key_secret:
         problems.append("api_key_sid is set but TWILIO_API_SECRET (api_key_secret) is missing")
+    if (settings.twilio_edge or settings.twilio_region) and settings.twilio_api_url != DEFAULT_API_URL:
+        problems.append("give twilio_api_url or twilio_edge/twilio_region, not both")
     if len({settings.txt_topic, settings.call_topic, settings.status_topic}) < 3:
         problems.append("txt_topic, call_topic and status_topic must all differ")
     return problems

@@ -47,7 +47,7 @@ async def run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     client = TwilioClient(
-        settings.twilio_api_url,
+        settings.api_base_url,
         credentials.account_sid,
         credentials.username,
         credentials.password,
@@ -75,7 +75,7 @@ async def run(
                     settings.txt_topic,
                     settings.call_topic,
                     settings.status_topic,
-                    settings.twilio_api_url,
+                    settings.api_base_url,
                     settings.journal_path,
                 )
                 await stop.wait()
