@@ -197,7 +197,9 @@ def make_settings(broker: Broker, simulator: SimulatorHandle, **overrides: Any) 
     return replace(settings, **overrides)
 
 
-CREDENTIALS = Credentials(DEFAULT_ACCOUNT_SID, DEFAULT_ACCOUNT_SID, Secret(DEFAULT_AUTH_TOKEN))
+CREDENTIALS = Credentials(
+    DEFAULT_ACCOUNT_SID, DEFAULT_ACCOUNT_SID, Secret(DEFAULT_AUTH_TOKEN), Secret(DEFAULT_AUTH_TOKEN)
+)
 
 
 class RunningConnector:

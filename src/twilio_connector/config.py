@@ -82,6 +82,13 @@ class Settings:
     journal_retention: float = 7 * 24 * 3600.0
     dedupe_window: float = 600.0
     max_backlog: int = 100_000
+    delivery_tracking: str = "off"
+    delivery_topic: str = "twilio/message/delivery"
+    poll_interval: float = 5.0
+    poll_interval_max: float = 300.0
+    tracking_give_up: float = 6 * 3600.0
+    callback_url: str | None = None
+    callback_listen: str = "127.0.0.1:8088"
     log_level: str = "INFO"
 
     @property
@@ -120,6 +127,7 @@ class Credentials:
     account_sid: str
     username: str  # the account SID, or an API key SID
     password: Secret = field(repr=False)
+    auth_token: Secret | None = field(default=None, repr=False)  # what Twilio signs status callbacks with
 
 
 def _positive_int(value: Any) -> int:
@@ -232,6 +240,23 @@ def _non_negative_float(value: Any) -> float:
     return float(value)
 
 
+def _tracking(value: Any) -> str:
+    if value not in ("off", "poll", "callback"):
+        raise ValueError("must be off, poll or callback")
+    return str(value)
+
+
+def _optional_url(value: Any) -> str | None:
+    return _http_url(value) if value else None
+
+
+def _listen(value: Any) -> str:
+    host, _, port = _text(value).rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be host:port")
+    return str(value)
+
+
 def _log_level(value: Any) -> str:
     level = _text(value).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -281,6 +306,13 @@ _FIELDS: dict[str, _Field] = {
     "journal_retention": _Field(_non_negative_float),
     "dedupe_window": _Field(_non_negative_float),
     "max_backlog": _Field(_positive_int),
+    "delivery_tracking": _Field(_tracking),
+    "delivery_topic": _Field(_topic),
+    "poll_interval": _Field(_positive_float),
+    "poll_interval_max": _Field(_positive_float),
+    "tracking_give_up": _Field(_positive_float),
+    "callback_url": _Field(_optional_url),
+    "callback_listen": _Field(_listen),
     "log_level": _Field(_log_level),
 }
 _SECRET_FIELDS = frozenset(name for name, spec in _FIELDS.items() if spec.parse is _secret)
@@ -365,34 +397,46 @@ def _cross_checks(settings: Settings) -> list[str]:
         problems.append("api_key_sid is set but TWILIO_API_SECRET (api_key_secret) is missing")
     if (settings.twilio_edge or settings.twilio_region) and settings.twilio_api_url != DEFAULT_API_URL:
         problems.append("give twilio_api_url or twilio_edge/twilio_region, not both")
-    if len({settings.txt_topic, settings.call_topic, settings.status_topic}) < 3:
-        problems.append("txt_topic, call_topic and status_topic must all differ")
+    if len({settings.txt_topic, settings.call_topic, settings.status_topic, settings.delivery_topic}) < 4:
+        problems.append("txt_topic, call_topic, status_topic and delivery_topic must all differ")
+    if settings.delivery_tracking == "callback":
+        if not settings.callback_url:
+            problems.append("delivery_tracking = callback needs callback_url, the public URL Twilio will call")
+        if settings.api_key_sid and not (
+            settings.auth_token or settings.auth_token_file or settings.auth_token_secret_arn
+        ):
+            problems.append("delivery_tracking = callback needs the auth token too: Twilio signs callbacks with it")
     return problems
+
+
+def _auth_token(settings: Settings) -> Secret | None:
+    if settings.auth_token:
+        return settings.auth_token
+    if settings.auth_token_file:
+        return read_secret_file(settings.auth_token_file)
+    if settings.auth_token_secret_arn:
+        return fetch_secrets_manager(settings.auth_token_secret_arn)
+    return None
 
 
 def resolve_credentials(settings: Settings) -> Credentials:
     """Find the Twilio credentials. Blocking (it may call AWS Secrets Manager). Raises `ConfigError`."""
     if not settings.account_sid:
         raise ConfigError(["TWILIO_ACCOUNT_SID (account_sid) is required"])
-    if settings.api_key_sid and settings.api_key_secret:
-        return Credentials(settings.account_sid, settings.api_key_sid, settings.api_key_secret)
     try:
-        if settings.auth_token:
-            token = settings.auth_token
-        elif settings.auth_token_file:
-            token = read_secret_file(settings.auth_token_file)
-        elif settings.auth_token_secret_arn:
-            token = fetch_secrets_manager(settings.auth_token_secret_arn)
-        else:
-            raise ConfigError(
-                [
-                    "no Twilio credentials: set TWILIO_AUTH_TOKEN, auth_token_file, TwilioAuthTokenSecretArn, "
-                    "or TWILIO_API_KEY with TWILIO_API_SECRET"
-                ]
-            )
+        token = _auth_token(settings)
     except SecretError as exc:
         raise ConfigError([str(exc)]) from None
-    return Credentials(settings.account_sid, settings.account_sid, token)
+    if settings.api_key_sid and settings.api_key_secret:
+        return Credentials(settings.account_sid, settings.api_key_sid, settings.api_key_secret, token)
+    if token is None:
+        raise ConfigError(
+            [
+                "no Twilio credentials: set TWILIO_AUTH_TOKEN, auth_token_file, TwilioAuthTokenSecretArn, "
+                "or TWILIO_API_KEY with TWILIO_API_SECRET"
+            ]
+        )
+    return Credentials(settings.account_sid, settings.account_sid, token, token)
 
 
 def describe(settings: Settings) -> list[str]:

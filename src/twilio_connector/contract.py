@@ -439,5 +439,42 @@ def failure_status(
     return status
 
 
+#: Twilio states after which a message or call changes no more.
+FINAL_STATES = {
+    Kind.SMS: frozenset({"delivered", "undelivered", "failed", "read", "canceled"}),
+    Kind.CALL: frozenset({"completed", "busy", "no-answer", "canceled", "failed"}),
+}
+_NOT_DELIVERED = frozenset({"undelivered", "failed", "busy", "no-answer", "canceled"})
+
+
+def delivery_status(
+    notification: Notification,
+    sid: str,
+    state: str,
+    *,
+    final: bool,
+    error_code: int | None = None,
+    error_message: str | None = None,
+) -> dict[str, Any]:
+    """The follow-up status telling how a sent message or call ended (or, with `final` false, that tracking gave
+    up while it was still `state`). Same shape as the first status, plus `"update": "delivery"` and `final`."""
+    response: dict[str, Any] = {
+        "status": "fail" if state in _NOT_DELIVERED else "success",
+        "payload": {
+            "from_number": notification.from_,
+            "messages": {"message_status": state, "to_number": notification.to, "name": notification.name, "sid": sid},
+        },
+        "final": final,
+    }
+    if error_code is not None:
+        response["twilio_error_code"] = error_code
+    if error_message:
+        response["error_message"] = error_message
+    status: dict[str, Any] = {"response": response, "id": notification.id, "update": "delivery"}
+    if notification.listed:
+        status["recipient"] = notification.to
+    return status
+
+
 def encode_status(status: dict[str, Any]) -> bytes:
     return orjson.dumps(status)

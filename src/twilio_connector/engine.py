@@ -31,7 +31,8 @@ from .contract import (
     success_status,
 )
 from .retry import RetryPolicy, error_code_for
-from .store import Duplicate, Entry, Journal
+from .store import Duplicate, Entry, Journal, Track
+from .tracking import DeliveryTracker
 from .twilio import FailureKind, TwilioFailure
 
 __all__ = ["Engine", "Sender"]
@@ -67,10 +68,14 @@ class Engine:
         settings: Settings,
         sender: Sender,
         journal: Journal,
-        publish: Callable[[bytes], Awaitable[None]],
+        publish: Callable[[str, bytes], Awaitable[None]],
         *,
+        tracker: DeliveryTracker | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
+        self._tracker = tracker
+        if tracker is not None:
+            tracker.notify = self.wake_publisher
         self._settings = settings
         self._sender = sender
         self._journal = journal
@@ -87,6 +92,9 @@ class Engine:
         self._room.set()
         self._closing = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+
+    def wake_publisher(self) -> None:
+        self._statuses.set()
 
     @property
     def in_flight(self) -> int:
@@ -107,6 +115,8 @@ class Engine:
             asyncio.create_task(_supervised(self._publish_statuses), name="publish"),
             asyncio.create_task(_supervised(self._prune), name="prune"),
         ]
+        if self._tracker is not None:
+            self._loops.append(asyncio.create_task(_supervised(self._tracker.run), name="track"))
 
     async def stop(self, grace: float) -> bool:
         """Stop intake; give in-flight attempts and pending statuses `grace` seconds. True if all finished.
@@ -267,7 +277,10 @@ class Engine:
         if isinstance(outcome, SendResult):
             self._log_outcome(notification, "success", attempt, started, sid=outcome.sid)
             status = encode_status(success_status(notification, outcome, attempt))
-            await self._finish(seq, "sent", status, outcome.sid, None)
+            track = self._tracker.track(outcome.status) if self._tracker else None
+            await self._finish(seq, "sent", status, outcome.sid, None, track=track)
+            if self._tracker is not None:
+                self._tracker.wake()
             return
         if attempt <= notification.retries and self._policy.should_retry(outcome):
             wait = self._policy.delay(attempt, outcome, self._rand)
@@ -296,8 +309,10 @@ class Engine:
         )
         await self._finish(seq, "failed", status, None, outcome.message)
 
-    async def _finish(self, seq: int, state: str, status: bytes, sid: str | None, error: str | None) -> None:
-        await self._journal.finish(seq, state, status, sid, error)
+    async def _finish(
+        self, seq: int, state: str, status: bytes, sid: str | None, error: str | None, *, track: Track | None = None
+    ) -> None:
+        await self._journal.finish(seq, state, status, sid, error, track=track)
         self._unfinished -= 1
         self._update_room()
         self._statuses.set()
@@ -306,21 +321,34 @@ class Engine:
 
     async def _publish_statuses(self) -> None:
         core = self._journal.core
+        topics = (
+            (self._settings.status_topic, core.unpublished, self._journal.mark_published),
+            (self._settings.delivery_topic, core.unpublished_followups, self._journal.mark_followups_published),
+        )
         while True:
             self._statuses.clear()
-            rows = await self._journal.read(lambda: core.unpublished(PUBLISH_BATCH))
-            if not rows:
+            published = 0
+            for topic, pending, mark in topics:
+                rows = await self._journal.read(lambda p=pending: p(PUBLISH_BATCH))  # type: ignore[misc]
+                published += len(rows)
+                await self._publish_rows(topic, rows, mark)
+            if not published:
                 self._published_all.set()
                 await self._statuses.wait()
-                continue
-            # Published in journal order; each waits for the broker's PUBACK (kept across reconnects by gmqtt).
-            results = await asyncio.gather(*(self._publish(status) for _, status in rows), return_exceptions=True)
-            done = [seq for (seq, _), result in zip(rows, results, strict=True) if result is None]
-            if done:
-                await self._journal.mark_published(done)
-            if len(done) < len(rows):
-                log.warning("%d status(es) not acknowledged by the broker; publishing again", len(rows) - len(done))
-                await asyncio.sleep(1.0)
+
+    async def _publish_rows(
+        self, topic: str, rows: list[tuple[int, bytes]], mark: Callable[[list[int]], Awaitable[None]]
+    ) -> None:
+        if not rows:
+            return
+        # Published in journal order; each waits for the broker's PUBACK (kept across reconnects by gmqtt).
+        results = await asyncio.gather(*(self._publish(topic, payload) for _, payload in rows), return_exceptions=True)
+        done = [key for (key, _), result in zip(rows, results, strict=True) if result is None]
+        if done:
+            await mark(done)
+        if len(done) < len(rows):
+            log.warning("%d status(es) not acknowledged by the broker; publishing again", len(rows) - len(done))
+            await asyncio.sleep(1.0)
 
     async def _prune(self) -> None:
         retention = max(self._settings.journal_retention, self._settings.dedupe_window)

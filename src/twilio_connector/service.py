@@ -8,9 +8,12 @@ import signal
 from collections.abc import Coroutine
 from typing import Any
 
+from aiohttp import web
+
 from .config import Credentials, Settings
 from .engine import Engine
 from .store import Journal
+from .tracking import DeliveryTracker
 from .transport import MqttTransport
 from .twilio import TwilioClient
 
@@ -54,17 +57,24 @@ async def run(
         max_connections=settings.max_in_flight,
         timeout=settings.http_timeout,
         connect_timeout=settings.connect_timeout,
+        status_callback=settings.callback_url if settings.delivery_tracking == "callback" else None,
     )
     journal = await Journal.open(settings.journal_path, settings.journal_sync)
     try:
         async with client:
             transport: MqttTransport | None = None
 
-            async def publish(status: bytes) -> None:
+            async def publish(topic: str, status: bytes) -> None:
                 assert transport is not None
-                await transport.publish(settings.status_topic, status)
+                await transport.publish(topic, status)
 
-            engine = Engine(settings, client, journal, publish)
+            tracker: DeliveryTracker | None = None
+            callbacks: web.AppRunner | None = None
+            if settings.delivery_tracking != "off":
+                tracker = DeliveryTracker(settings, journal, client, credentials.auth_token)
+                if settings.delivery_tracking == "callback":
+                    callbacks = await tracker.serve()
+            engine = Engine(settings, client, journal, publish, tracker=tracker)
             transport = MqttTransport(settings, [settings.txt_topic, settings.call_topic], engine.handle)
             await engine.start()
             if await _first(transport.connect(), stop.wait()) == 0:  # SIGTERM works while connecting too
@@ -85,6 +95,8 @@ async def run(
                     "requests unfinished after %.0fs stay in the journal for the next start", settings.shutdown_timeout
                 )
             await transport.disconnect()
+            if callbacks is not None:
+                await callbacks.cleanup()
     finally:
         await journal.close()
         for signum in (signal.SIGTERM, signal.SIGINT):

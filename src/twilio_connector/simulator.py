@@ -4,7 +4,7 @@ It answers the way Twilio does: Basic auth, Twilio-shaped resources and error bo
 Twilio's test credentials. It adds latency and fault injection, and a record of what it received:
 
     POST   /_sim/faults     {"status": 503, "code": 20503, "count": 2, "retry_after": 1, "resource": "Messages"}
-    POST   /_sim/config     {"latency_ms": 100}
+    POST   /_sim/config     {"latency_ms": 100, "delivery": {"Messages": "delivered", "after_ms": 50}}
     GET    /_sim/requests   every create request received, in order, with its outcome
     DELETE /_sim/requests   forget everything (resources, record, faults)
 """
@@ -21,8 +21,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
+
+from .twilio import signature
 
 __all__ = ["DEFAULT_ACCOUNT_SID", "DEFAULT_AUTH_TOKEN", "Fault", "Simulator"]
 
@@ -123,6 +126,11 @@ class Simulator:
         if api_key_sid and api_key_secret:
             self._logins[api_key_sid] = api_key_secret
         self.latency = latency
+        self._auth_token = auth_token
+        #: Delivery simulation, e.g. {"Messages": "delivered", "Calls": "completed", "after_ms": 50}: created
+        #: resources reach that status after that delay, and their StatusCallback (if any) is called, signed.
+        self.delivery: dict[str, Any] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self.faults: deque[Fault] = deque()
         self.received: list[dict[str, Any]] = []
         self._resources = {
@@ -280,7 +288,31 @@ class Simulator:
                 "subresource_uris": {"notifications": f"{base}/Notifications.json"},
             }
         resource.items[sid] = item
+        final = self.delivery.get(resource.name)
+        if final:
+            task = asyncio.get_running_loop().create_task(self._deliver(resource, item, final, form))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return item
+
+    async def _deliver(self, resource: _Resource, item: dict[str, Any], final: str, form: dict[str, str]) -> None:
+        await asyncio.sleep(float(self.delivery.get("after_ms", 0)) / 1000)
+        item["status"] = final
+        item["date_updated"] = _now()
+        callback = form.get("StatusCallback")
+        if not callback:
+            return
+        prefix = "Message" if resource.name == "Messages" else "Call"
+        params = {
+            f"{prefix}Sid": item["sid"],
+            f"{prefix}Status": final,
+            "AccountSid": self.account_sid,
+            "To": item["to"],
+            "From": item["from"] or "",
+        }
+        headers = {"X-Twilio-Signature": signature(self._auth_token, callback, params)}
+        async with aiohttp.ClientSession() as session, session.post(callback, data=params, headers=headers):
+            pass
 
     async def _list(self, resource: _Resource, request: web.Request) -> web.Response:
         refusal = self._authorised(request)
@@ -333,7 +365,8 @@ class Simulator:
     async def _configure(self, request: web.Request) -> web.Response:
         document = orjson.loads(await request.read())
         self.latency = float(document.get("latency_ms", self.latency * 1000)) / 1000
-        return _json({"latency_ms": self.latency * 1000})
+        self.delivery = document.get("delivery", self.delivery)
+        return _json({"latency_ms": self.latency * 1000, "delivery": self.delivery})
 
     async def _get_received(self, request: web.Request) -> web.Response:
         return _json(self.received)

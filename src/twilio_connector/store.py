@@ -24,7 +24,7 @@ import orjson
 
 from .contract import Kind, Notification
 
-__all__ = ["SYNC_MODES", "Duplicate", "Entry", "Journal", "JournalCore"]
+__all__ = ["SYNC_MODES", "Duplicate", "Entry", "Journal", "JournalCore", "Track", "Tracked"]
 
 T = TypeVar("T")
 
@@ -61,6 +61,23 @@ CREATE INDEX IF NOT EXISTS requests_sending ON requests (seq) WHERE state = 'sen
 CREATE INDEX IF NOT EXISTS requests_unpublished ON requests (seq) WHERE status IS NOT NULL AND status_published = 0;
 CREATE INDEX IF NOT EXISTS requests_sid ON requests (sid) WHERE sid IS NOT NULL;
 CREATE INDEX IF NOT EXISTS requests_finished ON requests (updated_at) WHERE status_published = 1;
+CREATE TABLE IF NOT EXISTS tracking (
+    seq INTEGER PRIMARY KEY,
+    sid TEXT NOT NULL,
+    next_check_at REAL NOT NULL,
+    interval REAL NOT NULL,
+    deadline REAL NOT NULL,
+    last_status TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tracking_sid ON tracking (sid);
+CREATE INDEX IF NOT EXISTS tracking_due ON tracking (next_check_at);
+CREATE TABLE IF NOT EXISTS followups (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    payload BLOB NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS followups_unpublished ON followups (id) WHERE published = 0;
 """
 
 _COLUMNS = (
@@ -80,11 +97,40 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class Tracked:
+    """A sent message or call whose final delivery state is still to be learnt."""
+
+    seq: int
+    sid: str
+    notification: Notification
+    interval: float
+    deadline: float
+    last_status: str
+
+
+@dataclass(frozen=True, slots=True)
 class Duplicate:
     """The request is already in the journal. `status` is its recorded status, or None while it is in progress."""
 
     seq: int
     status: bytes | None
+
+
+_PREFIXED = ", ".join(f"r.{column.strip()}" for column in _COLUMNS.split(","))
+
+
+@dataclass(frozen=True, slots=True)
+class Track:
+    """How to follow a sent message or call: first check after `first_check` s, give up after `give_up_after` s."""
+
+    first_check: float
+    give_up_after: float
+    status: str  # the status Twilio gave at creation
+
+
+def _tracked(row: tuple[Any, ...]) -> Tracked:
+    seq, sid, interval, deadline, last_status, *request = row
+    return Tracked(seq, sid, _entry(tuple(request)).notification, interval, deadline, last_status)
 
 
 def dedupe_key(notification: Notification, options: str) -> bytes:
@@ -160,12 +206,64 @@ class JournalCore:
             (at, error, time.time(), seq),
         )
 
-    def finish(self, seq: int, state: str, status: bytes, sid: str | None, error: str | None) -> None:
+    def finish(
+        self, seq: int, state: str, status: bytes, sid: str | None, error: str | None, *, track: Track | None = None
+    ) -> None:
+        now = time.time()
         self.db.execute(
             "UPDATE requests SET state = ?, status = ?, sid = ?, last_error = ?, status_published = 0, "
             "updated_at = ? WHERE seq = ?",
-            (state, status, sid, error, time.time(), seq),
+            (state, status, sid, error, now, seq),
         )
+        if track is not None and sid:
+            self.db.execute(
+                "INSERT OR REPLACE INTO tracking (seq, sid, next_check_at, interval, deadline, last_status) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (seq, sid, now + track.first_check, track.first_check, now + track.give_up_after, track.status),
+            )
+
+    # -- delivery tracking ----------------------------------------------------------------------------------
+
+    def tracked_due(self, now: float, limit: int) -> list[Tracked]:
+        rows = self.db.execute(
+            f"SELECT t.seq, t.sid, t.interval, t.deadline, t.last_status, {_PREFIXED} FROM tracking t "
+            "JOIN requests r ON r.seq = t.seq WHERE t.next_check_at <= ? ORDER BY t.next_check_at LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [_tracked(row) for row in rows]
+
+    def tracked_by_sid(self, sid: str) -> Tracked | None:
+        row = self.db.execute(
+            f"SELECT t.seq, t.sid, t.interval, t.deadline, t.last_status, {_PREFIXED} FROM tracking t "
+            "JOIN requests r ON r.seq = t.seq WHERE t.sid = ?",
+            (sid,),
+        ).fetchone()
+        return None if row is None else _tracked(row)
+
+    def next_check(self) -> float | None:
+        row = self.db.execute("SELECT MIN(next_check_at) FROM tracking").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def check_later(self, seq: int, at: float, interval: float, last_status: str) -> None:
+        self.db.execute(
+            "UPDATE tracking SET next_check_at = ?, interval = ?, last_status = ? WHERE seq = ?",
+            (at, interval, last_status, seq),
+        )
+
+    def delivered(self, seq: int, payload: bytes) -> bool:
+        """Record the follow-up status and stop tracking. False if it was no longer tracked (already done)."""
+        if self.db.execute("DELETE FROM tracking WHERE seq = ?", (seq,)).rowcount != 1:
+            return False
+        self.db.execute("INSERT INTO followups (payload, created_at) VALUES (?, ?)", (payload, time.time()))
+        return True
+
+    def unpublished_followups(self, limit: int) -> list[tuple[int, bytes]]:
+        return self.db.execute(
+            "SELECT id, payload FROM followups WHERE published = 0 ORDER BY id LIMIT ?", (limit,)
+        ).fetchall()
+
+    def mark_followups_published(self, ids: Iterable[int]) -> None:
+        self.db.executemany("UPDATE followups SET published = 1 WHERE id = ?", [(i,) for i in ids])
 
     def mark_published(self, seqs: Iterable[int]) -> None:
         now = time.time()
@@ -186,7 +284,12 @@ class JournalCore:
         return cursor.rowcount == 1
 
     def prune(self, before: float) -> int:
-        cursor = self.db.execute("DELETE FROM requests WHERE status_published = 1 AND updated_at < ?", (before,))
+        self.db.execute("DELETE FROM followups WHERE published = 1 AND created_at < ?", (before,))
+        cursor = self.db.execute(
+            "DELETE FROM requests WHERE status_published = 1 AND updated_at < ? "
+            "AND seq NOT IN (SELECT seq FROM tracking)",
+            (before,),
+        )
         return cursor.rowcount
 
     # -- reads ----------------------------------------------------------------------------------------------
@@ -327,8 +430,19 @@ class Journal:
     async def retry_later(self, seq: int, at: float, error: str) -> None:
         await self.write(lambda: self.core.retry_later(seq, at, error))
 
-    async def finish(self, seq: int, state: str, status: bytes, sid: str | None, error: str | None) -> None:
-        await self.write(lambda: self.core.finish(seq, state, status, sid, error))
+    async def finish(
+        self, seq: int, state: str, status: bytes, sid: str | None, error: str | None, *, track: Track | None = None
+    ) -> None:
+        await self.write(lambda: self.core.finish(seq, state, status, sid, error, track=track))
+
+    async def delivered(self, seq: int, payload: bytes) -> bool:
+        return await self.write(lambda: self.core.delivered(seq, payload))
+
+    async def check_later(self, seq: int, at: float, interval: float, last_status: str) -> None:
+        await self.write(lambda: self.core.check_later(seq, at, interval, last_status))
+
+    async def mark_followups_published(self, ids: list[int]) -> None:
+        await self.write(lambda: self.core.mark_followups_published(ids))
 
     async def mark_published(self, seqs: list[int]) -> None:
         await self.write(lambda: self.core.mark_published(seqs))

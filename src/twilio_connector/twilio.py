@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import enum
+import hashlib
+import hmac
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -47,7 +49,14 @@ def _retry_after(value: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-def _form(notification: Notification) -> list[tuple[str, str]]:
+def signature(token: str, url: str, params: dict[str, str]) -> str:
+    """Twilio's X-Twilio-Signature: base64(HMAC-SHA1(auth token, URL + each POST parameter name and value,
+    sorted by name))."""
+    data = url + "".join(f"{key}{params[key]}" for key in sorted(params))
+    return base64.b64encode(hmac.new(token.encode(), data.encode(), hashlib.sha1).digest()).decode()
+
+
+def _form(notification: Notification, status_callback: str | None = None) -> list[tuple[str, str]]:
     n = notification
     form = [("To", n.to)]
     if n.from_:
@@ -59,6 +68,8 @@ def _form(notification: Notification) -> list[tuple[str, str]]:
     form.extend(("MediaUrl", url) for url in n.media_urls)
     if n.validity_period is not None:
         form.append(("ValidityPeriod", str(n.validity_period)))
+    if status_callback:
+        form.append(("StatusCallback", status_callback))
     return form
 
 
@@ -124,8 +135,10 @@ class TwilioClient:
         max_connections: int = 64,
         timeout: float = 15.0,
         connect_timeout: float = 5.0,
+        status_callback: str | None = None,
     ) -> None:
         base = base_url.rstrip("/")
+        self._status_callback = status_callback
         self._urls = {
             Kind.SMS: f"{base}/{API_VERSION}/Accounts/{account_sid}/Messages.json",
             Kind.CALL: f"{base}/{API_VERSION}/Accounts/{account_sid}/Calls.json",
@@ -184,11 +197,29 @@ class TwilioClient:
             if isinstance(item, dict) and _matches(item, notification, since)
         ]
 
+    async def fetch(self, kind: Kind, sid: str) -> dict[str, Any] | TwilioFailure:
+        """The current state of a message or call (for delivery tracking)."""
+        assert self._session is not None, "use 'async with TwilioClient(...)'"
+        url = self._urls[kind].removesuffix(".json") + f"/{sid}.json"
+        try:
+            async with self._session.get(url) as response:
+                body = await response.read()
+                if response.status != 200:
+                    return _rejection(response.status, body, response.headers.get("Retry-After"))
+            document = orjson.loads(body)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return TwilioFailure(FailureKind.NOT_SENT, f"cannot fetch {sid}: {exc.__class__.__name__}")
+        except orjson.JSONDecodeError:
+            return TwilioFailure(FailureKind.AMBIGUOUS, f"unreadable answer fetching {sid}")
+        return document if isinstance(document, dict) else TwilioFailure(FailureKind.AMBIGUOUS, "not an object")
+
     async def create(self, notification: Notification) -> SendResult | TwilioFailure:
         """Send one SMS or place one call. Never raises for network or API errors."""
         assert self._session is not None, "use 'async with TwilioClient(...)'"
         try:
-            async with self._session.post(self._urls[notification.kind], data=_form(notification)) as response:
+            async with self._session.post(
+                self._urls[notification.kind], data=_form(notification, self._status_callback)
+            ) as response:
                 body = await response.read()
                 if response.status in (200, 201):
                     return _created(body, notification)

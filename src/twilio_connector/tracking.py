@@ -1,0 +1,144 @@
+"""Delivery tracking: learn how each sent message or call ended, and publish it as a follow-up status.
+
+Two ways, by `delivery_tracking`:
+- `poll`: fetch the message or call from Twilio with growing intervals until it reaches a final state. Works
+  behind NAT, needs no inbound port.
+- `callback`: Twilio calls our HTTP endpoint (its public URL is sent as `StatusCallback`); each call must carry
+  a valid `X-Twilio-Signature`, or it is refused with 403.
+Either way the tracked set lives in the journal, so tracking survives restarts, and gives up after
+`tracking_give_up` seconds with a non-final follow-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .config import Settings
+from .contract import FINAL_STATES, Kind, delivery_status, encode_status
+from .secrets import Secret
+from .store import Journal, Track, Tracked
+from .twilio import TwilioFailure, signature
+
+__all__ = ["DeliveryTracker"]
+
+log = logging.getLogger(__name__)
+
+POLL_BATCH = 32
+
+
+class Fetcher(Protocol):
+    async def fetch(self, kind: Kind, sid: str) -> dict[str, Any] | TwilioFailure: ...
+
+
+class DeliveryTracker:
+    def __init__(
+        self,
+        settings: Settings,
+        journal: Journal,
+        fetcher: Fetcher,
+        signing_token: Secret | None = None,
+    ) -> None:
+        self._settings = settings
+        self._journal = journal
+        self._fetcher = fetcher
+        self.notify: Callable[[], None] = lambda: None  # a follow-up is waiting (the engine sets this)
+        self._token = signing_token
+        self._wake = asyncio.Event()
+        self._polling = settings.delivery_tracking == "poll"
+
+    def track(self, status: str) -> Track:
+        """How to follow a request that Twilio just accepted with `status`."""
+        first = self._settings.poll_interval if self._polling else self._settings.tracking_give_up
+        return Track(first, self._settings.tracking_give_up, status)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Poll what is due (in `poll` mode) and give up on what ran out of time (in both modes)."""
+        core = self._journal.core
+        while True:
+            self._wake.clear()
+            due = await self._journal.read(lambda: core.tracked_due(time.time(), POLL_BATCH))
+            await asyncio.gather(*(self._check(item) for item in due))
+            if len(due) == POLL_BATCH:
+                continue
+            next_check = await self._journal.read(core.next_check)
+            wait = 60.0 if next_check is None else max(0.0, min(60.0, next_check - time.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _check(self, item: Tracked) -> None:
+        now = time.time()
+        if not self._polling or now >= item.deadline:
+            if now >= item.deadline:
+                await self._conclude(item, item.last_status, final=False)
+            return
+        answer = await self._fetcher.fetch(item.notification.kind, item.sid)
+        state = item.last_status
+        if not isinstance(answer, TwilioFailure):
+            state = str(answer.get("status") or state)
+            if state in FINAL_STATES[item.notification.kind]:
+                code = answer.get("error_code")
+                await self._conclude(
+                    item,
+                    state,
+                    final=True,
+                    error_code=int(code) if code else None,
+                    error_message=answer.get("error_message"),
+                )
+                return
+        interval = min(self._settings.poll_interval_max, item.interval * 2)
+        await self._journal.check_later(item.seq, min(now + interval, item.deadline), interval, state)
+
+    async def _conclude(
+        self, item: Tracked, state: str, *, final: bool, error_code: int | None = None, error_message: Any = None
+    ) -> None:
+        message = error_message if isinstance(error_message, str) else None
+        payload = encode_status(
+            delivery_status(
+                item.notification, item.sid, state, final=final, error_code=error_code, error_message=message
+            )
+        )
+        if await self._journal.delivered(item.seq, payload):
+            log.info("request id=%s sid=%s delivery=%s final=%s", item.notification.id, item.sid, state, final)
+            self.notify()
+
+    # -- status callbacks -----------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024)
+        path = urlsplit(self._settings.callback_url or "/").path or "/"
+        app.router.add_post(path, self._callback)
+        return app
+
+    async def serve(self) -> web.AppRunner:
+        host, _, port = self._settings.callback_listen.rpartition(":")
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+        return runner
+
+    async def _callback(self, request: web.Request) -> web.Response:
+        params = {key: str(value) for key, value in (await request.post()).items()}
+        assert self._token is not None and self._settings.callback_url
+        expected = signature(self._token.reveal(), self._settings.callback_url, params)
+        if not hmac.compare_digest(expected, request.headers.get("X-Twilio-Signature", "")):
+            log.warning("refused a status callback with a bad signature from %s", request.remote)
+            return web.Response(status=403, text="invalid signature")
+        sid = params.get("MessageSid") or params.get("CallSid") or ""
+        state = params.get("MessageStatus") or params.get("CallStatus") or ""
+        item = await self._journal.read(lambda: self._journal.core.tracked_by_sid(sid))
+        if item is not None and state in FINAL_STATES[item.notification.kind]:
+            code = params.get("ErrorCode")
+            await self._conclude(item, state, final=True, error_code=int(code) if code and code.isdigit() else None)
+        return web.Response(status=204)
