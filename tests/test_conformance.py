@@ -206,3 +206,17 @@ def test_spec_schema_check_has_teeth() -> None:
     schema = response_schema(f"{API}/Messages.json", "post", "201")
     with pytest.raises(Exception, match="is not of type"):
         validator(schema).validate({"sid": 5})
+
+
+async def test_status_callback_and_fetch_requests_conform(prism: str) -> None:
+    """The requests delivery tracking adds: StatusCallback on creates, and fetching by SID."""
+    client = TwilioClient(
+        prism, DEFAULT_ACCOUNT_SID, DEFAULT_ACCOUNT_SID, Secret("t"), status_callback="https://gw.example/twilio/status"
+    )
+    async with client:
+        for shape in ("sms", "call-url"):
+            result = await client.create(SHAPES[shape])
+            assert isinstance(result, SendResult), f"Prism refused {shape} with StatusCallback: {result}"
+        for kind, sid in ((Kind.SMS, "SM" + "a" * 32), (Kind.CALL, "CA" + "b" * 32)):
+            fetched = await client.fetch(kind, sid)
+            assert isinstance(fetched, dict) and "status" in fetched, fetched
