@@ -76,7 +76,7 @@ def spawned() -> Iterator[list[ConnectorProcess]]:
 async def test_kill_9_mid_burst_loses_and_doubles_nothing(
     broker: Broker, simulator: SimulatorHandle, tmp_path: Path, kill_after: float, spawned: list[ConnectorProcess]
 ) -> None:
-    simulator.sim.latency = 0.02
+    simulator.sim.latency = 0.2  # the burst takes seconds, so the kill lands with requests at Twilio
     journal, log = tmp_path / "journal.db", tmp_path / "connector.log"
     log.write_text("run:\n")
     probe = MqttProbe(broker.url)

@@ -194,20 +194,21 @@ class Engine:
 
     async def _dispatch(self) -> None:
         core = self._journal.core
+        # Refill slots a quarter at a time: one journal query per batch rather than per finished request.
+        refill = max(1, self._settings.max_in_flight // 4)
         while not self._closing.is_set():
             self._work.clear()
             free = self._settings.max_in_flight - len(self._active)
-            if free > 0:
-                busy = list(self._active)
-                for entry in await self._journal.read(lambda: core.due(time.time(), free, busy)):  # noqa: B023
+            wait = 1.0
+            if free >= refill or (free > 0 and not self._active):
+                busy = set(self._active)
+                entries, next_due = await self._journal.read(lambda: core.due(time.time(), free, busy))  # noqa: B023
+                for entry in entries:
                     if self._closing.is_set():
                         return  # `stop` is already waiting on what is in flight: leave the rest for next time
                     self._spawn(entry.seq, self._deliver(entry))
-            wait = 1.0
-            if len(self._active) < self._settings.max_in_flight:
-                next_due = await self._journal.read(core.next_due)
-                if next_due is not None:
-                    wait = min(wait, max(0.0, next_due - time.time()))
+                if next_due is not None and len(entries) < free:
+                    wait = max(0.0, min(wait, next_due - time.time()))
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._work.wait(), wait)

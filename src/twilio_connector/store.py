@@ -15,7 +15,7 @@ import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS requests (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS requests_dedupe ON requests (dedupe_key, accepted_at);
+CREATE INDEX IF NOT EXISTS requests_waiting ON requests (seq) WHERE state = 'accepted';
 CREATE INDEX IF NOT EXISTS requests_due ON requests (next_attempt_at) WHERE state = 'accepted';
 CREATE INDEX IF NOT EXISTS requests_sending ON requests (seq) WHERE state = 'sending';
 CREATE INDEX IF NOT EXISTS requests_unpublished ON requests (seq) WHERE status IS NOT NULL AND status_published = 0;
@@ -294,14 +295,16 @@ class JournalCore:
 
     # -- reads ----------------------------------------------------------------------------------------------
 
-    def due(self, now: float, limit: int, exclude: Iterable[int]) -> list[Entry]:
-        skip = list(exclude)
+    def due(self, now: float, limit: int, busy: Container[int]) -> tuple[list[Entry], float | None]:
+        """Up to `limit` requests due for an attempt, oldest first, skipping `busy` ones; and when the next
+        waiting request falls due (None if none waits)."""
         rows = self.db.execute(
-            f"SELECT {_COLUMNS} FROM requests WHERE state = 'accepted' AND next_attempt_at <= ? "
-            f"AND seq NOT IN ({','.join('?' * len(skip))}) ORDER BY seq LIMIT ?",
-            (now, *skip, limit),
+            f"SELECT {_COLUMNS} FROM requests INDEXED BY requests_waiting "
+            "WHERE state = 'accepted' AND next_attempt_at <= ? ORDER BY seq LIMIT ?",
+            (now, limit + len(busy)),  # type: ignore[arg-type]
         ).fetchall()
-        return [_entry(row) for row in rows]
+        entries = [_entry(row) for row in rows if row[0] not in busy][:limit]
+        return entries, self.next_due()
 
     def next_due(self) -> float | None:
         row = self.db.execute("SELECT MIN(next_attempt_at) FROM requests WHERE state = 'accepted'").fetchone()
@@ -402,13 +405,11 @@ class Journal:
         db.execute("BEGIN IMMEDIATE")
         try:
             for operation, _ in batch:
-                db.execute("SAVEPOINT op")
+                # No savepoint per operation (they cost two statements each): a failing statement changes nothing
+                # by itself, and one failed operation must not sink the batch.
                 try:
                     outcomes.append((True, operation()))
-                    db.execute("RELEASE op")
-                except Exception as exc:  # one failed operation must not sink the batch
-                    db.execute("ROLLBACK TO op")
-                    db.execute("RELEASE op")
+                except sqlite3.Error as exc:
                     outcomes.append((False, exc))
             db.execute("COMMIT")
         except BaseException as exc:
