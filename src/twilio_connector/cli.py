@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from typing import Any, NoReturn
 
@@ -166,6 +166,15 @@ def _configure_logging(level: str) -> None:
     logging.getLogger("gmqtt").setLevel(logging.DEBUG if level == "DEBUG" else logging.ERROR)
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed: it halves the event loop's share of the CPU per notification."""
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
@@ -174,7 +183,8 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         return _report(error)
     try:
-        asyncio.run(service.run(settings, credentials))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(service.run(settings, credentials))
     except BrokerError as exc:
         logging.getLogger("twilio_connector").error("%s", exc)
         return 1
