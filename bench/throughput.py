@@ -3,6 +3,7 @@
     .venv/bin/python bench/throughput.py --requests 1000 --latency-ms 0            # a burst, durable journal
     .venv/bin/python bench/throughput.py --requests 1000 --journal memory          # without durability
     .venv/bin/python bench/throughput.py --requests 100000 --backlog               # queued while stopped, drained
+    .venv/bin/python bench/throughput.py --requests 1000 --reference               # built like the original
 
 Reports notifications/s, publish-to-status latency percentiles, connector CPU per notification, RSS and the
 journal's size. Not part of the test run.
@@ -149,6 +150,9 @@ def main() -> None:
     parser.add_argument("--journal", choices=["file", "memory"], default="file", help="durable journal or none")
     parser.add_argument("--sync", choices=["full", "normal", "off"], default="full", help="journal fsync policy")
     parser.add_argument("--backlog", action="store_true", help="queue every request while the connector is stopped")
+    parser.add_argument(
+        "--reference", action="store_true", help="measure bench/reference.py (built like the original) instead"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,6 +183,16 @@ def main() -> None:
             "--journal-sync",
             args.sync,
         ]
+        if args.reference:
+            reference = str(Path(__file__).with_name("reference.py"))
+            command = [
+                sys.executable,
+                reference,
+                "--broker-port",
+                str(mqtt_port),
+                "--api-url",
+                f"http://127.0.0.1:{sim_port}",
+            ]
         try:
             if args.backlog:  # register the connector's persistent session first
                 subprocess.run(["timeout", "-s", "TERM", "2", *command], env=env, check=False)
@@ -191,6 +205,8 @@ def main() -> None:
                 process.send_signal(signal.SIGTERM)
                 process.wait(30)
     mode = f"{args.journal}/{args.sync}" if args.journal == "file" else "none"
+    if args.reference:
+        mode = "reference design"
     print(
         "| scenario | requests | Twilio latency | journal | notifications/s | p50 ms | p95 ms | p99 ms "
         "| connector CPU ms/notification | simulator CPU s | RSS idle MB | RSS peak MB | journal MB |"
