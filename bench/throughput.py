@@ -163,7 +163,13 @@ def main() -> None:
         )
         assert simulator.stdout is not None
         simulator.stdout.readline()
-        env = {**os.environ, "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "simulator-token"}
+        uncapped = ("PER_RECIPIENT_PER_MINUTE", "PER_RECIPIENT_PER_DAY", "PER_MINUTE", "PER_DAY")
+        env = {
+            **os.environ,
+            **{f"TWILIO_CONNECTOR_{name}": "10000000" for name in uncapped},  # one recipient, many requests
+            "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+            "TWILIO_AUTH_TOKEN": "simulator-token",
+        }
         journal = Path(tmp) / "journal.db"
         command = [
             *CLI,

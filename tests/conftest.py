@@ -27,6 +27,11 @@ from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, 
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 DEFAULT_FROM = "+15005550006"
+#: Environment for connector processes in tests and benchmarks: no rate caps (they are tested on their own).
+UNCAPPED = {
+    f"TWILIO_CONNECTOR_{name}": "1000000"
+    for name in ("PER_RECIPIENT_PER_MINUTE", "PER_RECIPIENT_PER_DAY", "PER_MINUTE", "PER_DAY")
+}
 RECIPIENT = "+12345000000"
 
 
@@ -193,6 +198,11 @@ def make_settings(broker: Broker, simulator: SimulatorHandle, **overrides: Any) 
         backoff_max=0.2,
         shutdown_timeout=5.0,
         journal_path=":memory:",
+        # The tests send bursts to one number: lift the sending policy's rate caps (tested on their own).
+        per_recipient_per_minute=1_000_000,
+        per_recipient_per_day=1_000_000,
+        per_minute=1_000_000,
+        per_day=1_000_000,
     )
     return replace(settings, **overrides)
 

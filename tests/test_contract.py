@@ -275,6 +275,7 @@ def test_error_codes_are_the_documented_stable_set() -> None:
         "TwilioError",
         "TwilioUnavailable",
         "OutcomeUnknown",
+        "Rejected",
         "InternalError",
     }
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Broker, MqttProbe, SimulatorHandle, sms
+from conftest import UNCAPPED, Broker, MqttProbe, SimulatorHandle, sms
 from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 
 BURST = int(os.environ.get("CRASH_BURST", "300"))
@@ -21,7 +21,12 @@ BURST = int(os.environ.get("CRASH_BURST", "300"))
 
 class ConnectorProcess:
     def __init__(self, broker: Broker, simulator: SimulatorHandle, journal: Path, log: Path) -> None:
-        env = {**os.environ, "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID, "TWILIO_AUTH_TOKEN": DEFAULT_AUTH_TOKEN}
+        env = {
+            **os.environ,
+            **UNCAPPED,
+            "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID,
+            "TWILIO_AUTH_TOKEN": DEFAULT_AUTH_TOKEN,
+        }
         self.log = log
         with log.open("a") as handle:
             self.process = subprocess.Popen(

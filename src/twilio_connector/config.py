@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .contract import ContractViolation, normalise_number
+from .policy import Limits
 from .secrets import SECRET_ARN, Secret, SecretError, fetch_secrets_manager, read_secret_file
 from .store import SYNC_MODES
 
@@ -82,6 +83,14 @@ class Settings:
     journal_retention: float = 7 * 24 * 3600.0
     dedupe_window: float = 600.0
     max_backlog: int = 100_000
+    allow_numbers: tuple[str, ...] = ()
+    deny_numbers: tuple[str, ...] = ()
+    allowed_countries: tuple[str, ...] = ("sender",)
+    per_recipient_per_minute: int = 5
+    per_recipient_per_day: int = 100
+    per_minute: int = 300
+    per_day: int = 10_000
+    max_segments: int = 10
     delivery_tracking: str = "off"
     delivery_topic: str = "twilio/message/delivery"
     poll_interval: float = 5.0
@@ -94,6 +103,19 @@ class Settings:
     @property
     def broker(self) -> BrokerAddress:
         return BrokerAddress.parse(self.broker_url)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            self.allow_numbers,
+            self.deny_numbers,
+            self.allowed_countries,
+            self.per_recipient_per_minute,
+            self.per_recipient_per_day,
+            self.per_minute,
+            self.per_day,
+            self.max_segments,
+        )
 
     @property
     def api_base_url(self) -> str:
@@ -240,6 +262,30 @@ def _non_negative_float(value: Any) -> float:
     return float(value)
 
 
+def _strings(value: Any) -> tuple[str, ...]:
+    """A TOML array, or a comma-separated string (from the environment or a flag)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
+        raise ValueError("must be a list of strings")
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def _prefixes(value: Any) -> tuple[str, ...]:
+    prefixes = _strings(value)
+    for prefix in prefixes:
+        if not re.fullmatch(r"\+[0-9]{1,15}", prefix):
+            raise ValueError(f"{prefix!r} is not a number or prefix like +1555")
+    return prefixes
+
+
+def _countries(value: Any) -> tuple[str, ...]:
+    countries = tuple(item.upper() if item not in ("sender", "*") else item for item in _strings(value))
+    for country in countries:
+        if country not in ("sender", "*") and not re.fullmatch(r"[A-Z]{2}", country):
+            raise ValueError(f"{country!r} is not an ISO country code like US, 'sender' or '*'")
+    return countries
+
+
 def _tracking(value: Any) -> str:
     if value not in ("off", "poll", "callback"):
         raise ValueError("must be off, poll or callback")
@@ -306,6 +352,14 @@ _FIELDS: dict[str, _Field] = {
     "journal_retention": _Field(_non_negative_float),
     "dedupe_window": _Field(_non_negative_float),
     "max_backlog": _Field(_positive_int),
+    "allow_numbers": _Field(_prefixes),
+    "deny_numbers": _Field(_prefixes),
+    "allowed_countries": _Field(_countries),
+    "per_recipient_per_minute": _Field(_positive_int),
+    "per_recipient_per_day": _Field(_positive_int),
+    "per_minute": _Field(_positive_int),
+    "per_day": _Field(_positive_int),
+    "max_segments": _Field(_positive_int),
     "delivery_tracking": _Field(_tracking),
     "delivery_topic": _Field(_topic),
     "poll_interval": _Field(_positive_float),

@@ -64,6 +64,8 @@ class ErrorCode(enum.StrEnum):
     """Twilio could not be reached (connection failure, 502/503/504) after every allowed attempt."""
     OUTCOME_UNKNOWN = "OutcomeUnknown"
     """The request left but no answer came (timeout, 500): it may have been sent, so it is not resent blindly."""
+    REJECTED = "Rejected"
+    """The sending policy refused it (allow/deny lists, countries, rate caps, length); nothing was sent."""
     INTERNAL_ERROR = "InternalError"
     """A defect in the connector; the log has details."""
 

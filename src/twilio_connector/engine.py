@@ -30,6 +30,7 @@ from .contract import (
     parse_request,
     success_status,
 )
+from .policy import Policy
 from .retry import RetryPolicy, error_code_for
 from .store import Duplicate, Entry, Journal, Track
 from .tracking import DeliveryTracker
@@ -82,6 +83,7 @@ class Engine:
         self._publish = publish
         self._rand = rand
         self._policy = RetryPolicy(settings.backoff_base, settings.backoff_max)
+        self._policy_check = Policy(settings.limits)
         self._kinds = {settings.txt_topic: Kind.SMS, settings.call_topic: Kind.CALL}
         self._active: dict[int, asyncio.Task[None]] = {}
         self._unfinished = 0
@@ -163,6 +165,14 @@ class Engine:
             self._statuses.set()
             return
         for notification in parsed:
+            refusal = self._policy_check.check(notification, time.time())
+            if refusal is not None:
+                log.warning("request id=%s to=%s result=rejected reason=%r", notification.id, notification.to, refusal)
+                recipient = notification.to if notification.listed else None
+                rejection = failure_status(notification.id, ErrorCode.REJECTED, refusal, recipient=recipient)
+                await self._journal.reject(kind, notification.id, encode_status(rejection), refusal)
+                self._statuses.set()
+                continue
             await self._room.wait()  # backpressure: stop reading from the broker rather than grow without bound
             accepted = await self._journal.accept(notification, self._settings.dedupe_window)
             if isinstance(accepted, Duplicate):
