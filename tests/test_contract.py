@@ -169,7 +169,7 @@ def test_voice_location_must_be_an_http_url(url: str) -> None:
         "request": {"recipient": {"name": "D", "phone_number": "+12345000000", "voice_message_location": url}},
         "id": "r",
     }
-    assert "must be an http(s) URL" in invalid(parse(document, Kind.CALL)).message
+    assert "must be an https URL" in invalid(parse(document, Kind.CALL)).message
 
 
 def test_from_number_overrides_the_default_and_is_required_without_one() -> None:
@@ -295,7 +295,7 @@ def test_mms_media_urls() -> None:
     many = parse(document)
     assert isinstance(many, Notification) and len(many.media_urls) == 10 and many.content == ""
     assert "more than 10 URLs" in invalid(parse(txt(media_url=[f"https://e.example/{n}" for n in range(11)]))).message
-    assert "must be an http(s) URL" in invalid(parse(txt(media_url=["ftp://e.example/a"]))).message
+    assert "must be an https URL" in invalid(parse(txt(media_url=["ftp://e.example/a"]))).message
     assert (
         "media_url is not allowed on a call request"
         in invalid(
@@ -389,3 +389,23 @@ def test_options_round_trip_for_storage() -> None:
     assert isinstance(note, Notification)
     bare = Notification(note.id, note.kind, note.to, note.from_, note.name, note.content, note.retries)
     assert bare.with_options(note.options()) == note
+
+
+def test_urls_are_https_without_credentials_unless_http_is_allowed() -> None:
+    plain = call_doc(voice_message_location="http://e.example/t")
+    assert invalid(parse(plain, Kind.CALL)).message == "request.recipient.voice_message_location must be an https URL"
+    allowed = parse_request(
+        orjson.dumps(plain),
+        Kind.CALL,
+        default_from="+15005550006",
+        max_retries=0,
+        max_payload_bytes=65536,
+        allow_http=True,
+    )
+    assert isinstance(allowed, list) and allowed[0].content == "http://e.example/t"
+    secret = call_doc(voice_message_location="https://user:pw@e.example/t")
+    assert invalid(parse(secret, Kind.CALL)).message == (
+        "request.recipient.voice_message_location must not carry credentials"
+    )
+    long = call_doc(voice_message_location="https://e.example/" + "a" * 2100)
+    assert "longer than 2048" in invalid(parse(long, Kind.CALL)).message

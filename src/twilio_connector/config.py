@@ -91,6 +91,7 @@ class Settings:
     per_minute: int = 300
     per_day: int = 10_000
     max_segments: int = 10
+    allow_http_urls: bool = False
     delivery_tracking: str = "off"
     delivery_topic: str = "twilio/message/delivery"
     poll_interval: float = 5.0
@@ -286,6 +287,17 @@ def _countries(value: Any) -> tuple[str, ...]:
     return countries
 
 
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _tracking(value: Any) -> str:
     if value not in ("off", "poll", "callback"):
         raise ValueError("must be off, poll or callback")
@@ -360,6 +372,7 @@ _FIELDS: dict[str, _Field] = {
     "per_minute": _Field(_positive_int),
     "per_day": _Field(_positive_int),
     "max_segments": _Field(_positive_int),
+    "allow_http_urls": _Field(_bool),
     "delivery_tracking": _Field(_tracking),
     "delivery_topic": _Field(_topic),
     "poll_interval": _Field(_positive_float),

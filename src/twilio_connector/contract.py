@@ -198,11 +198,14 @@ def _check_id(document: dict[str, Any]) -> str:
     return value
 
 
-def _check_url(value: object, path: str) -> str:
+def _check_url(value: object, path: str, allow_http: bool) -> str:
     url = _text(value, path, limit=MAX_URL_CHARS)
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ContractViolation(f"{path} must be an http(s) URL")
+    schemes = ("https", "http") if allow_http else ("https",)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ContractViolation(f"{path} must be an {' or '.join(schemes)} URL")
+    if parts.username is not None or parts.password is not None:
+        raise ContractViolation(f"{path} must not carry credentials")
     return url
 
 
@@ -223,7 +226,7 @@ def _address(value: object, field: str, kind: Kind) -> str:
     return normalise_number(value, field)
 
 
-def _media_urls(value: object) -> tuple[str, ...]:
+def _media_urls(value: object, allow_http: bool) -> tuple[str, ...]:
     if value is None:
         return ()
     urls = [value] if isinstance(value, str) else value
@@ -231,7 +234,7 @@ def _media_urls(value: object) -> tuple[str, ...]:
         raise ContractViolation("request.recipient.media_url must be a URL or a non-empty list of URLs")
     if len(urls) > MAX_MEDIA:
         raise ContractViolation(f"request.recipient.media_url has more than {MAX_MEDIA} URLs")
-    return tuple(_check_url(url, "request.recipient.media_url") for url in urls)
+    return tuple(_check_url(url, "request.recipient.media_url", allow_http) for url in urls)
 
 
 def _say(text: str, voice: object, language: object) -> str:
@@ -246,13 +249,13 @@ def _say(text: str, voice: object, language: object) -> str:
     return f"<Response><Say{attributes}>{escape(text)}</Say></Response>"
 
 
-def _text_content(recipient: dict[str, Any]) -> tuple[Content, str, tuple[str, ...]]:
+def _text_content(recipient: dict[str, Any], allow_http: bool) -> tuple[Content, str, tuple[str, ...]]:
     if recipient.get("voice_message_location") is not None:
         raise ContractViolation("request.recipient.voice_message_location is not allowed on a text request")
     for field in ("twiml", "voice_message"):
         if recipient.get(field) is not None:
             raise ContractViolation(f"request.recipient.{field} is not allowed on a text request")
-    media = _media_urls(recipient.get("media_url"))
+    media = _media_urls(recipient.get("media_url"), allow_http)
     message = recipient.get("message")
     if message is None:
         if media:
@@ -261,7 +264,7 @@ def _text_content(recipient: dict[str, Any]) -> tuple[Content, str, tuple[str, .
     return Content.BODY, _text(message, "request.recipient.message", limit=MAX_BODY_CHARS), media
 
 
-def _call_content(recipient: dict[str, Any]) -> tuple[Content, str, tuple[str, ...]]:
+def _call_content(recipient: dict[str, Any], allow_http: bool) -> tuple[Content, str, tuple[str, ...]]:
     for field in ("message", "media_url"):
         if recipient.get(field) is not None:
             raise ContractViolation(f"request.recipient.{field} is not allowed on a call request")
@@ -275,7 +278,7 @@ def _call_content(recipient: dict[str, Any]) -> tuple[Content, str, tuple[str, .
     field = given[0]
     path = f"request.recipient.{field}"
     if field == "voice_message_location":
-        return Content.URL, _check_url(recipient[field], path), ()
+        return Content.URL, _check_url(recipient[field], path, allow_http), ()
     if field == "twiml":
         return Content.TWIML, _text(recipient[field], path, limit=MAX_TWIML_CHARS), ()
     spoken = _say(
@@ -331,7 +334,9 @@ def _validity(request: dict[str, Any], kind: Kind) -> int | None:
     return value
 
 
-def _one(recipient: dict[str, Any], kind: Kind, path: str) -> tuple[str, str, tuple[Content, str, tuple[str, ...]]]:
+def _one(
+    recipient: dict[str, Any], kind: Kind, path: str, allow_http: bool
+) -> tuple[str, str, tuple[Content, str, tuple[str, ...]]]:
     name = recipient.get("name")
     if name is None:
         raise ContractViolation("Recipient name cannot be None")  # the original connector's wording
@@ -339,11 +344,13 @@ def _one(recipient: dict[str, Any], kind: Kind, path: str) -> tuple[str, str, tu
     if recipient.get("phone_number") is None:
         raise ContractViolation(f"{path}.phone_number is required")
     to = _address(recipient["phone_number"], f"{path}.phone_number", kind)
-    content = _text_content(recipient) if kind is Kind.SMS else _call_content(recipient)
+    content = _text_content(recipient, allow_http) if kind is Kind.SMS else _call_content(recipient, allow_http)
     return name, to, content
 
 
-def _validate(document: object, kind: Kind, default_from: str | None, max_retries: int) -> list[Notification]:
+def _validate(
+    document: object, kind: Kind, default_from: str | None, max_retries: int, allow_http: bool
+) -> list[Notification]:
     if not isinstance(document, dict):
         raise ContractViolation("payload must be a JSON object")
     request_id = _check_id(document)
@@ -355,7 +362,7 @@ def _validate(document: object, kind: Kind, default_from: str | None, max_retrie
     listed = isinstance(request["recipient"], list)
     notifications = []
     for recipient in recipients:
-        name, to, (content_type, content, media) = _one(recipient, kind, "request.recipient")
+        name, to, (content_type, content, media) = _one(recipient, kind, "request.recipient", allow_http)
         if to.startswith(WHATSAPP) != sender.startswith(WHATSAPP) and sender:
             raise ContractViolation("a WhatsApp recipient needs a WhatsApp sender (whatsapp:+...), and the reverse")
         notifications.append(
@@ -375,6 +382,7 @@ def parse_request(
     default_from: str | None,
     max_retries: int,
     max_payload_bytes: int,
+    allow_http: bool = False,
 ) -> list[Notification] | InvalidRequest:
     """Validate one MQTT payload into one notification per recipient. Never raises: a bad payload becomes an
     `InvalidRequest`."""
@@ -386,7 +394,7 @@ def parse_request(
     except orjson.JSONDecodeError as exc:
         return InvalidRequest(None, f"payload is not valid JSON: {exc}")
     try:
-        return _validate(document, kind, default_from, max_retries)
+        return _validate(document, kind, default_from, max_retries, allow_http)
     except ContractViolation as exc:
         return InvalidRequest(_read_id(document), str(exc))
 

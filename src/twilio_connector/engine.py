@@ -157,6 +157,7 @@ class Engine:
             default_from=self._settings.default_from,
             max_retries=self._settings.max_retries,
             max_payload_bytes=self._settings.max_payload_bytes,
+            allow_http=self._settings.allow_http_urls,
         )
         if isinstance(parsed, InvalidRequest):
             log.info("request id=%s kind=%s result=invalid reason=%r", parsed.id, kind.value, parsed.message)
