@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
@@ -34,6 +35,12 @@ def pki(tmp_path: Path) -> dict[str, str]:
     client.cert_chain_pems[0].write_to_path(files["client_cert"])
     client.private_key_pem.write_to_path(files["client_key"])
     trustme.CA().cert_pem.write_to_path(files["other_ca"])
+    expired = ca.issue_cert(
+        "127.0.0.1", not_before=datetime.datetime(2020, 1, 1), not_after=datetime.datetime(2021, 1, 1)
+    )
+    files["expired_cert"], files["expired_key"] = tmp_path / "expired.pem", tmp_path / "expired.key"
+    expired.cert_chain_pems[0].write_to_path(files["expired_cert"])
+    expired.private_key_pem.write_to_path(files["expired_key"])
     return {name: str(path) for name, path in files.items()}
 
 
@@ -117,5 +124,25 @@ async def test_username_and_password(tmp_path: Path, simulator: SimulatorHandle)
         bad = replace(good, mqtt_password=Secret("wrong"))
         with pytest.raises(BrokerError, match="broker refused the connection"):
             await RunningConnector(bad).wait_ready()
+    finally:
+        broker.stop()
+
+
+async def test_expired_broker_certificate_is_refused(
+    tmp_path: Path, pki: dict[str, str], simulator: SimulatorHandle
+) -> None:
+    directory = tmp_path / "expired-broker"
+    directory.mkdir()
+    tls_port = free_port()
+    broker = Broker(
+        directory,
+        extra_config=f"listener {tls_port} 127.0.0.1\ncafile {pki['ca']}\ncertfile {pki['expired_cert']}\n"
+        f"keyfile {pki['expired_key']}\n",
+    )
+    broker.start()
+    try:
+        settings = make_settings(broker, simulator, broker_url=f"mqtts://127.0.0.1:{tls_port}", ca_file=pki["ca"])
+        with pytest.raises(BrokerError, match="certificate has expired"):
+            await RunningConnector(settings).wait_ready()
     finally:
         broker.stop()
