@@ -1,6 +1,6 @@
 """Hostile input: generated payloads never raise, and each yields notifications or one clear refusal.
 
-CI runs a sample; the long run is `FUZZ_EXAMPLES=100000 .venv/bin/pytest tests/test_fuzz.py`.
+CI runs a sample; the long run (50,000 of each) is `FUZZ_EXAMPLES=50000 .venv/bin/pytest --timeout=0 tests/test_fuzz.py`.
 """
 
 from __future__ import annotations
