@@ -7,7 +7,7 @@ import pytest
 from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, make_settings, sms
 from twilio_connector.config import ConfigError, load_settings
 from twilio_connector.contract import Kind, Notification
-from twilio_connector.policy import Limits, Policy, country_of, segments
+from twilio_connector.policy import Limits, Pacer, Policy, country_of, segments
 
 US_SENDER = "+15005550006"
 
@@ -90,4 +90,26 @@ async def test_rejections_reach_the_status_topic_and_nothing_is_sent(
         assert statuses[request_id]["error"] == "Rejected" and statuses[request_id]["payload"] is None
     assert statuses["uk"]["error_message"] == "+442079460958 is in GB, not in the allowed countries (US)"
     assert len(simulator.created()) == 2
+    await running.stop()
+
+
+def test_pacer_spaces_each_senders_messages() -> None:
+    pacer = Pacer(rate=2.0)  # one every 0.5 s
+    assert [pacer.reserve("+15005550006", 10.0) for _ in range(3)] == [0.0, 0.5, 1.0]
+    assert pacer.reserve("+15005550007", 10.0) == 0.0  # another sender has its own pace
+    assert pacer.reserve("+15005550006", 12.0) == 0.0  # caught up
+    assert Pacer(rate=0).reserve("+15005550006", 10.0) == 0.0  # off by default
+    assert Pacer(rate=2.0).reserve("", 10.0) == 0.0  # a Messaging Service paces itself
+
+
+async def test_sender_rate_queues_rather_than_fails(
+    broker: Broker, simulator: SimulatorHandle, probe: MqttProbe
+) -> None:
+    running = await RunningConnector(make_settings(broker, simulator, sender_rate=10.0)).wait_ready()
+    for n in range(5):
+        await probe.publish("twilio/txt", sms(f"pace{n}", message=f"paced {n}"))
+    statuses = await probe.wait_for_ids({f"pace{n}" for n in range(5)})
+    assert all(s["response"]["status"] == "success" for s in statuses)
+    times = sorted(entry["time"] for entry in simulator.created())
+    assert times[-1] - times[0] >= 0.35  # five sends at most ten a second
     await running.stop()

@@ -91,6 +91,7 @@ class Settings:
     per_minute: int = 300
     per_day: int = 10_000
     max_segments: int = 10
+    sender_rate: float = 0.0
     allow_http_urls: bool = False
     delivery_tracking: str = "off"
     delivery_topic: str = "twilio/message/delivery"
@@ -372,6 +373,7 @@ _FIELDS: dict[str, _Field] = {
     "per_minute": _Field(_positive_int),
     "per_day": _Field(_positive_int),
     "max_segments": _Field(_positive_int),
+    "sender_rate": _Field(_non_negative_float),
     "allow_http_urls": _Field(_bool),
     "delivery_tracking": _Field(_tracking),
     "delivery_topic": _Field(_topic),

@@ -30,7 +30,7 @@ from .contract import (
     parse_request,
     success_status,
 )
-from .policy import Policy
+from .policy import Pacer, Policy
 from .retry import RetryPolicy, error_code_for
 from .store import Duplicate, Entry, Journal, Track
 from .tracking import DeliveryTracker
@@ -84,6 +84,7 @@ class Engine:
         self._rand = rand
         self._policy = RetryPolicy(settings.backoff_base, settings.backoff_max)
         self._policy_check = Policy(settings.limits)
+        self._pacer = Pacer(settings.sender_rate)
         self._kinds = {settings.txt_topic: Kind.SMS, settings.call_topic: Kind.CALL}
         self._active: dict[int, asyncio.Task[None]] = {}
         self._unfinished = 0
@@ -228,6 +229,9 @@ class Engine:
         notification, attempt = entry.notification, entry.attempts + 1
         started = time.monotonic()
         try:
+            pause = self._pacer.reserve(notification.from_, time.time())
+            if pause:
+                await asyncio.sleep(pause)  # queue behind the sender's earlier messages rather than fail
             await self._journal.begin_attempt(entry.seq)  # durable before anything leaves
             outcome = await self._sender.create(notification)
             if isinstance(outcome, TwilioFailure) and outcome.kind is FailureKind.AMBIGUOUS:

@@ -13,7 +13,7 @@ import phonenumbers
 
 from .contract import WHATSAPP, Kind, Notification
 
-__all__ = ["Limits", "Policy", "country_of"]
+__all__ = ["Limits", "Pacer", "Policy", "country_of"]
 
 GSM_SEGMENT = 153  # characters per segment of a multi-part GSM-7 message
 UCS2_SEGMENT = 67  # ... and of a message with characters outside GSM-7
@@ -121,3 +121,21 @@ class Policy:
             if sender is not None:
                 countries.add(sender)
         return countries
+
+
+class Pacer:
+    """Spaces the sends of each sender number `1 / rate` seconds apart (Twilio long codes take about one
+    message a second and queue the rest): `reserve` says how long to wait before sending. Pure: `now` is given."""
+
+    def __init__(self, rate: float) -> None:
+        self._gap = 1.0 / rate if rate > 0 else 0.0
+        self._next: dict[str, float] = {}
+
+    def reserve(self, sender: str, now: float) -> float:
+        if not self._gap or not sender:
+            return 0.0
+        start = max(now, self._next.get(sender, now))
+        self._next[sender] = start + self._gap
+        if len(self._next) > 10_000:  # forget senders idle long enough to owe nothing
+            self._next = {key: at for key, at in self._next.items() if at > now}
+        return start - now
