@@ -1,0 +1,61 @@
+"""Packaging: the systemd unit, the container file and the compose example are sound and least-privileged."""
+
+from __future__ import annotations
+
+import configparser
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from twilio_connector.config import load_settings
+
+ROOT = Path(__file__).parent.parent
+PACKAGING = ROOT / "packaging"
+
+
+def test_systemd_unit_is_hardened_and_unprivileged() -> None:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(PACKAGING / "systemd" / "twilio-connector.service")
+    service = unit["Service"]
+    assert service["DynamicUser"] == "yes" and "User" not in service  # never root
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "Restart": "on-failure",
+        "StateDirectory": "twilio-connector",
+        "UMask": "0077",
+        "CapabilityBoundingSet": "",
+    }.items():
+        assert service[key] == value, key
+    assert service["ExecStart"].split()[1:] == ["run", "--config", "/etc/twilio-connector/connector.toml"]
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_the_journal_goes_to_the_state_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/twilio-connector")
+    assert load_settings(env={}).journal_path == "/var/lib/twilio-connector/twilio-connector-journal.db"
+
+
+def test_container_runs_unprivileged_with_a_healthcheck() -> None:
+    lines = (PACKAGING / "container" / "Containerfile").read_text().splitlines()
+    final_stage = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")) :]
+    assert final_stage[0].startswith("FROM python:3.11-slim")
+    users = [line.split()[1] for line in final_stage if line.startswith("USER ")]
+    assert users and users[-1] not in ("0", "root")
+    assert any(line.startswith("HEALTHCHECK ") for line in final_stage)
+    assert all(re.fullmatch(r"[A-Z]+ .*|#.*| .*|", line) for line in lines), "every instruction is upper-case"
+
+
+def test_compose_example_wires_broker_simulator_and_connector() -> None:
+    compose = yaml.safe_load((PACKAGING / "container" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"mosquitto", "simulator", "connector"}
+    environment = services["connector"]["environment"]
+    assert environment["TWILIO_CONNECTOR_BROKER_URL"] == "mqtt://mosquitto:1883"
+    assert (PACKAGING / "container" / "mosquitto.conf").exists()
+    assert "max_queued_messages 100000" in (PACKAGING / "container" / "mosquitto.conf").read_text()
