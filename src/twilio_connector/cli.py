@@ -56,6 +56,7 @@ _SETTING_FLAGS: list[tuple[str, str, str]] = [
         "journal database file (default ./twilio-connector-journal.db; :memory: for none)",
     ),
     ("--journal-sync", "journal_sync", "full (default: survives power loss), normal (survives crashes) or off"),
+    ("--metrics-listen", "metrics_listen", "host:port for /metrics, /healthz and /readyz (default: off)"),
     ("--log-level", "log_level", "DEBUG, INFO (default), WARNING or ERROR"),
 ]
 _SECRET_FLAGS = ("--auth-token", "--api-key-secret", "--mqtt-password")

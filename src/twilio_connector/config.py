@@ -100,6 +100,7 @@ class Settings:
     tracking_give_up: float = 6 * 3600.0
     callback_url: str | None = None
     callback_listen: str = "127.0.0.1:8088"
+    metrics_listen: str | None = None
     log_level: str = "INFO"
 
     @property
@@ -382,6 +383,7 @@ _FIELDS: dict[str, _Field] = {
     "tracking_give_up": _Field(_positive_float),
     "callback_url": _Field(_optional_url),
     "callback_listen": _Field(_listen),
+    "metrics_listen": _Field(lambda value: _listen(value) if value else None),
     "log_level": _Field(_log_level),
 }
 _SECRET_FIELDS = frozenset(name for name, spec in _FIELDS.items() if spec.parse is _secret)

@@ -30,6 +30,7 @@ from .contract import (
     parse_request,
     success_status,
 )
+from .metrics import Metrics
 from .policy import Pacer, Policy
 from .retry import RetryPolicy, error_code_for
 from .store import Duplicate, Entry, Journal, Track
@@ -72,8 +73,10 @@ class Engine:
         publish: Callable[[str, bytes], Awaitable[None]],
         *,
         tracker: DeliveryTracker | None = None,
+        metrics: Metrics | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self._tracker = tracker
         if tracker is not None:
             tracker.notify = self.wake_publisher
@@ -150,6 +153,7 @@ class Engine:
         if kind is None:
             log.warning("ignoring a message on unexpected topic %r", topic)
             return
+        self.metrics.received.labels(topic).inc()
         if self._closing.is_set():
             await asyncio.Future()  # never acknowledged: the broker keeps it for the next session
         parsed = parse_request(
@@ -164,6 +168,7 @@ class Engine:
             log.info("request id=%s kind=%s result=invalid reason=%r", parsed.id, kind.value, parsed.message)
             status = encode_status(failure_status(parsed.id, ErrorCode.INVALID_PARAMETER, parsed.message))
             await self._journal.reject(kind, parsed.id, status, parsed.message)
+            self.metrics.statuses.labels("fail", ErrorCode.INVALID_PARAMETER.value).inc()
             self._statuses.set()
             return
         for notification in parsed:
@@ -173,6 +178,8 @@ class Engine:
                 recipient = notification.to if notification.listed else None
                 rejection = failure_status(notification.id, ErrorCode.REJECTED, refusal, recipient=recipient)
                 await self._journal.reject(kind, notification.id, encode_status(rejection), refusal)
+                self.metrics.rejections.inc()
+                self.metrics.statuses.labels("fail", ErrorCode.REJECTED.value).inc()
                 self._statuses.set()
                 continue
             await self._room.wait()  # backpressure: stop reading from the broker rather than grow without bound
@@ -188,6 +195,7 @@ class Engine:
             self._work.set()
 
     def _update_room(self) -> None:
+        self.metrics.backlog.set(self._unfinished)
         if self._unfinished < self._settings.max_backlog:
             self._room.set()
         else:
@@ -198,10 +206,12 @@ class Engine:
     def _spawn(self, seq: int, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._active[seq] = task
+        self.metrics.in_flight.set(len(self._active))
         task.add_done_callback(lambda _: self._done(seq))
 
     def _done(self, seq: int) -> None:
         self._active.pop(seq, None)
+        self.metrics.in_flight.set(len(self._active))
         self._work.set()
 
     async def _dispatch(self) -> None:
@@ -233,7 +243,8 @@ class Engine:
             if pause:
                 await asyncio.sleep(pause)  # queue behind the sender's earlier messages rather than fail
             await self._journal.begin_attempt(entry.seq)  # durable before anything leaves
-            outcome = await self._sender.create(notification)
+            with self.metrics.twilio_seconds.time():
+                outcome = await self._sender.create(notification)
             if isinstance(outcome, TwilioFailure) and outcome.kind is FailureKind.AMBIGUOUS:
                 outcome = await self._reconcile(entry, time.time() - (time.monotonic() - started), outcome)
             await self._conclude(entry.seq, notification, outcome, attempt, started)
@@ -246,6 +257,7 @@ class Engine:
                 failure_status(notification.id, ErrorCode.INTERNAL_ERROR, "internal error", recipient=recipient)
             )
             await self._finish(entry.seq, "failed", status, None, "internal error")
+            self.metrics.statuses.labels("fail", ErrorCode.INTERNAL_ERROR.value).inc()
 
     async def _resolve_doubt(self, entry: Entry) -> None:
         """An attempt was under way when the process stopped: find it at Twilio, or send it (once)."""
@@ -259,6 +271,7 @@ class Engine:
             await asyncio.sleep(delay)
             delay = min(self._settings.backoff_max, delay * 2)
         match = await self._unclaimed(found)
+        self.metrics.reconciliations.labels("yes" if match else "no").inc()
         if match is not None:
             await self._conclude(entry.seq, entry.notification, match, entry.attempts, time.monotonic())
             return
@@ -272,6 +285,7 @@ class Engine:
         if isinstance(found, TwilioFailure):
             return failure  # cannot tell: stays ambiguous, never resent blindly
         match = await self._unclaimed(found)
+        self.metrics.reconciliations.labels("yes" if match else "no").inc()
         if match is not None:
             log.info("request id=%s: no answer from Twilio, but it was created as %s", entry.notification.id, match.sid)
             return match
@@ -292,6 +306,7 @@ class Engine:
     ) -> None:
         if isinstance(outcome, SendResult):
             self._log_outcome(notification, "success", attempt, started, sid=outcome.sid)
+            self.metrics.statuses.labels("success", "").inc()
             status = encode_status(success_status(notification, outcome, attempt))
             track = self._tracker.track(outcome.status) if self._tracker else None
             await self._finish(seq, "sent", status, outcome.sid, None, track=track)
@@ -309,8 +324,10 @@ class Engine:
                 wait,
             )
             await self._journal.retry_later(seq, time.time() + wait, outcome.message)
+            self.metrics.retries.inc()
             return
         error = error_code_for(outcome)
+        self.metrics.statuses.labels("fail", error.value).inc()
         self._log_outcome(notification, error.value, attempt, started, code=outcome.code)
         status = encode_status(
             failure_status(

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from .config import Credentials, Settings
 from .engine import Engine
+from .metrics import Metrics
 from .store import Journal
 from .tracking import DeliveryTracker
 from .transport import MqttTransport
@@ -74,8 +75,23 @@ async def run(
                 tracker = DeliveryTracker(settings, journal, client, credentials.auth_token)
                 if settings.delivery_tracking == "callback":
                     callbacks = await tracker.serve()
-            engine = Engine(settings, client, journal, publish, tracker=tracker)
-            transport = MqttTransport(settings, [settings.txt_topic, settings.call_topic], engine.handle)
+            metrics = Metrics()
+            engine = Engine(settings, client, journal, publish, tracker=tracker, metrics=metrics)
+            transport = MqttTransport(
+                settings, [settings.txt_topic, settings.call_topic], engine.handle, metrics.broker_connected.set
+            )
+            operations: web.AppRunner | None = None
+            if settings.metrics_listen:
+                connected = transport.connected
+
+                def readiness() -> dict[str, bool]:
+                    return {
+                        "broker_connected": connected.is_set(),
+                        "journal_writable": journal.writable,
+                        "credentials_loaded": True,
+                    }
+
+                operations = await metrics.serve(settings.metrics_listen, readiness)
             await engine.start()
             if await _first(transport.connect(), stop.wait()) == 0:  # SIGTERM works while connecting too
                 if ready is not None:
@@ -95,8 +111,9 @@ async def run(
                     "requests unfinished after %.0fs stay in the journal for the next start", settings.shutdown_timeout
                 )
             await transport.disconnect()
-            if callbacks is not None:
-                await callbacks.cleanup()
+            for runner in (callbacks, operations):
+                if runner is not None:
+                    await runner.cleanup()
     finally:
         await journal.close()
         for signum in (signal.SIGTERM, signal.SIGINT):

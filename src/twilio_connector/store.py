@@ -357,6 +357,7 @@ class Journal:
         self._flushing = False
         self._flushed = asyncio.Event()
         self._flushed.set()
+        self.writable = True  # the last commit succeeded (readiness)
 
     @classmethod
     async def open(cls, path: str, sync: str = "full") -> Journal:
@@ -414,7 +415,9 @@ class Journal:
             db.execute("COMMIT")
         except BaseException as exc:
             db.execute("ROLLBACK")
+            self.writable = False
             return [(False, exc)] * len(batch)
+        self.writable = True
         return outcomes
 
     # -- the operations the engine uses -------------------------------------------------------------------

@@ -87,8 +87,15 @@ class MqttTransport:
     requests the broker hands us at once: backpressure without an unbounded queue in this process.
     """
 
-    def __init__(self, settings: Settings, topics: Sequence[str], handler: Handler) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Sequence[str],
+        handler: Handler,
+        on_state: Callable[[bool], None] | None = None,
+    ) -> None:
         self._settings = settings
+        self._on_state = on_state or (lambda connected: None)
         self._topics = list(topics)
         self._handler = handler
         self.connected = asyncio.Event()  # connected and subscribed
@@ -152,11 +159,13 @@ class MqttTransport:
         if refused:
             log.error("the broker refused subscriptions to %s", ", ".join(refused))
         self.connected.set()
+        self._on_state(True)
 
     def _on_disconnect(self, client: Any, packet: Any, exc: BaseException | None = None) -> None:
         if self.connected.is_set() and not self._closing:
             log.warning("lost the broker connection; reconnecting")
         self.connected.clear()
+        self._on_state(False)
 
     async def _on_message(self, client: Any, topic: str, payload: bytes, qos: int, properties: Any) -> int:
         self._pending += 1

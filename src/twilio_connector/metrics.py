@@ -1,0 +1,77 @@
+"""Operations: Prometheus metrics, and /healthz and /readyz, on an optional HTTP listener (`metrics_listen`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """The connector's metrics, in a registry of their own (several connectors can share a process in tests)."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.received = Counter(
+            "twilio_connector_requests_received", "MQTT requests taken in", ["topic"], registry=registry
+        )
+        self.statuses = Counter(
+            "twilio_connector_statuses", "Final statuses by result and error", ["result", "error"], registry=registry
+        )
+        self.twilio_seconds = Histogram(
+            "twilio_connector_twilio_request_seconds",
+            "Time Twilio took to answer a create request",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
+        self.retries = Counter(
+            "twilio_connector_retries", "Attempts scheduled again after a retryable failure", registry=registry
+        )
+        self.reconciliations = Counter(
+            "twilio_connector_reconciliations",
+            "Lookups at Twilio after an unknown outcome",
+            ["found"],
+            registry=registry,
+        )
+        self.rejections = Counter(
+            "twilio_connector_policy_rejections", "Requests the sending policy refused", registry=registry
+        )
+        self.backlog = Gauge(
+            "twilio_connector_journal_backlog", "Requests accepted and not yet finished", registry=registry
+        )
+        self.in_flight = Gauge("twilio_connector_in_flight", "Requests being sent now", registry=registry)
+        self.broker_connected = Gauge(
+            "twilio_connector_broker_connected", "1 when connected and subscribed", registry=registry
+        )
+
+    def app(self, readiness: Callable[[], dict[str, bool]]) -> web.Application:
+        """`readiness()` names each condition of readiness and whether it holds."""
+
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def healthz(request: web.Request) -> web.Response:
+            return web.json_response({"status": "alive"})  # answering at all means the event loop runs
+
+        async def readyz(request: web.Request) -> web.Response:
+            checks = readiness()
+            ready = all(checks.values())
+            body = orjson.dumps({"status": "ready" if ready else "not ready", "checks": checks})
+            return web.Response(body=body, status=200 if ready else 503, content_type="application/json")
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        return app
+
+    async def serve(self, listen: str, readiness: Callable[[], dict[str, bool]]) -> web.AppRunner:
+        host, _, port = listen.rpartition(":")
+        runner = web.AppRunner(self.app(readiness), access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, host, int(port)).start()
+        return runner

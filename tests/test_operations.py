@@ -1,0 +1,53 @@
+"""Operations: Prometheus metrics scraped over HTTP, and health and readiness codes that mean something."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, free_port, make_settings, sms
+
+
+def sample(text: str, name: str) -> float:
+    """The value of one metric line (`name{labels}`) in Prometheus' text format."""
+    return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+async def test_metrics_health_and_readiness(broker: Broker, simulator: SimulatorHandle, probe: MqttProbe) -> None:
+    port = free_port()
+    running = await RunningConnector(make_settings(broker, simulator, metrics_listen=f"127.0.0.1:{port}")).wait_ready()
+    base = f"http://127.0.0.1:{port}"
+    await probe.publish("twilio/txt", sms("ok"))
+    await probe.publish("twilio/txt", sms("bad", to="+15005550001"))
+    await probe.publish("twilio/txt", b"{")
+    await probe.wait_for(3)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/metrics") as response:
+            assert response.status == 200
+            text = await response.text()
+        assert sample(text, 'twilio_connector_requests_received_total{topic="twilio/txt"}') == 3
+        assert sample(text, 'twilio_connector_statuses_total{error="",result="success"}') == 1
+        assert sample(text, 'twilio_connector_statuses_total{error="TwilioError",result="fail"}') == 1
+        assert sample(text, 'twilio_connector_statuses_total{error="InvalidParameter",result="fail"}') == 1
+        assert sample(text, "twilio_connector_twilio_request_seconds_count") == 2
+        assert sample(text, "twilio_connector_broker_connected") == 1
+        assert sample(text, "twilio_connector_journal_backlog") == 0
+        async with http.get(f"{base}/healthz") as response:
+            assert response.status == 200
+        async with http.get(f"{base}/readyz") as response:
+            assert response.status == 200 and (await response.json())["status"] == "ready"
+
+        broker.stop()
+        for _ in range(100):  # until the connector notices the broker is gone
+            async with http.get(f"{base}/readyz") as response:
+                if response.status == 503:
+                    assert (await response.json())["checks"]["broker_connected"] is False
+                    break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("/readyz stayed 200 without a broker")
+        async with http.get(f"{base}/healthz") as response:
+            assert response.status == 200  # alive, though not ready
+        broker.start()
+    await running.stop()
