@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 
 import aiohttp
+import pytest
 
 from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, free_port, make_settings, sms
+from twilio_connector import logs
 
 
 def sample(text: str, name: str) -> float:
@@ -51,3 +55,17 @@ async def test_metrics_health_and_readiness(broker: Broker, simulator: Simulator
             assert response.status == 200  # alive, though not ready
         broker.start()
     await running.stop()
+
+
+def test_json_log_lines_carry_the_outcome_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure("INFO", "json")
+    try:
+        logging.getLogger("twilio_connector.engine").info(
+            "request id=r1 result=success", extra={"request_id": "r1", "result": "success", "attempts": 2, "sid": "SM1"}
+        )
+    finally:
+        logging.getLogger().handlers.clear()
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert line["level"] == "info" and line["logger"] == "twilio_connector.engine"
+    assert (line["request_id"], line["result"], line["attempts"], line["sid"]) == ("r1", "success", 2, "SM1")
+    assert line["time"].endswith("Z")

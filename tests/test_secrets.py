@@ -81,5 +81,5 @@ async def test_a_failing_run_at_debug_level_leaks_nothing(
     everything = log.read_bytes() + journal.read_bytes() + cmdline + str(probe.statuses).encode()
     for path in tmp_path.glob("journal.db*"):
         everything += path.read_bytes()
-    assert b"DEBUG" in everything and b"20003" in everything  # the run did log, and did fail
+    assert b'"level":"debug"' in everything and b"20003" in everything  # the run did log, and did fail
     assert b"SECRET" not in everything

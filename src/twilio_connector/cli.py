@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from typing import Any, NoReturn
 
-from . import service
+from . import logs, service
 from .config import ConfigError, Settings, describe, load_settings, resolve_credentials
 from .simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simulator
 from .store import JournalCore
@@ -58,6 +58,7 @@ _SETTING_FLAGS: list[tuple[str, str, str]] = [
     ("--journal-sync", "journal_sync", "full (default: survives power loss), normal (survives crashes) or off"),
     ("--metrics-listen", "metrics_listen", "host:port for /metrics, /healthz and /readyz (default: off)"),
     ("--log-level", "log_level", "DEBUG, INFO (default), WARNING or ERROR"),
+    ("--log-format", "log_format", "json, text, or auto (default: json unless stderr is a terminal)"),
 ]
 _SECRET_FLAGS = ("--auth-token", "--api-key-secret", "--mqtt-password")
 
@@ -161,12 +162,6 @@ def _report(error: ConfigError) -> int:
     return EXIT_CONFIG
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # gmqtt logs every write attempted during an outage; our transport reports connection state itself.
-    logging.getLogger("gmqtt").setLevel(logging.DEBUG if level == "DEBUG" else logging.ERROR)
-
-
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop when installed: it halves the event loop's share of the CPU per notification."""
     try:
@@ -179,7 +174,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def _run(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
-        _configure_logging(settings.log_level)
+        logs.configure(settings.log_level, settings.log_format)
         credentials = resolve_credentials(settings)
     except ConfigError as error:
         return _report(error)

@@ -102,6 +102,7 @@ class Settings:
     callback_listen: str = "127.0.0.1:8088"
     metrics_listen: str | None = None
     log_level: str = "INFO"
+    log_format: str = "auto"
 
     @property
     def broker(self) -> BrokerAddress:
@@ -317,6 +318,12 @@ def _listen(value: Any) -> str:
     return str(value)
 
 
+def _log_format(value: Any) -> str:
+    if value not in ("auto", "json", "text"):
+        raise ValueError("must be auto, json or text")
+    return str(value)
+
+
 def _log_level(value: Any) -> str:
     level = _text(value).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -385,6 +392,7 @@ _FIELDS: dict[str, _Field] = {
     "callback_listen": _Field(_listen),
     "metrics_listen": _Field(lambda value: _listen(value) if value else None),
     "log_level": _Field(_log_level),
+    "log_format": _Field(_log_format),
 }
 _SECRET_FIELDS = frozenset(name for name, spec in _FIELDS.items() if spec.parse is _secret)
 assert set(_FIELDS) == {f.name for f in fields(Settings)}

@@ -396,13 +396,13 @@ class Engine:
 
     @staticmethod
     def _log_outcome(notification: Notification, result: str, attempts: int, started: float, **extra: Any) -> None:
-        details = " ".join(f"{key}={value}" for key, value in extra.items() if value is not None)
-        log.info(
-            "request id=%s kind=%s result=%s attempts=%d duration_ms=%.1f %s",
-            notification.id,
-            notification.kind.value,
-            result,
-            attempts,
-            (time.monotonic() - started) * 1000,
-            details,
-        )
+        """One line per request outcome; in JSON logs its fields are fields of the line too."""
+        fields = {
+            "request_id": notification.id,
+            "kind": notification.kind.value,
+            "result": result,
+            "attempts": attempts,
+            "duration_ms": round((time.monotonic() - started) * 1000, 1),
+            **{key: value for key, value in extra.items() if value is not None},
+        }
+        log.info("request %s", " ".join(f"{key}={value}" for key, value in fields.items()), extra=fields)
