@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 
 import aiohttp
 import pytest
@@ -69,3 +70,42 @@ def test_json_log_lines_carry_the_outcome_fields(capsys: pytest.CaptureFixture[s
     assert line["level"] == "info" and line["logger"] == "twilio_connector.engine"
     assert (line["request_id"], line["result"], line["attempts"], line["sid"]) == ("r1", "success", 2, "SM1")
     assert line["time"].endswith("Z")
+
+
+async def test_send_and_status_commands(broker: Broker, simulator: SimulatorHandle) -> None:
+    port = free_port()
+    running = await RunningConnector(make_settings(broker, simulator, metrics_listen=f"127.0.0.1:{port}")).wait_ready()
+    cli = [sys.executable, "-m", "twilio_connector"]
+    sent = await asyncio.create_subprocess_exec(
+        *cli,
+        "send",
+        "--broker",
+        broker.url,
+        "--to",
+        "12345000000",
+        "--message",
+        "smoke test",
+        "--id",
+        "smoke-1",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    output, _ = await sent.communicate()
+    assert sent.returncode == 0, output
+    status = json.loads(output)
+    assert status["id"] == "smoke-1" and status["response"]["status"] == "success"
+    assert simulator.created()[0]["params"]["Body"] == "smoke test"
+    refused = await asyncio.create_subprocess_exec(
+        *cli, "send", "--broker", broker.url, "--to", "+15005550001", "--message", "x", stdout=asyncio.subprocess.PIPE
+    )
+    assert json.loads((await refused.communicate())[0])["response"]["twilio_error_code"] == 21211
+    assert refused.returncode == 1
+    ready = await asyncio.create_subprocess_exec(
+        *cli, "status", "--url", f"http://127.0.0.1:{port}", stdout=asyncio.subprocess.PIPE
+    )
+    assert json.loads((await ready.communicate())[0])["status"] == "ready" and ready.returncode == 0
+    await running.stop()
+    gone = await asyncio.create_subprocess_exec(
+        *cli, "status", "--url", f"http://127.0.0.1:{port}", stderr=asyncio.subprocess.PIPE
+    )
+    await gone.communicate()
+    assert gone.returncode == 2

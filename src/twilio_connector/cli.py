@@ -9,12 +9,16 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from typing import Any, NoReturn
 
+import aiohttp
+import gmqtt
+
 from . import logs, service
-from .config import ConfigError, Settings, describe, load_settings, resolve_credentials
+from .config import BrokerAddress, ConfigError, Settings, describe, load_settings, resolve_credentials
 from .simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simulator
 from .store import JournalCore
 from .transport import BrokerError
@@ -126,6 +130,27 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=50)
     retry = actions.add_parser("retry", help="send a failed request again")
     retry.add_argument("seq", type=int, help="the request's journal number (see list)")
+
+    send = commands.add_parser(
+        "send",
+        help="publish one request and wait for its status (a smoke test)",
+        description="Publish one request on the broker, as a device would, and print its status.",
+    )
+    send.add_argument("--broker", default="mqtt://localhost:1883", help="broker URL (plain mqtt://)")
+    send.add_argument("--to", required=True, help="recipient phone number")
+    what = send.add_mutually_exclusive_group(required=True)
+    what.add_argument("--message", help="text to send")
+    what.add_argument("--call-url", help="TwiML URL: place a call instead")
+    send.add_argument("--from", dest="from_number", help="sender (default: the connector's DefaultFromPhoneNumber)")
+    send.add_argument("--id", default=None, help="request id (default: a random one)")
+    send.add_argument("--topic-prefix", default="", help="prefix of the connector's topics, e.g. site-7/")
+    send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the status")
+    status = commands.add_parser(
+        "status",
+        help="ask a running connector whether it is ready",
+        description="Query a running connector's /readyz (needs metrics_listen).",
+    )
+    status.add_argument("--url", default="http://127.0.0.1:9108", help="the connector's metrics_listen address")
 
     sim = commands.add_parser(
         "simulator",
@@ -242,6 +267,51 @@ async def _simulate(args: argparse.Namespace) -> None:
     await runner.cleanup()
 
 
+async def _send(args: argparse.Namespace) -> int:
+    address = BrokerAddress.parse(args.broker)
+    request_id = args.id or f"send-{uuid.uuid4().hex[:12]}"
+    recipient: dict[str, str] = {"name": "twilio-connector send", "phone_number": args.to}
+    if args.message is not None:
+        recipient["message"], topic = args.message, "twilio/txt"
+    else:
+        recipient["voice_message_location"], topic = args.call_url, "twilio/call"
+    request: dict[str, Any] = {"recipient": recipient}
+    if args.from_number:
+        request["from_number"] = args.from_number
+    answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def on_message(client: Any, topic: str, payload: bytes, qos: int, properties: Any) -> int:
+        if not answer.done() and json.loads(payload).get("id") == request_id:
+            answer.set_result(payload)
+        return 0
+
+    client = gmqtt.Client(f"twilio-connector-send-{uuid.uuid4().hex[:8]}")
+    client.on_message = on_message
+    await client.connect(address.host, address.port, ssl=address.tls)
+    client.subscribe(args.topic_prefix + "twilio/message/status", qos=1)
+    await asyncio.sleep(0.2)  # let the subscription settle before the request can be answered
+    client.publish(args.topic_prefix + topic, json.dumps({"request": request, "id": request_id}), qos=1)
+    try:
+        payload = await asyncio.wait_for(answer, args.timeout)
+    except TimeoutError:
+        print(f"twilio-connector: no status for {request_id} within {args.timeout:g}s", file=sys.stderr)
+        return 2
+    finally:
+        await client.disconnect()
+    print(payload.decode())
+    return 0 if json.loads(payload)["response"]["status"] == "success" else 1
+
+
+async def _status(args: argparse.Namespace) -> int:
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"{args.url.rstrip('/')}/readyz") as response:
+            print(await response.text())
+            return 0 if response.status == 200 else 1
+    except aiohttp.ClientError as exc:
+        print(f"twilio-connector: no connector answers at {args.url}: {exc.__class__.__name__}", file=sys.stderr)
+        return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args: Any = build_parser().parse_args(argv)
     if args.command == "run":
@@ -250,6 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args)
     if args.command == "journal":
         return _journal(args)
+    if args.command == "send":
+        return asyncio.run(_send(args))
+    if args.command == "status":
+        return asyncio.run(_status(args))
     asyncio.run(_simulate(args))
     return 0
 
