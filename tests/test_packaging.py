@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import configparser
+import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,50 @@ def test_compose_example_wires_broker_simulator_and_connector() -> None:
     assert environment["TWILIO_CONNECTOR_BROKER_URL"] == "mqtt://mosquitto:1883"
     assert (PACKAGING / "container" / "mosquitto.conf").exists()
     assert "max_queued_messages 100000" in (PACKAGING / "container" / "mosquitto.conf").read_text()
+
+
+def test_greengrass_build_produces_a_sound_recipe(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["bash", str(PACKAGING / "greengrass" / "build.sh"), "s3://example-bucket/components"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    built = ROOT / "build" / "greengrass"
+    [wheel] = built.glob("twilio_connector-*.whl")
+    recipe = yaml.safe_load((built / "recipe.yaml").read_text())
+    assert recipe["RecipeFormatVersion"] == "2020-01-25"
+    assert recipe["ComponentVersion"] == wheel.name.split("-")[1]
+    assert "aws.greengrass.TokenExchangeService" in recipe["ComponentDependencies"]  # boto3 gets credentials
+    defaults = recipe["ComponentConfiguration"]["DefaultConfiguration"]
+    assert {
+        "TWILIO_ACCOUNT_SID",
+        "TwilioAuthTokenSecretArn",
+        "TwilioAuthTokenSecretArn-ResourceId",
+        "DefaultFromPhoneNumber",
+        "IsolationMode",
+    } <= set(defaults)
+    [manifest] = recipe["Manifests"]
+    assert manifest["Artifacts"][0]["URI"] == f"s3://example-bucket/components/{wheel.name}"
+    lifecycle = manifest["Lifecycle"]
+    assert wheel.name in lifecycle["Install"]["Script"] and "{{" not in json.dumps(recipe)
+    # Every {configuration:/X} names a configured key; with sample values the environment is a valid configuration.
+    environment = {}
+    for name, value in lifecycle["Setenv"].items():
+        for key in re.findall(r"\{configuration:/([^}]+)\}", value):
+            assert key in defaults, key
+        environment[name] = re.sub(r"\{[^}]+\}", "x", value)
+    environment.update(
+        TWILIO_ACCOUNT_SID="AC" + "0" * 32,
+        DefaultFromPhoneNumber="+15005550006",
+        TwilioAuthTokenSecretArn="arn:aws:secretsmanager:us-east-1:123456789012:secret:greengrass-twilio-AbCdEf",
+        TWILIO_CONNECTOR_BROKER_URL=defaults["BrokerUrl"],
+        TWILIO_CONNECTOR_TXT_TOPIC=defaults["TxtTopic"],
+        TWILIO_CONNECTOR_CALL_TOPIC=defaults["CallTopic"],
+        TWILIO_CONNECTOR_STATUS_TOPIC=defaults["StatusTopic"],
+    )
+    settings = load_settings(env=environment)
+    assert settings.auth_token_secret_arn and settings.txt_topic == "twilio/txt"
+    assert lifecycle["Run"]["Script"].endswith("twilio-connector run")
