@@ -206,3 +206,11 @@ def test_journal_command(tmp_path: Path) -> None:
     assert cli("journal", "--journal-path", path, "retry", str(failed)).returncode == 1  # no longer failed
     assert cli("journal", "--journal-path", path, "counts").stdout == "accepted: 2\nunpublished: 0\n"
     assert cli("journal", "--journal-path", str(tmp_path / "none.db"), "counts").returncode == 2
+
+
+def test_shell_completion() -> None:
+    result = cli("completion", "bash")
+    assert result.returncode == 0
+    assert "check-config" in result.stdout and "--twilio-api-url" in result.stdout
+    completed = subprocess.run(["bash", "-n"], input=result.stdout, text=True, check=False)
+    assert completed.returncode == 0, "the script is valid bash"

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 import aiohttp
 import gmqtt
+import shtab
 
 from . import logs, service
 from .config import BrokerAddress, ConfigError, Settings, describe, load_settings, resolve_credentials
@@ -151,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Query a running connector's /readyz (needs metrics_listen).",
     )
     status.add_argument("--url", default="http://127.0.0.1:9108", help="the connector's metrics_listen address")
+
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description='Print a completion script: eval "$(twilio-connector completion bash)"',
+    )
+    completion.add_argument("shell", choices=["bash", "zsh", "tcsh"])
 
     sim = commands.add_parser(
         "simulator",
@@ -320,6 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args)
     if args.command == "journal":
         return _journal(args)
+    if args.command == "completion":
+        print(shtab.complete(build_parser(), shell=args.shell))
+        return 0
     if args.command == "send":
         return asyncio.run(_send(args))
     if args.command == "status":
