@@ -85,8 +85,12 @@ class Probe:
         self.client.subscribe("twilio/message/status", qos=1)
         await asyncio.sleep(0.2)
 
-    async def publish_all(self) -> None:
+    async def publish_all(self, rate: float = 0.0) -> None:
+        """Publish every request: as fast as possible, or `rate` per second (paced, to measure added latency)."""
+        started = time.perf_counter()
         for n in range(self.count):
+            if rate:
+                await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
             request_id = f"bench-{n}"
             recipient = {"name": "Darla", "phone_number": "+12345000000", "message": f"alert {n}"}
             payload = orjson.dumps({"request": {"recipient": recipient}, "id": request_id})
@@ -97,7 +101,7 @@ class Probe:
                     break
                 except OverflowError:  # past the broker's Receive Maximum: let acknowledgements in
                     await asyncio.sleep(0.001)
-            if n % 50 == 0:
+            if n % 50 == 0 and not rate:
                 await asyncio.sleep(0)
 
 
@@ -117,7 +121,7 @@ async def scenario(
     if args.backlog:
         probe.sent = dict.fromkeys(probe.sent, started - 1.5)
     else:
-        await probe.publish_all()
+        await probe.publish_all(args.rate)
     peak = 0.0
     while not probe.done.is_set():
         peak = max(peak, rss_mb(connector.pid))
@@ -150,6 +154,9 @@ def main() -> None:
     parser.add_argument("--journal", choices=["file", "memory"], default="file", help="durable journal or none")
     parser.add_argument("--sync", choices=["full", "normal", "off"], default="full", help="journal fsync policy")
     parser.add_argument("--backlog", action="store_true", help="queue every request while the connector is stopped")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="publish this many requests a second (default: a burst)"
+    )
     parser.add_argument(
         "--reference", action="store_true", help="measure bench/reference.py (built like the original) instead"
     )
@@ -219,7 +226,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(
-        f"| {'backlog' if args.backlog else 'burst'} | {args.requests} | {args.latency_ms:g} ms | {mode} "
+        f"| {'backlog' if args.backlog else f'{args.rate:g}/s' if args.rate else 'burst'} | {args.requests} | {args.latency_ms:g} ms | {mode} "
         f"| {result['rate']:.0f} | {result['p50']:.1f} | {result['p95']:.1f} | {result['p99']:.1f} "
         f"| {result['cpu_ms']:.2f} | {sim_cpu:.2f} | {result['idle_rss']:.1f} | {result['peak_rss']:.1f} "
         f"| {journal_mb:.1f} |"
