@@ -5,7 +5,9 @@ from __future__ import annotations
 import configparser
 import json
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,14 @@ def test_greengrass_build_produces_a_sound_recipe(tmp_path: Path) -> None:
     settings = load_settings(env=environment)
     assert settings.auth_token_secret_arn and settings.txt_topic == "twilio/txt"
     assert lifecycle["Run"]["Script"].endswith("twilio-connector run")
+
+
+def test_containerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    result = subprocess.run(
+        [hadolint, "--failure-threshold", "info", str(PACKAGING / "container" / "Containerfile")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
