@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -210,6 +211,47 @@ def make_settings(broker: Broker, simulator: SimulatorHandle, **overrides: Any) 
 CREDENTIALS = Credentials(
     DEFAULT_ACCOUNT_SID, DEFAULT_ACCOUNT_SID, Secret(DEFAULT_AUTH_TOKEN), Secret(DEFAULT_AUTH_TOKEN)
 )
+
+
+class ConnectorProcess:
+    """`twilio-connector run` as a real process, all its output appended to `log`."""
+
+    def __init__(
+        self, broker: Broker, simulator: SimulatorHandle, journal: Path, log: Path, *args: str, **env: str
+    ) -> None:
+        environment = {
+            **os.environ,
+            **UNCAPPED,
+            "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID,
+            "TWILIO_AUTH_TOKEN": DEFAULT_AUTH_TOKEN,
+            **env,
+        }
+        self.log = log
+        command = [
+            sys.executable,
+            "-m",
+            "twilio_connector",
+            "run",
+            "--broker",
+            broker.url,
+            "--twilio-api-url",
+            simulator.url,
+            "--default-from",
+            DEFAULT_FROM,
+            "--journal-path",
+            str(journal),
+            *args,
+        ]
+        with log.open("a") as handle:
+            self.process = subprocess.Popen(command, env=environment, stdout=handle, stderr=subprocess.STDOUT)
+
+    async def ready(self, timeout: float = 20.0) -> None:
+        """Wait for the "ready" line written since the last "run:" marker in the log."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while "ready:" not in self.log.read_text().rsplit("run:", 1)[-1]:
+            assert self.process.poll() is None, self.log.read_text()
+            assert asyncio.get_running_loop().time() < deadline, "connector not ready"
+            await asyncio.sleep(0.05)
 
 
 class RunningConnector:

@@ -5,59 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import UNCAPPED, Broker, MqttProbe, SimulatorHandle, sms
-from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+from conftest import Broker, ConnectorProcess, MqttProbe, SimulatorHandle, sms
 
 BURST = int(os.environ.get("CRASH_BURST", "300"))
-
-
-class ConnectorProcess:
-    def __init__(self, broker: Broker, simulator: SimulatorHandle, journal: Path, log: Path) -> None:
-        env = {
-            **os.environ,
-            **UNCAPPED,
-            "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID,
-            "TWILIO_AUTH_TOKEN": DEFAULT_AUTH_TOKEN,
-        }
-        self.log = log
-        with log.open("a") as handle:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "twilio_connector",
-                    "run",
-                    "--broker",
-                    broker.url,
-                    "--client-id",
-                    "crash-test",
-                    "--twilio-api-url",
-                    simulator.url,
-                    "--default-from",
-                    "+15005550006",
-                    "--journal-path",
-                    str(journal),
-                    "--max-in-flight",
-                    "32",
-                ],
-                env=env,
-                stderr=handle,
-            )
-
-    async def ready(self, timeout: float = 20.0) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while "ready:" not in self.log.read_text().rsplit("run:", 1)[-1]:
-            assert self.process.poll() is None, self.log.read_text()
-            assert asyncio.get_running_loop().time() < deadline, "connector not ready"
-            await asyncio.sleep(0.05)
 
 
 async def wait_until(condition: object, timeout: float = 30.0) -> None:
@@ -86,7 +42,7 @@ async def test_kill_9_mid_burst_loses_and_doubles_nothing(
     log.write_text("run:\n")
     probe = MqttProbe(broker.url)
     await probe.start()
-    first = ConnectorProcess(broker, simulator, journal, log)
+    first = ConnectorProcess(broker, simulator, journal, log, "--client-id", "crash-test", "--max-in-flight", "32")
     spawned.append(first)
     await first.ready()
     ids = {f"k{n}" for n in range(BURST)}
@@ -98,7 +54,7 @@ async def test_kill_9_mid_burst_loses_and_doubles_nothing(
     created_before_restart = len(simulator.created())
 
     log.write_text(log.read_text() + "run:\n")
-    second = ConnectorProcess(broker, simulator, journal, log)
+    second = ConnectorProcess(broker, simulator, journal, log, "--client-id", "crash-test", "--max-in-flight", "32")
     spawned.append(second)
     await second.ready()
     await probe.wait_for_ids(ids, timeout=60)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import UNCAPPED, Broker, MqttProbe, SimulatorHandle, sms
+from conftest import Broker, ConnectorProcess, MqttProbe, SimulatorHandle, sms
 from twilio_connector.config import Settings, describe
 from twilio_connector.secrets import Secret
-from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, Fault
+from twilio_connector.simulator import Fault
 
 TOKEN = "tok-9f8e7d6c5b4a-SECRET"
 API_SECRET = "apisecret-0a1b2c3d-SECRET"
@@ -32,42 +28,22 @@ async def test_a_failing_run_at_debug_level_leaks_nothing(
 ) -> None:
     # The simulator expects another token, so every request fails authentication (20003): errors, at DEBUG.
     journal, log = tmp_path / "journal.db", tmp_path / "connector.log"
-    env = {
-        **os.environ,
-        **UNCAPPED,
-        "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID,
-        "TWILIO_AUTH_TOKEN": TOKEN,
-        "MQTT_PASSWORD": MQTT_PASSWORD,
-        "TWILIO_CONNECTOR_MQTT_USERNAME": "someone",
-    }
-    with log.open("w") as output:
-        connector = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "twilio_connector",
-                "run",
-                "--broker",
-                broker.url,
-                "--twilio-api-url",
-                simulator.url,
-                "--default-from",
-                "+15005550006",
-                "--journal-path",
-                str(journal),
-                "--log-level",
-                "DEBUG",
-                "--client-id",
-                "secret-test",
-            ],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
+    running = ConnectorProcess(
+        broker,
+        simulator,
+        journal,
+        log,
+        "--log-level",
+        "DEBUG",
+        "--client-id",
+        "secret-test",
+        TWILIO_AUTH_TOKEN=TOKEN,
+        MQTT_PASSWORD=MQTT_PASSWORD,
+        TWILIO_CONNECTOR_MQTT_USERNAME="someone",
+    )
+    connector = running.process
     try:
-        while "ready:" not in log.read_text():
-            assert connector.poll() is None, log.read_text()
-            await asyncio.sleep(0.05)
+        await running.ready()
         simulator.sim.faults.append(Fault(status=500, code=20500, message="Internal Server Error"))
         await probe.publish("twilio/txt", sms("s1", retries=2))
         await probe.publish("twilio/txt", b"not json")

@@ -12,6 +12,7 @@ import pytest
 import trustme
 
 from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, free_port, make_settings, sms
+from twilio_connector.config import Settings
 from twilio_connector.secrets import Secret
 from twilio_connector.transport import BrokerError
 
@@ -59,19 +60,22 @@ def tls_broker(tmp_path: Path, pki: dict[str, str]) -> Iterator[tuple[Broker, in
     broker.stop()
 
 
-async def test_mutual_tls(tls_broker: tuple[Broker, int], pki: dict[str, str], simulator: SimulatorHandle) -> None:
+def mutual_tls(tls_broker: tuple[Broker, int], pki: dict[str, str], simulator: SimulatorHandle, ca: str) -> Settings:
     broker, tls_port = tls_broker
-    probe = MqttProbe(broker.url)  # watches statuses on the plain listener
-    await probe.start()
-    settings = make_settings(
+    return make_settings(
         broker,
         simulator,
         broker_url=f"mqtts://127.0.0.1:{tls_port}",
-        ca_file=pki["ca"],
+        ca_file=pki[ca],
         cert_file=pki["client_cert"],
         key_file=pki["client_key"],
     )
-    running = await RunningConnector(settings).wait_ready()
+
+
+async def test_mutual_tls(tls_broker: tuple[Broker, int], pki: dict[str, str], simulator: SimulatorHandle) -> None:
+    probe = MqttProbe(tls_broker[0].url)  # watches statuses on the plain listener
+    await probe.start()
+    running = await RunningConnector(mutual_tls(tls_broker, pki, simulator, "ca")).wait_ready()
     await probe.publish("twilio/txt", sms("tls1"))
     assert (await probe.status_of("tls1"))["response"]["status"] == "success"
     await running.stop()
@@ -81,16 +85,7 @@ async def test_mutual_tls(tls_broker: tuple[Broker, int], pki: dict[str, str], s
 async def test_wrong_ca_is_a_clear_error_not_a_retry_loop(
     tls_broker: tuple[Broker, int], pki: dict[str, str], simulator: SimulatorHandle
 ) -> None:
-    broker, tls_port = tls_broker
-    settings = make_settings(
-        broker,
-        simulator,
-        broker_url=f"mqtts://127.0.0.1:{tls_port}",
-        ca_file=pki["other_ca"],
-        cert_file=pki["client_cert"],
-        key_file=pki["client_key"],
-    )
-    running = RunningConnector(settings)
+    running = RunningConnector(mutual_tls(tls_broker, pki, simulator, "other_ca"))
     with pytest.raises(BrokerError, match=r"TLS certificate check failed for 127\.0\.0\.1"):
         await running.wait_ready()
 
