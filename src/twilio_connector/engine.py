@@ -354,10 +354,12 @@ class Engine:
 
     async def _publish_statuses(self) -> None:
         core = self._journal.core
-        topics = (
-            (self._settings.status_topic, core.unpublished, self._journal.mark_published),
-            (self._settings.delivery_topic, core.unpublished_followups, self._journal.mark_followups_published),
-        )
+        Source = tuple[str, Callable[[int], list[tuple[int, bytes]]], Callable[[list[int]], Awaitable[None]]]
+        topics: list[Source] = [(self._settings.status_topic, core.unpublished, self._journal.mark_published)]
+        if self._tracker is not None:  # follow-ups exist only with delivery tracking: spare the journal a query
+            topics.append(
+                (self._settings.delivery_topic, core.unpublished_followups, self._journal.mark_followups_published)
+            )
         while True:
             self._statuses.clear()
             published = 0
