@@ -8,8 +8,10 @@ and because it is the cheapest Python MQTT client per message (~86 us here, agai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -128,14 +130,22 @@ class MqttTransport:
 
     def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
         client.failures = 0
-        socket_transport = self._client._connection._transport
-        if hasattr(socket_transport, "max_size"):
-            # asyncio reads up to 256 KiB at once, ~2,000 requests gmqtt would start handling in one go; smaller
-            # reads let pause_reading() (see _on_message) hold a flood back at the broker.
-            socket_transport.max_size = READ_SIZE
+        self._limit_reads(self._client._connection._transport)
         log.info("connected to broker %s (session resumed: %s)", self._settings.broker_url, bool(flags))
         # Subscribing again is harmless on a resumed session and essential on a lost one.
         self._subscriber = asyncio.get_running_loop().create_task(self._subscribe())
+
+    @staticmethod
+    def _limit_reads(socket_transport: Any) -> None:
+        """Event loops read up to 256 KiB at once: ~2,000 requests gmqtt would start handling in one go. Smaller
+        reads (a small receive buffer, and asyncio's read size) let pause_reading() (see _on_message) hold a
+        flood back at the broker, in TCP's window, instead of in this process's memory."""
+        if hasattr(socket_transport, "max_size"):
+            socket_transport.max_size = READ_SIZE
+        sock = socket_transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, READ_SIZE)
 
     async def _subscribe(self) -> None:
         subscriptions = [gmqtt.Subscription(topic, qos=1) for topic in self._topics]
