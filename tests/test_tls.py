@@ -45,17 +45,24 @@ def pki(tmp_path: Path) -> dict[str, str]:
     return {name: str(path) for name, path in files.items()}
 
 
-@pytest.fixture
-def tls_broker(tmp_path: Path, pki: dict[str, str]) -> Iterator[tuple[Broker, int]]:
-    directory = tmp_path / "tls-broker"
+def tls_broker_on(directory: Path, pki: dict[str, str], cert: str, key: str, extra: str = "") -> tuple[Broker, int]:
+    """A Mosquitto with a plain listener (for probes) and a TLS listener presenting `cert`, started."""
     directory.mkdir()
     tls_port = free_port()
     broker = Broker(
         directory,
-        extra_config=f"listener {tls_port} 127.0.0.1\ncafile {pki['ca']}\ncertfile {pki['server_cert']}\n"
-        f"keyfile {pki['server_key']}\nrequire_certificate true\n",
+        extra_config=f"listener {tls_port} 127.0.0.1\ncafile {pki['ca']}\ncertfile {pki[cert]}\n"
+        f"keyfile {pki[key]}\n{extra}",
     )
     broker.start()
+    return broker, tls_port
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path, pki: dict[str, str]) -> Iterator[tuple[Broker, int]]:
+    broker, tls_port = tls_broker_on(
+        tmp_path / "tls-broker", pki, "server_cert", "server_key", "require_certificate true\n"
+    )
     yield broker, tls_port
     broker.stop()
 
@@ -126,15 +133,7 @@ async def test_username_and_password(tmp_path: Path, simulator: SimulatorHandle)
 async def test_expired_broker_certificate_is_refused(
     tmp_path: Path, pki: dict[str, str], simulator: SimulatorHandle
 ) -> None:
-    directory = tmp_path / "expired-broker"
-    directory.mkdir()
-    tls_port = free_port()
-    broker = Broker(
-        directory,
-        extra_config=f"listener {tls_port} 127.0.0.1\ncafile {pki['ca']}\ncertfile {pki['expired_cert']}\n"
-        f"keyfile {pki['expired_key']}\n",
-    )
-    broker.start()
+    broker, tls_port = tls_broker_on(tmp_path / "expired-broker", pki, "expired_cert", "expired_key")
     try:
         settings = make_settings(broker, simulator, broker_url=f"mqtts://127.0.0.1:{tls_port}", ca_file=pki["ca"])
         with pytest.raises(BrokerError, match="certificate has expired"):

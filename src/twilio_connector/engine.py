@@ -85,8 +85,8 @@ class Engine:
         self._journal = journal
         self._publish = publish
         self._rand = rand
-        self._policy = RetryPolicy(settings.backoff_base, settings.backoff_max)
-        self._policy_check = Policy(settings.limits)
+        self._retry_policy = RetryPolicy(settings.backoff_base, settings.backoff_max)
+        self._sending_policy = Policy(settings.limits)
         self._pacer = Pacer(settings.sender_rate)
         self._kinds = {settings.txt_topic: Kind.SMS, settings.call_topic: Kind.CALL}
         self._active: dict[int, asyncio.Task[None]] = {}
@@ -172,7 +172,7 @@ class Engine:
             self._statuses.set()
             return
         for notification in parsed:
-            refusal = self._policy_check.check(notification, time.time())
+            refusal = self._sending_policy.check(notification, time.time())
             if refusal is not None:
                 log.warning("request id=%s to=%s result=rejected reason=%r", notification.id, notification.to, refusal)
                 recipient = notification.to if notification.listed else None
@@ -313,8 +313,8 @@ class Engine:
             if self._tracker is not None:
                 self._tracker.wake()
             return
-        if attempt <= notification.retries and self._policy.should_retry(outcome):
-            wait = self._policy.delay(attempt, outcome, self._rand)
+        if attempt <= notification.retries and self._retry_policy.should_retry(outcome):
+            wait = self._retry_policy.delay(attempt, outcome, self._rand)
             log.info(
                 "request id=%s attempt=%d failed (%s, HTTP %s); retrying in %.2fs",
                 notification.id,
