@@ -43,6 +43,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def child_pids(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in children.read_text().split()] if children.exists() else []
+
+
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
     match = re.search(rf"{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
     return int(match.group(1)) / 1024 if match else float("nan")
@@ -130,7 +135,8 @@ async def scenario(
     elapsed = time.perf_counter() - started
     cpu = cpu_seconds(connector.pid) - cpu_before
     peak = max(peak, rss_mb(connector.pid, "VmHWM"))
-    connector.send_signal(signal.SIGTERM)
+    for pid in child_pids(connector.pid) or [connector.pid]:  # under py-spy, stop its child: py-spy then writes
+        os.kill(pid, signal.SIGTERM)
     await connector.wait()
     await probe.client.disconnect()
     probe.latencies.sort()
@@ -160,6 +166,7 @@ def main() -> None:
     parser.add_argument(
         "--reference", action="store_true", help="measure bench/reference.py (built like the original) instead"
     )
+    parser.add_argument("--profile", metavar="SVG", help="record the connector with py-spy: a flame graph (.svg) or collapsed stacks (.txt)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,6 +213,9 @@ def main() -> None:
                 "--api-url",
                 f"http://127.0.0.1:{sim_port}",
             ]
+        if args.profile:
+            form = "raw" if args.profile.endswith(".txt") else "flamegraph"  # raw: collapsed stacks, for scripts
+            command = ["py-spy", "record", "--threads", "-r", "400", "-f", form, "-o", args.profile, "--", *command]
         try:
             if args.backlog:  # register the connector's persistent session first
                 subprocess.run(["timeout", "-s", "TERM", "2", *command], env=env, check=False)

@@ -172,6 +172,14 @@ class MqttProbe:
             await asyncio.wait_for(self._arrived.wait_for(lambda: ids <= {s["id"] for s in self.statuses}), timeout)
         return list(self.statuses)
 
+    async def settle(self) -> list[dict[str, Any]]:
+        """Every status published before now (by anyone), without a fixed wait: the broker forwards in order, so
+        once our own marker comes back, what came before it is here."""
+        marker = f"settle-{uuid.uuid4().hex}"
+        await self.publish(self._status_topic, {"id": marker})
+        await self.status_of(marker)
+        return [s for s in self.statuses if s["id"] != marker]
+
     async def status_of(self, request_id: str | None, timeout: float = 20.0) -> dict[str, Any]:
         async with self._arrived:
             await asyncio.wait_for(

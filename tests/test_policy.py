@@ -58,6 +58,16 @@ def test_rate_caps_per_recipient_and_overall_slide_with_time() -> None:
     assert policy.rejected == 2
 
 
+def test_recipients_idle_for_a_day_are_forgotten() -> None:
+    policy = Policy(Limits(per_minute=10**6, per_day=10**6))
+    for n in range(1025):
+        assert policy.check(note(f"+1234500{n:04d}"), 0.0) is None
+    assert len(policy._per_recipient) == 1025  # the day is not over: every recipient still counts
+    assert policy.check(note("+12345009999"), 86_401.0) is None
+    assert len(policy._per_recipient) == 1  # the idle ones were dropped; the caps still hold for the new one
+    assert policy.check(note("+12345009999"), 86_402.0) is None
+
+
 def test_policy_settings() -> None:
     settings = load_settings(
         env={

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+
+import pytest
 
 from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, free_port, make_settings, sms
+from twilio_connector import store
 from twilio_connector.simulator import Fault
 
 
@@ -133,3 +137,38 @@ async def test_stop_while_the_broker_is_unreachable(broker: Broker, simulator: S
     await asyncio.sleep(0.3)  # it is retrying the connection now
     assert not running.ready.is_set()
     await asyncio.wait_for(running.stop(), 5)
+
+
+async def test_work_past_the_hand_over_limit_waits_in_the_journal(
+    broker: Broker, simulator: SimulatorHandle, probe: MqttProbe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With room for 3 in memory, most requests and statuses overflow to the journal's queries, and retries
+    come from them too: still one Twilio create per success and exactly one status per request."""
+    monkeypatch.setattr(store, "HAND_OVER_LIMIT", 3)
+    found = {"due": 0, "unpublished": 0}  # what the queries found: the overflow paths ran
+    for name in found:
+        original = getattr(store.JournalCore, name)
+
+        def counting(self: store.JournalCore, *args: Any, _name: str = name, _original: Any = original) -> Any:
+            result = _original(self, *args)
+            found[_name] += len(result[0] if _name == "due" else result)
+            return result
+
+        monkeypatch.setattr(store.JournalCore, name, counting)
+    simulator.sim.latency = 0.01
+    simulator.sim.faults.append(Fault(status=503, code=20503, message="Unavailable", count=20))
+    running = await RunningConnector(make_settings(broker, simulator, max_in_flight=4)).wait_ready()
+    ids = {f"o{n}" for n in range(150)}
+    for n in range(150):
+        await probe.publish("twilio/txt", sms(f"o{n}", message=f"overflow {n}", retries=5))
+        if n % 10 == 0:
+            await probe.publish("twilio/txt", {"id": f"bad{n}", "request": {}})
+            ids.add(f"bad{n}")
+    await probe.wait_for_ids(ids)
+    await running.stop()
+    statuses = await probe.settle()
+    assert sorted(s["id"] for s in statuses) == sorted(ids)
+    bodies = sorted(item["body"] for item in simulator.sim._resources["Messages"].items.values())
+    assert bodies == sorted(f"overflow {n}" for n in range(150))
+    assert len(simulator.created()) == 170  # 150 successes and 20 retried 503s
+    assert found["due"] >= 20 and found["unpublished"] > 0, found

@@ -68,11 +68,53 @@ async def test_life_of_a_request(journal: Journal) -> None:
     assert core.sid_known("SM9") and not core.sid_known("SM0")
     await journal.mark_published([seq])
     assert core.unpublished(10) == []
-    await journal.republish(seq)
-    assert core.unpublished(10) == [(seq, b"ok")]
+    await journal.republish(seq, b"ok")
+    assert core.outbox[-1] == (seq, b"ok")  # handed to the publisher (the query above found all there was)
     await journal.mark_published([seq])
     assert await journal.prune(time.time() - 3600) == 0
     assert await journal.prune(time.time() + 1) == 1
+
+
+async def test_new_work_is_handed_over_once_the_queries_found_the_rest(journal: Journal) -> None:
+    core = journal.core
+    old = await journal.accept(note("old"), window=600)
+    assert not core.ready  # hand-over starts off: what a restart left is found by a query
+    assert [entry.seq for entry in core.due(time.time(), 10, set())[0]] == [old]
+    new = await journal.accept(note("new"), window=600)
+    assert [entry.seq for entry in core.ready] == [new]
+    assert core.ready[0].notification == note("new")
+    assert core.due(time.time(), 10, {old}) == ([], None)  # handed over: a query does not find it again
+    await journal.begin_attempt(new)
+    await journal.finish(new, "sent", b"first", "SM1", None)
+    assert not core.outbox and core.unpublished(10) == [(new, b"first")]
+    await journal.finish(old, "sent", b"second", "SM2", None)
+    assert list(core.outbox) == [(old, b"second")]
+    assert core.unpublished(10) == [(new, b"first")]
+    await journal.mark_published([new, old])
+    assert core.unpublished(10) == []
+
+
+async def test_hand_over_stops_at_its_limit_and_the_rest_waits_for_a_query(journal: Journal) -> None:
+    core = journal.core
+    core.hand_over_limit = 2
+    core.due(time.time(), 10, set())
+    seqs = [await journal.accept(note(f"r{n}"), window=600) for n in range(5)]
+    assert [entry.seq for entry in core.ready] == seqs[:2] and not core.hand_requests
+    assert [entry.seq for entry in core.due(time.time(), 2, set())[0]] == seqs[2:4]
+    assert not core.hand_requests  # there may be more
+    entries, again = core.due(time.time(), 2, {seqs[2], seqs[3]})
+    assert [entry.seq for entry in entries] == [seqs[4]] and again is None and core.hand_requests
+
+
+def test_a_rolled_back_hand_over_is_withdrawn(tmp_path: Path) -> None:
+    core = JournalCore(str(tmp_path / "j.db"), hand_over_limit=10)
+    core.hand_requests = True
+    seq = core.accept(note(), time.time(), 600)
+    core.rolled_back()
+    core.committed()
+    assert not core.ready and not core._handed_requests
+    assert [entry.seq for entry in core.due(time.time(), 10, set())[0]] == [seq]
+    core.close()
 
 
 async def test_due_requests_come_in_order_and_skip_busy_ones(journal: Journal) -> None:

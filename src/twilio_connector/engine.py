@@ -3,7 +3,9 @@
 Three loops share the journal:
 - intake (`handle`): validate, record durably, return; the transport acknowledges the MQTT message after that;
 - dispatch: start due requests, at most `max_in_flight` at once, each attempt recorded before it is made;
-- publish: send unpublished statuses in journal order and mark them once the broker acknowledged them.
+- publish: send unpublished statuses and mark them once the broker acknowledged them.
+New requests and statuses reach the other loops through the journal's in-memory hand-over; the journal is
+queried only for the rest (after a restart, retries, overflow).
 A request whose attempt's outcome is unknown (a crash mid-send, a timeout, a 500) is looked up at Twilio before
 it is ever sent again.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -90,6 +93,7 @@ class Engine:
         self._pacer = Pacer(settings.sender_rate)
         self._kinds = {settings.txt_topic: Kind.SMS, settings.call_topic: Kind.CALL}
         self._active: dict[int, asyncio.Task[None]] = {}
+        self._query_at = 0.0  # when the dispatcher must next ask the journal for due requests
         self._unfinished = 0
         self._work = asyncio.Event()  # new or finished work for the dispatcher
         self._statuses = asyncio.Event()  # statuses waiting for the publisher
@@ -187,7 +191,7 @@ class Engine:
             if isinstance(accepted, Duplicate):
                 log.info("request id=%s result=duplicate (already recorded; nothing sent again)", notification.id)
                 if accepted.status is not None:
-                    await self._journal.republish(accepted.seq)
+                    await self._journal.republish(accepted.seq, accepted.status)
                     self._statuses.set()
                 continue
             self._unfinished += 1
@@ -216,24 +220,31 @@ class Engine:
 
     async def _dispatch(self) -> None:
         core = self._journal.core
-        # Refill slots a quarter at a time: one journal query per batch rather than per finished request.
+        # Query in batches of a quarter of the slots: one journal query per batch rather than per finished request.
         refill = max(1, self._settings.max_in_flight // 4)
         while not self._closing.is_set():
             self._work.clear()
             free = self._settings.max_in_flight - len(self._active)
-            wait = 1.0
-            if free >= refill or (free > 0 and not self._active):
+            while free > 0 and core.ready:
+                entry = core.ready.popleft()
+                self._spawn(entry.seq, self._deliver(entry))
+                free -= 1
+            now = time.time()
+            wanted = free >= refill or (free > 0 and not self._active)
+            if wanted and (not core.hand_requests or now >= self._query_at):
                 busy = set(self._active)
-                entries, next_due = await self._journal.read(lambda: core.due(time.time(), free, busy))  # noqa: B023
+                entries, again = await self._journal.read(lambda: core.due(now, free, busy))  # noqa: B023
+                self._query_at = math.inf if again is None else again
                 for entry in entries:
                     if self._closing.is_set():
                         return  # `stop` is already waiting on what is in flight: leave the rest for next time
                     self._spawn(entry.seq, self._deliver(entry))
-                if next_due is not None and len(entries) < free:
-                    wait = max(0.0, min(wait, next_due - time.time()))
-            if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._work.wait(), wait)
+            if core.ready and len(self._active) < self._settings.max_in_flight:
+                continue  # handed over while we queried
+            # Woken by new work or a finished attempt; the timeout is for a retry falling due (or a missed wake).
+            wait = self._query_at - time.time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._work.wait(), wait if 0 < wait < 1.0 else 1.0)
 
     async def _deliver(self, entry: Entry) -> None:
         notification, attempt = entry.notification, entry.attempts + 1
@@ -324,6 +335,7 @@ class Engine:
                 wait,
             )
             await self._journal.retry_later(seq, time.time() + wait, outcome.message)
+            self._query_at = min(self._query_at, time.time() + wait)
             self.metrics.retries.inc()
             return
         error = error_code_for(outcome)
@@ -354,36 +366,44 @@ class Engine:
 
     async def _publish_statuses(self) -> None:
         core = self._journal.core
-        Source = tuple[str, Callable[[int], list[tuple[int, bytes]]], Callable[[list[int]], Awaitable[None]]]
-        topics: list[Source] = [(self._settings.status_topic, core.unpublished, self._journal.mark_published)]
-        if self._tracker is not None:  # follow-ups exist only with delivery tracking: spare the journal a query
-            topics.append(
-                (self._settings.delivery_topic, core.unpublished_followups, self._journal.mark_followups_published)
-            )
+        topic, mark = self._settings.status_topic, self._journal.mark_published
         while True:
             self._statuses.clear()
-            published = 0
-            for topic, pending, mark in topics:
-                rows = await self._journal.read(lambda p=pending: p(PUBLISH_BATCH))  # type: ignore[misc]
-                published += len(rows)
-                await self._publish_rows(topic, rows, mark)
+            rows = [core.outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(core.outbox)))]
+            if rows:
+                failed = await self._publish_rows(topic, rows, mark)
+                core.outbox.extendleft(reversed(failed))  # handed over: no query would find them again
+            elif not core.hand_statuses:
+                rows = await self._journal.read(lambda: core.unpublished(PUBLISH_BATCH))
+                if await self._publish_rows(topic, rows, mark):
+                    core.hand_statuses = False  # so that the next round queries again
+            published = len(rows)
+            if self._tracker is not None:  # follow-ups exist only with delivery tracking: spare the journal a query
+                followups = await self._journal.read(lambda: core.unpublished_followups(PUBLISH_BATCH))
+                await self._publish_rows(
+                    self._settings.delivery_topic, followups, self._journal.mark_followups_published
+                )
+                published += len(followups)
             if not published:
                 self._published_all.set()
                 await self._statuses.wait()
 
     async def _publish_rows(
         self, topic: str, rows: list[tuple[int, bytes]], mark: Callable[[list[int]], Awaitable[None]]
-    ) -> None:
+    ) -> list[tuple[int, bytes]]:
+        """Publish `rows`; mark the ones the broker acknowledged (PUBACK, kept across reconnects by gmqtt).
+        Returns those it did not acknowledge."""
         if not rows:
-            return
-        # Published in journal order; each waits for the broker's PUBACK (kept across reconnects by gmqtt).
+            return []
         results = await asyncio.gather(*(self._publish(topic, payload) for _, payload in rows), return_exceptions=True)
         done = [key for (key, _), result in zip(rows, results, strict=True) if result is None]
         if done:
             await mark(done)
-        if len(done) < len(rows):
-            log.warning("%d status(es) not acknowledged by the broker; publishing again", len(rows) - len(done))
+        failed = [row for row, result in zip(rows, results, strict=True) if result is not None]
+        if failed:
+            log.warning("%d status(es) not acknowledged by the broker; publishing again", len(failed))
             await asyncio.sleep(1.0)
+        return failed
 
     async def _prune(self) -> None:
         retention = max(self._settings.journal_retention, self._settings.dedupe_window)
@@ -394,6 +414,8 @@ class Engine:
             # An operator's `twilio-connector journal retry` changes the backlog behind our back.
             self._unfinished = await self._journal.read(self._journal.core.unfinished)
             self._update_room()
+            self._query_at = 0.0
+            self._work.set()
             await asyncio.sleep(PRUNE_EVERY)
 
     @staticmethod

@@ -5,7 +5,14 @@ All database work runs on one worker thread, off the event loop. Writes are grou
 one fsync per batch rather than one per request.
 
 Request states: `accepted` (waiting for its first or next attempt) -> `sending` (an attempt may be on the wire)
--> `sent` or `failed`; `invalid` for a request that broke the contract (kept for its status). A row found in `sending` at start-up had an attempt whose outcome is unknown.
+-> `sent` or `failed`; `invalid` for a request that broke the contract (kept for its status). A row found in
+`sending` at start-up had an attempt whose outcome is unknown.
+
+Hand-over: while the engine keeps up, each new request and each new status is also handed to it in memory
+(`ready`, `outbox`) once committed, so finding work costs no query. Handed rows are left out of `due` and
+`unpublished`, which alone serve what was not handed: rows from before a restart, retries, and the overflow
+when the engine falls behind (past `hand_over_limit`). All of this runs on the journal's one thread, so a row is
+either handed or found by a query, never both.
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Container, Iterable
+from collections import deque
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -27,6 +35,9 @@ from .contract import Kind, Notification
 __all__ = ["SYNC_MODES", "Duplicate", "Entry", "Journal", "JournalCore", "Track", "Tracked"]
 
 T = TypeVar("T")
+
+#: Requests and statuses handed to the engine in memory at most (each way); the rest waits in the journal.
+HAND_OVER_LIMIT = 1024
 
 #: journal_sync setting -> SQLite `synchronous` pragma. In WAL mode, NORMAL survives a killed process but may
 #: lose the last commits on power loss; FULL fsyncs every commit (one per group) and survives both.
@@ -151,7 +162,18 @@ def _entry(row: tuple[Any, ...]) -> Entry:
 class JournalCore:
     """Synchronous journal operations on one connection. The async `Journal` and the CLI both use it."""
 
-    def __init__(self, path: str, sync: str = "full") -> None:
+    def __init__(self, path: str, sync: str = "full", *, hand_over_limit: int = 0) -> None:
+        self.ready: deque[Entry] = deque()  # accepted requests handed to the dispatcher
+        self.outbox: deque[tuple[int, bytes]] = deque()  # (seq, status) handed to the publisher
+        self.hand_over_limit = hand_over_limit  # 0: hand nothing over (the CLI, tests of the queries)
+        # Whether new work is handed over: off at start (the queries find what is there) and after an overflow;
+        # back on once a query found everything not handed.
+        self.hand_requests = False
+        self.hand_statuses = False
+        self._handed_requests: set[int] = set()
+        self._handed_statuses: set[int] = set()
+        self._staged_requests: list[Entry] = []
+        self._staged_statuses: list[tuple[int, bytes]] = []
         if path != ":memory:":
             # 0600: the journal holds phone numbers and message texts.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -182,7 +204,36 @@ class JournalCore:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?, ?, ?)",
             (key, n.id, n.kind.value, n.to, n.from_, n.name, n.content, n.retries, options, now, now, now),
         )
-        return int(cursor.lastrowid or 0)
+        seq = int(cursor.lastrowid or 0)
+        if self.hand_requests:
+            if len(self.ready) + len(self._staged_requests) < self.hand_over_limit:
+                self._handed_requests.add(seq)
+                self._staged_requests.append(Entry(seq, notification, "accepted", 0, None, None))
+            else:
+                self.hand_requests = False  # the dispatcher is behind: the overflow waits for `due` to find it
+        return seq
+
+    def _stage_status(self, seq: int, status: bytes) -> None:
+        if not self.hand_statuses:
+            return
+        if len(self.outbox) + len(self._staged_statuses) < self.hand_over_limit:
+            self._handed_statuses.add(seq)
+            self._staged_statuses.append((seq, status))
+        else:
+            self.hand_statuses = False
+
+    def committed(self) -> None:
+        """Hand over what the transaction just committed staged (so nothing is handed before it is durable)."""
+        self.ready.extend(self._staged_requests)
+        self.outbox.extend(self._staged_statuses)
+        self._staged_requests.clear()
+        self._staged_statuses.clear()
+
+    def rolled_back(self) -> None:
+        self._handed_requests.difference_update(entry.seq for entry in self._staged_requests)
+        self._handed_statuses.difference_update(seq for seq, _ in self._staged_statuses)
+        self._staged_requests.clear()
+        self._staged_statuses.clear()
 
     def reject(self, kind: Kind, request_id: str | None, status: bytes, reason: str, now: float) -> int:
         """Record an invalid request with its failure status, so the status goes out like any other."""
@@ -192,9 +243,12 @@ class JournalCore:
             "VALUES (randomblob(16), ?, ?, '', '', '', '', 0, 'invalid', 0, ?, ?, ?, ?)",
             (request_id or "", kind.value, reason, status, now, now),
         )
-        return int(cursor.lastrowid or 0)
+        seq = int(cursor.lastrowid or 0)
+        self._stage_status(seq, status)
+        return seq
 
     def begin_attempt(self, seq: int, now: float) -> None:
+        self._handed_requests.discard(seq)
         self.db.execute(
             "UPDATE requests SET state = 'sending', attempts = attempts + 1, attempt_started_at = ?, updated_at = ? "
             "WHERE seq = ?",
@@ -216,6 +270,7 @@ class JournalCore:
             "updated_at = ? WHERE seq = ?",
             (state, status, sid, error, now, seq),
         )
+        self._stage_status(seq, status)
         if track is not None and sid:
             self.db.execute(
                 "INSERT OR REPLACE INTO tracking (seq, sid, next_check_at, interval, deadline, last_status) "
@@ -268,12 +323,17 @@ class JournalCore:
 
     def mark_published(self, seqs: Iterable[int]) -> None:
         now = time.time()
-        self.db.executemany(
-            "UPDATE requests SET status_published = 1, updated_at = ? WHERE seq = ?", [(now, seq) for seq in seqs]
-        )
+        rows = [(now, seq) for seq in seqs]
+        self.db.executemany("UPDATE requests SET status_published = 1, updated_at = ? WHERE seq = ?", rows)
+        self._handed_statuses.difference_update(seq for _, seq in rows)
 
-    def republish(self, seq: int) -> None:
+    def republish(self, seq: int, status: bytes) -> None:
+        """Publish a request's status again (its duplicate arrived). If the status is still on its way, that
+        one publication serves both."""
+        if seq in self._handed_statuses:
+            return
         self.db.execute("UPDATE requests SET status_published = 0 WHERE seq = ? AND status IS NOT NULL", (seq,))
+        self._stage_status(seq, status)
 
     def retry_failed(self, seq: int) -> bool:
         """Send a failed request again (operator's decision): back to `accepted`, its old status discarded."""
@@ -295,20 +355,24 @@ class JournalCore:
 
     # -- reads ----------------------------------------------------------------------------------------------
 
-    def due(self, now: float, limit: int, busy: Container[int]) -> tuple[list[Entry], float | None]:
-        """Up to `limit` requests due for an attempt, oldest first, skipping `busy` ones; and when the next
-        waiting request falls due (None if none waits)."""
+    def due(self, now: float, limit: int, busy: Collection[int]) -> tuple[list[Entry], float | None]:
+        """Up to `limit` requests due for an attempt, oldest first, skipping `busy` and handed-over ones; and
+        when this should be asked again: `now` if more are due, else when the next waiting one falls due (None if
+        none waits). Finding all of them turns the hand-over of new requests (back) on."""
+        handed = self._handed_requests
         rows = self.db.execute(
             f"SELECT {_COLUMNS} FROM requests INDEXED BY requests_waiting "
             "WHERE state = 'accepted' AND next_attempt_at <= ? ORDER BY seq LIMIT ?",
-            (now, limit + len(busy)),  # type: ignore[arg-type]
+            (now, limit + len(busy) + len(handed)),
         ).fetchall()
-        entries = [_entry(row) for row in rows if row[0] not in busy][:limit]
-        return entries, self.next_due()
-
-    def next_due(self) -> float | None:
-        row = self.db.execute("SELECT MIN(next_attempt_at) FROM requests WHERE state = 'accepted'").fetchone()
-        return None if row[0] is None else float(row[0])
+        entries = [_entry(row) for row in rows if row[0] not in busy and row[0] not in handed][:limit]
+        if len(entries) == limit:
+            return entries, now
+        self.hand_requests = self.hand_over_limit > 0
+        row = self.db.execute(
+            "SELECT MIN(next_attempt_at) FROM requests WHERE state = 'accepted' AND next_attempt_at > ?", (now,)
+        ).fetchone()
+        return entries, None if row[0] is None else float(row[0])
 
     def in_doubt(self) -> list[Entry]:
         """Requests whose last attempt's outcome is unknown (the process stopped while sending)."""
@@ -316,10 +380,17 @@ class JournalCore:
         return [_entry(row) for row in rows]
 
     def unpublished(self, limit: int) -> list[tuple[int, bytes]]:
-        return self.db.execute(
+        """Up to `limit` statuses to publish that were not handed over. Finding all of them turns the hand-over
+        of new statuses (back) on."""
+        handed = self._handed_statuses
+        rows = self.db.execute(
             "SELECT seq, status FROM requests WHERE status IS NOT NULL AND status_published = 0 ORDER BY seq LIMIT ?",
-            (limit,),
+            (limit + len(handed),),
         ).fetchall()
+        found: list[tuple[int, bytes]] = [row for row in rows if row[0] not in handed][:limit]
+        if len(found) < limit:
+            self.hand_statuses = self.hand_over_limit > 0
+        return found
 
     def sid_known(self, sid: str) -> bool:
         return self.db.execute("SELECT 1 FROM requests WHERE sid = ?", (sid,)).fetchone() is not None
@@ -362,8 +433,9 @@ class Journal:
     @classmethod
     async def open(cls, path: str, sync: str = "full") -> Journal:
         loop = asyncio.get_running_loop()
+        hand_over_limit = HAND_OVER_LIMIT
         with ThreadPoolExecutor(max_workers=1) as opener:
-            core = await loop.run_in_executor(opener, JournalCore, path, sync)
+            core = await loop.run_in_executor(opener, lambda: JournalCore(path, sync, hand_over_limit=hand_over_limit))
         return cls(core)
 
     async def close(self) -> None:
@@ -415,8 +487,10 @@ class Journal:
             db.execute("COMMIT")
         except BaseException as exc:
             db.execute("ROLLBACK")
+            self.core.rolled_back()
             self.writable = False
             return [(False, exc)] * len(batch)
+        self.core.committed()
         self.writable = True
         return outcomes
 
@@ -451,8 +525,8 @@ class Journal:
     async def mark_published(self, seqs: list[int]) -> None:
         await self.write(lambda: self.core.mark_published(seqs))
 
-    async def republish(self, seq: int) -> None:
-        await self.write(lambda: self.core.republish(seq))
+    async def republish(self, seq: int, status: bytes) -> None:
+        await self.write(lambda: self.core.republish(seq, status))
 
     async def prune(self, before: float) -> int:
         return await self.write(lambda: self.core.prune(before))

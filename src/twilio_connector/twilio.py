@@ -9,6 +9,7 @@ import hmac
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
@@ -54,6 +55,9 @@ def signature(token: str, url: str, params: dict[str, str]) -> str:
     sorted by name))."""
     data = url + "".join(f"{key}{params[key]}" for key in sorted(params))
     return base64.b64encode(hmac.new(token.encode(), data.encode(), hashlib.sha1).digest()).decode()
+
+
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 def _form(notification: Notification, status_callback: str | None = None) -> list[tuple[str, str]]:
@@ -216,10 +220,12 @@ class TwilioClient:
     async def create(self, notification: Notification) -> SendResult | TwilioFailure:
         """Send one SMS or place one call. Never raises for network or API errors."""
         assert self._session is not None, "use 'async with TwilioClient(...)'"
+        # Encoded here: aiohttp's FormData builds a multipart writer (and a uuid) per request before it sees that
+        # plain fields make a urlencoded body, a fifth of this method's CPU.
+        form = urlencode(_form(notification, self._status_callback)).encode()
+        payload = aiohttp.BytesPayload(form, content_type=FORM_TYPE)
         try:
-            async with self._session.post(
-                self._urls[notification.kind], data=_form(notification, self._status_callback)
-            ) as response:
+            async with self._session.post(self._urls[notification.kind], data=payload) as response:
                 body = await response.read()
                 if response.status in (200, 201):
                     return _created(body, notification)
