@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import gmqtt
 import orjson
@@ -39,7 +40,21 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return cpu_seconds_of(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of the main thread (the event loop) and of each other thread (the journal's, ...)."""
+    seconds: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            name = "main" if task.name == str(pid) else f"{(task / 'comm').read_text().strip()}-{task.name}"
+            seconds[name] = cpu_seconds_of(task / "stat")
+    return seconds
+
+
+def cpu_seconds_of(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
@@ -110,9 +125,7 @@ class Probe:
                 await asyncio.sleep(0)
 
 
-async def scenario(
-    args: argparse.Namespace, mqtt_port: int, command: list[str], env: dict[str, str]
-) -> dict[str, float]:
+async def scenario(args: argparse.Namespace, mqtt_port: int, command: list[str], env: dict[str, str]) -> dict[str, Any]:
     probe = Probe(args.requests)
     await probe.connect(mqtt_port)
     if args.backlog:
@@ -134,6 +147,7 @@ async def scenario(
             await asyncio.wait_for(probe.done.wait(), 0.5)
     elapsed = time.perf_counter() - started
     cpu = cpu_seconds(connector.pid) - cpu_before
+    threads = thread_cpu(connector.pid)
     peak = max(peak, rss_mb(connector.pid, "VmHWM"))
     for pid in child_pids(connector.pid) or [connector.pid]:  # under py-spy, stop its child: py-spy then writes
         os.kill(pid, signal.SIGTERM)
@@ -149,6 +163,7 @@ async def scenario(
         "cpu_ms": cpu / args.requests * 1000,
         "idle_rss": idle_rss,
         "peak_rss": peak,
+        "threads": threads,
     }
 
 
@@ -166,7 +181,11 @@ def main() -> None:
     parser.add_argument(
         "--reference", action="store_true", help="measure bench/reference.py (built like the original) instead"
     )
-    parser.add_argument("--profile", metavar="SVG", help="record the connector with py-spy: a flame graph (.svg) or collapsed stacks (.txt)")
+    parser.add_argument(
+        "--profile",
+        metavar="SVG",
+        help="record the connector with py-spy: a flame graph (.svg) or collapsed stacks (.txt)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -241,6 +260,8 @@ def main() -> None:
         f"| {result['cpu_ms']:.2f} | {sim_cpu:.2f} | {result['idle_rss']:.1f} | {result['peak_rss']:.1f} "
         f"| {journal_mb:.1f} |"
     )
+    threads = ", ".join(f"{name} {seconds:.2f}" for name, seconds in sorted(result["threads"].items()))
+    print(f"\nconnector CPU seconds by thread, whole run: {threads}")
 
 
 if __name__ == "__main__":

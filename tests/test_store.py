@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from twilio_connector import store
 from twilio_connector.contract import Kind, Notification
 from twilio_connector.store import Duplicate, Journal, JournalCore
 
@@ -66,11 +67,13 @@ async def test_life_of_a_request(journal: Journal) -> None:
     assert core.retry_failed(seq) and core.unpublished(10) == [] and core.unfinished() == 1
     await journal.finish(seq, "sent", b"ok", "SM9", None)
     assert core.sid_known("SM9") and not core.sid_known("SM0")
-    await journal.mark_published([seq])
+    journal.mark_published([seq])
+    await journal.flush()
     assert core.unpublished(10) == []
     await journal.republish(seq, b"ok")
     assert core.outbox[-1] == (seq, b"ok")  # handed to the publisher (the query above found all there was)
-    await journal.mark_published([seq])
+    journal.mark_published([seq])
+    await journal.flush()
     assert await journal.prune(time.time() - 3600) == 0
     assert await journal.prune(time.time() + 1) == 1
 
@@ -90,7 +93,8 @@ async def test_new_work_is_handed_over_once_the_queries_found_the_rest(journal: 
     await journal.finish(old, "sent", b"second", "SM2", None)
     assert list(core.outbox) == [(old, b"second")]
     assert core.unpublished(10) == [(new, b"first")]
-    await journal.mark_published([new, old])
+    journal.mark_published([new, old])
+    await journal.flush()
     assert core.unpublished(10) == []
 
 
@@ -117,6 +121,20 @@ def test_a_rolled_back_hand_over_is_withdrawn(tmp_path: Path) -> None:
     core.close()
 
 
+async def test_published_marks_ride_on_the_next_commit(journal: Journal) -> None:
+    core = journal.core
+    first = await journal.reject(Kind.SMS, "a", b"status a", "bad")
+    journal.mark_published([first])
+    assert core.counts()["unpublished"] == 1  # not recorded yet: no commit of its own at once
+    second = await journal.reject(Kind.SMS, "b", b"status b", "bad")  # this commit records it
+    assert core.counts()["unpublished"] == 1
+    journal.mark_published([second])
+    started = time.monotonic()
+    while core.counts()["unpublished"]:  # with no other write, its own commit comes within MARK_DELAY
+        await asyncio.sleep(0.01)
+    assert time.monotonic() - started < store.MARK_DELAY + 1.0
+
+
 async def test_due_requests_come_in_order_and_skip_busy_ones(journal: Journal) -> None:
     seqs = [await journal.accept(note(f"r{n}"), window=600) for n in range(5)]
     due, _ = journal.core.due(time.time(), 3, {seqs[0]})
@@ -127,10 +145,10 @@ async def test_concurrent_writes_share_commits(journal: Journal) -> None:
     commits = 0
     original = journal._commit
 
-    def counting(batch: list) -> list:  # type: ignore[type-arg]
+    def counting(batch: list, marks: tuple) -> list:  # type: ignore[type-arg]
         nonlocal commits
         commits += 1
-        return original(batch)
+        return original(batch, marks)
 
     journal._commit = counting  # type: ignore[method-assign]
     results = await asyncio.gather(*(journal.accept(note(f"g{n}"), window=600) for n in range(200)))

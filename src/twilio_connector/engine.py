@@ -374,12 +374,12 @@ class Engine:
                 failed = await self._publish_rows(topic, rows, mark)
                 core.outbox.extendleft(reversed(failed))  # handed over: no query would find them again
             elif not core.hand_statuses:
-                rows = await self._journal.read(lambda: core.unpublished(PUBLISH_BATCH))
+                rows = await self._journal.unpublished(PUBLISH_BATCH)
                 if await self._publish_rows(topic, rows, mark):
                     core.hand_statuses = False  # so that the next round queries again
             published = len(rows)
             if self._tracker is not None:  # follow-ups exist only with delivery tracking: spare the journal a query
-                followups = await self._journal.read(lambda: core.unpublished_followups(PUBLISH_BATCH))
+                followups = await self._journal.unpublished_followups(PUBLISH_BATCH)
                 await self._publish_rows(
                     self._settings.delivery_topic, followups, self._journal.mark_followups_published
                 )
@@ -389,7 +389,7 @@ class Engine:
                 await self._statuses.wait()
 
     async def _publish_rows(
-        self, topic: str, rows: list[tuple[int, bytes]], mark: Callable[[list[int]], Awaitable[None]]
+        self, topic: str, rows: list[tuple[int, bytes]], mark: Callable[[list[int]], None]
     ) -> list[tuple[int, bytes]]:
         """Publish `rows`; mark the ones the broker acknowledged (PUBACK, kept across reconnects by gmqtt).
         Returns those it did not acknowledge."""
@@ -398,7 +398,7 @@ class Engine:
         results = await asyncio.gather(*(self._publish(topic, payload) for _, payload in rows), return_exceptions=True)
         done = [key for (key, _), result in zip(rows, results, strict=True) if result is None]
         if done:
-            await mark(done)
+            mark(done)
         failed = [row for row, result in zip(rows, results, strict=True) if result is not None]
         if failed:
             log.warning("%d status(es) not acknowledged by the broker; publishing again", len(failed))

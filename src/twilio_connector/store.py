@@ -38,6 +38,8 @@ T = TypeVar("T")
 
 #: Requests and statuses handed to the engine in memory at most (each way); the rest waits in the journal.
 HAND_OVER_LIMIT = 1024
+#: Seconds a published status may wait for another commit to record it before it gets one of its own.
+MARK_DELAY = 0.2
 
 #: journal_sync setting -> SQLite `synchronous` pragma. In WAL mode, NORMAL survives a killed process but may
 #: lose the last commits on power loss; FULL fsyncs every commit (one per group) and survives both.
@@ -313,10 +315,11 @@ class JournalCore:
         self.db.execute("INSERT INTO followups (payload, created_at) VALUES (?, ?)", (payload, time.time()))
         return True
 
-    def unpublished_followups(self, limit: int) -> list[tuple[int, bytes]]:
-        return self.db.execute(
-            "SELECT id, payload FROM followups WHERE published = 0 ORDER BY id LIMIT ?", (limit,)
+    def unpublished_followups(self, limit: int, skip: Collection[int] = ()) -> list[tuple[int, bytes]]:
+        rows = self.db.execute(
+            "SELECT id, payload FROM followups WHERE published = 0 ORDER BY id LIMIT ?", (limit + len(skip),)
         ).fetchall()
+        return [row for row in rows if row[0] not in skip][:limit]
 
     def mark_followups_published(self, ids: Iterable[int]) -> None:
         self.db.executemany("UPDATE followups SET published = 1 WHERE id = ?", [(i,) for i in ids])
@@ -379,15 +382,15 @@ class JournalCore:
         rows = self.db.execute(f"SELECT {_COLUMNS} FROM requests WHERE state = 'sending' ORDER BY seq").fetchall()
         return [_entry(row) for row in rows]
 
-    def unpublished(self, limit: int) -> list[tuple[int, bytes]]:
-        """Up to `limit` statuses to publish that were not handed over. Finding all of them turns the hand-over
-        of new statuses (back) on."""
+    def unpublished(self, limit: int, skip: Collection[int] = ()) -> list[tuple[int, bytes]]:
+        """Up to `limit` statuses to publish, leaving out those handed over and `skip` (published, the record
+        of it not committed yet). Finding all of them turns the hand-over of new statuses (back) on."""
         handed = self._handed_statuses
         rows = self.db.execute(
             "SELECT seq, status FROM requests WHERE status IS NOT NULL AND status_published = 0 ORDER BY seq LIMIT ?",
-            (limit + len(handed),),
+            (limit + len(handed) + len(skip),),
         ).fetchall()
-        found: list[tuple[int, bytes]] = [row for row in rows if row[0] not in handed][:limit]
+        found: list[tuple[int, bytes]] = [row for row in rows if row[0] not in handed and row[0] not in skip][:limit]
         if len(found) < limit:
             self.hand_statuses = self.hand_over_limit > 0
         return found
@@ -425,6 +428,11 @@ class Journal:
         self.core = core
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        # Statuses and follow-ups published, to record with the next commit; and all not recorded yet, which the
+        # queries for what to publish must skip.
+        self._marks: tuple[list[int], list[int]] = ([], [])
+        self._marking: tuple[set[int], set[int]] = (set(), set())
+        self._mark_timer: asyncio.TimerHandle | None = None
         self._flushing = False
         self._flushed = asyncio.Event()
         self._flushed.set()
@@ -439,7 +447,7 @@ class Journal:
         return cls(core)
 
     async def close(self) -> None:
-        await self._flushed.wait()
+        await self.flush()
         await self.read(self.core.close)
         self._executor.shutdown(wait=True)
 
@@ -450,17 +458,49 @@ class Journal:
         """Run `operation` in the next group commit; return once it is committed."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._batch.append((operation, future))
+        self._start_flush()
+        return await future
+
+    def mark_published(self, seqs: Iterable[int]) -> None:
+        """Record statuses as published with the next commit, or within MARK_DELAY: not worth a commit (and an
+        fsync) of their own. Should the process die first, they are published again after the restart."""
+        self._mark(0, seqs)
+
+    def mark_followups_published(self, ids: Iterable[int]) -> None:
+        self._mark(1, ids)
+
+    def _mark(self, which: int, keys: Iterable[int]) -> None:
+        self._marks[which].extend(keys)
+        self._marking[which].update(keys)
+        if not self._flushing and self._mark_timer is None:
+            self._mark_timer = asyncio.get_running_loop().call_later(MARK_DELAY, self._start_flush)
+
+    async def flush(self) -> None:
+        """Return once everything written so far, published marks included, is committed."""
+        while self._flushing or any(self._marks):
+            self._start_flush()
+            await self._flushed.wait()
+
+    def _start_flush(self) -> None:
+        if self._mark_timer is not None:
+            self._mark_timer.cancel()
+            self._mark_timer = None
         if not self._flushing:
             self._flushing = True
             self._flushed.clear()
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
-        return await future
 
     async def _flush(self) -> None:
         try:
-            while self._batch:
+            while True:
                 batch, self._batch = self._batch, []
-                outcomes = await self.read(lambda b=batch: self._commit(b))  # type: ignore[misc]
+                marks, self._marks = self._marks, ([], [])
+                try:
+                    outcomes = await self.read(lambda b=batch, m=marks: self._commit(b, m))  # type: ignore[misc]
+                except Exception as exc:  # a defect: fail the batch's writers rather than leave them waiting
+                    outcomes = [(False, exc)] * len(batch)
+                for marking, marked in zip(self._marking, marks, strict=True):
+                    marking.difference_update(marked)
                 for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
                     if future.done():
                         continue
@@ -468,11 +508,17 @@ class Journal:
                         future.set_result(value)
                     else:
                         future.set_exception(value)
+                if not self._batch:
+                    break
         finally:
             self._flushing = False
             self._flushed.set()
+            if any(self._marks) and self._mark_timer is None:
+                self._mark_timer = asyncio.get_running_loop().call_later(MARK_DELAY, self._start_flush)
 
-    def _commit(self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
+    def _commit(
+        self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]], marks: tuple[list[int], list[int]]
+    ) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
         db = self.core.db
         db.execute("BEGIN IMMEDIATE")
@@ -484,6 +530,13 @@ class Journal:
                     outcomes.append((True, operation()))
                 except sqlite3.Error as exc:
                     outcomes.append((False, exc))
+            try:
+                if marks[0]:
+                    self.core.mark_published(marks[0])
+                if marks[1]:
+                    self.core.mark_followups_published(marks[1])
+            except sqlite3.Error:
+                pass  # left unmarked, they are published again after a restart: better than sinking the batch
             db.execute("COMMIT")
         except BaseException as exc:
             db.execute("ROLLBACK")
@@ -513,17 +566,19 @@ class Journal:
     ) -> None:
         await self.write(lambda: self.core.finish(seq, state, status, sid, error, track=track))
 
+    async def unpublished(self, limit: int) -> list[tuple[int, bytes]]:
+        skip = frozenset(self._marking[0])
+        return await self.read(lambda: self.core.unpublished(limit, skip))
+
+    async def unpublished_followups(self, limit: int) -> list[tuple[int, bytes]]:
+        skip = frozenset(self._marking[1])
+        return await self.read(lambda: self.core.unpublished_followups(limit, skip))
+
     async def delivered(self, seq: int, payload: bytes) -> bool:
         return await self.write(lambda: self.core.delivered(seq, payload))
 
     async def check_later(self, seq: int, at: float, interval: float, last_status: str) -> None:
         await self.write(lambda: self.core.check_later(seq, at, interval, last_status))
-
-    async def mark_followups_published(self, ids: list[int]) -> None:
-        await self.write(lambda: self.core.mark_followups_published(ids))
-
-    async def mark_published(self, seqs: list[int]) -> None:
-        await self.write(lambda: self.core.mark_published(seqs))
 
     async def republish(self, seq: int, status: bytes) -> None:
         await self.write(lambda: self.core.republish(seq, status))
