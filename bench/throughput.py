@@ -186,6 +186,7 @@ def main() -> None:
         metavar="SVG",
         help="record the connector with py-spy: a flame graph (.svg) or collapsed stacks (.txt)",
     )
+    parser.add_argument("--cprofile", metavar="FILE", help="run the connector under cProfile (its event loop thread)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -232,6 +233,8 @@ def main() -> None:
                 "--api-url",
                 f"http://127.0.0.1:{sim_port}",
             ]
+        if args.cprofile:
+            command = [sys.executable, "-m", "cProfile", "-o", args.cprofile, *command[1:]]
         if args.profile:
             form = "raw" if args.profile.endswith(".txt") else "flamegraph"  # raw: collapsed stacks, for scripts
             command = ["py-spy", "record", "--threads", "-r", "400", "-f", form, "-o", args.profile, "--", *command]

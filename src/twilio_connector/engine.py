@@ -94,6 +94,7 @@ class Engine:
         self._kinds = {settings.txt_topic: Kind.SMS, settings.call_topic: Kind.CALL}
         self._active: dict[int, asyncio.Task[None]] = {}
         self._query_at = 0.0  # when the dispatcher must next ask the journal for due requests
+        self._starting = 0  # requests being accepted with their first attempt (each holds a slot)
         self._unfinished = 0
         self._work = asyncio.Event()  # new or finished work for the dispatcher
         self._statuses = asyncio.Event()  # statuses waiting for the publisher
@@ -101,6 +102,11 @@ class Engine:
         self._room = asyncio.Event()  # the backlog is under its bound
         self._room.set()
         self._closing = asyncio.Event()
+        # Gauges read at scrape time, and the commonest counter bound once: nothing to update per request.
+        self.metrics.in_flight.set_function(lambda: len(self._active))
+        self.metrics.backlog.set_function(lambda: self._unfinished)
+        self._received = {topic: self.metrics.received.labels(topic) for topic in self._kinds}
+        self._succeeded = self.metrics.statuses.labels("success", "")
         self._loops: list[asyncio.Task[None]] = []
 
     def wake_publisher(self) -> None:
@@ -157,7 +163,7 @@ class Engine:
         if kind is None:
             log.warning("ignoring a message on unexpected topic %r", topic)
             return
-        self.metrics.received.labels(topic).inc()
+        self._received[topic].inc()
         if self._closing.is_set():
             await asyncio.Future()  # never acknowledged: the broker keeps it for the next session
         parsed = parse_request(
@@ -187,7 +193,15 @@ class Engine:
                 self._statuses.set()
                 continue
             await self._room.wait()  # backpressure: stop reading from the broker rather than grow without bound
-            accepted = await self._journal.accept(notification, self._settings.dedupe_window)
+            # With a free slot and no queue to wait behind, the first attempt is recorded with the request (one
+            # commit, not two) and started from here.
+            core = self._journal.core
+            begin = core.hand_requests and not core.ready and self._free_slots() > 0
+            self._starting += begin
+            try:
+                accepted = await self._journal.accept(notification, self._settings.dedupe_window, begin=begin)
+            finally:
+                self._starting -= begin
             if isinstance(accepted, Duplicate):
                 log.info("request id=%s result=duplicate (already recorded; nothing sent again)", notification.id)
                 if accepted.status is not None:
@@ -196,10 +210,17 @@ class Engine:
                 continue
             self._unfinished += 1
             self._update_room()
-            self._work.set()
+            if begin and not self._closing.is_set():
+                self._spawn(
+                    accepted, self._deliver(Entry(accepted, notification, "sending", 0, None, None), begun=True)
+                )
+            else:
+                self._work.set()
+
+    def _free_slots(self) -> int:
+        return self._settings.max_in_flight - len(self._active) - self._starting
 
     def _update_room(self) -> None:
-        self.metrics.backlog.set(self._unfinished)
         if self._unfinished < self._settings.max_backlog:
             self._room.set()
         else:
@@ -210,12 +231,10 @@ class Engine:
     def _spawn(self, seq: int, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._active[seq] = task
-        self.metrics.in_flight.set(len(self._active))
         task.add_done_callback(lambda _: self._done(seq))
 
     def _done(self, seq: int) -> None:
         self._active.pop(seq, None)
-        self.metrics.in_flight.set(len(self._active))
         self._work.set()
 
     async def _dispatch(self) -> None:
@@ -224,7 +243,7 @@ class Engine:
         refill = max(1, self._settings.max_in_flight // 4)
         while not self._closing.is_set():
             self._work.clear()
-            free = self._settings.max_in_flight - len(self._active)
+            free = self._free_slots()
             while free > 0 and core.ready:
                 entry = core.ready.popleft()
                 self._spawn(entry.seq, self._deliver(entry))
@@ -239,21 +258,23 @@ class Engine:
                     if self._closing.is_set():
                         return  # `stop` is already waiting on what is in flight: leave the rest for next time
                     self._spawn(entry.seq, self._deliver(entry))
-            if core.ready and len(self._active) < self._settings.max_in_flight:
+            if core.ready and self._free_slots() > 0:
                 continue  # handed over while we queried
             # Woken by new work or a finished attempt; the timeout is for a retry falling due (or a missed wake).
             wait = self._query_at - time.time()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._work.wait(), wait if 0 < wait < 1.0 else 1.0)
 
-    async def _deliver(self, entry: Entry) -> None:
+    async def _deliver(self, entry: Entry, *, begun: bool = False) -> None:
+        """Make the next attempt. `begun`: the journal already records it as started."""
         notification, attempt = entry.notification, entry.attempts + 1
         started = time.monotonic()
         try:
             pause = self._pacer.reserve(notification.from_, time.time())
             if pause:
                 await asyncio.sleep(pause)  # queue behind the sender's earlier messages rather than fail
-            await self._journal.begin_attempt(entry.seq)  # durable before anything leaves
+            if not begun:
+                await self._journal.begin_attempt(entry.seq)  # durable before anything leaves
             with self.metrics.twilio_seconds.time():
                 outcome = await self._sender.create(notification)
             if isinstance(outcome, TwilioFailure) and outcome.kind is FailureKind.AMBIGUOUS:
@@ -317,7 +338,7 @@ class Engine:
     ) -> None:
         if isinstance(outcome, SendResult):
             self._log_outcome(notification, "success", attempt, started, sid=outcome.sid)
-            self.metrics.statuses.labels("success", "").inc()
+            self._succeeded.inc()
             status = encode_status(success_status(notification, outcome, attempt))
             track = self._tracker.track(outcome.status) if self._tracker else None
             await self._finish(seq, "sent", status, outcome.sid, None, track=track)
@@ -421,6 +442,8 @@ class Engine:
     @staticmethod
     def _log_outcome(notification: Notification, result: str, attempts: int, started: float, **extra: Any) -> None:
         """One line per request outcome; in JSON logs its fields are fields of the line too."""
+        if not log.isEnabledFor(logging.INFO):
+            return
         fields = {
             "request_id": notification.id,
             "kind": notification.kind.value,

@@ -190,7 +190,9 @@ class JournalCore:
 
     # -- writes ---------------------------------------------------------------------------------------------
 
-    def accept(self, notification: Notification, now: float, window: float) -> int | Duplicate:
+    def accept(self, notification: Notification, now: float, window: float, *, begin: bool = False) -> int | Duplicate:
+        """Record a new request, or say it is a duplicate. `begin`: its first attempt starts at once (as with
+        `begin_attempt`, and the caller sends it itself), saving a commit."""
         options = orjson.dumps(notification.options(), option=orjson.OPT_SORT_KEYS).decode()
         key = dedupe_key(notification, options)
         row = self.db.execute(
@@ -202,12 +204,16 @@ class JournalCore:
         n = notification
         cursor = self.db.execute(
             "INSERT INTO requests (dedupe_key, request_id, kind, to_number, from_number, name, content, retries, "
-            "options, state, next_attempt_at, accepted_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?, ?, ?)",
-            (key, n.id, n.kind.value, n.to, n.from_, n.name, n.content, n.retries, options, now, now, now),
+            "options, state, attempts, attempt_started_at, next_attempt_at, accepted_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                *(key, n.id, n.kind.value, n.to, n.from_, n.name, n.content, n.retries, options),
+                *(("sending", 1, now) if begin else ("accepted", 0, None)),
+                *(now, now, now),
+            ),
         )
         seq = int(cursor.lastrowid or 0)
-        if self.hand_requests:
+        if self.hand_requests and not begin:
             if len(self.ready) + len(self._staged_requests) < self.hand_over_limit:
                 self._handed_requests.add(seq)
                 self._staged_requests.append(Entry(seq, notification, "accepted", 0, None, None))
@@ -549,8 +555,8 @@ class Journal:
 
     # -- the operations the engine uses -------------------------------------------------------------------
 
-    async def accept(self, notification: Notification, window: float) -> int | Duplicate:
-        return await self.write(lambda: self.core.accept(notification, time.time(), window))
+    async def accept(self, notification: Notification, window: float, *, begin: bool = False) -> int | Duplicate:
+        return await self.write(lambda: self.core.accept(notification, time.time(), window, begin=begin))
 
     async def reject(self, kind: Kind, request_id: str | None, status: bytes, reason: str) -> int:
         return await self.write(lambda: self.core.reject(kind, request_id, status, reason, time.time()))
