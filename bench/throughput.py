@@ -71,7 +71,9 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 def start_broker(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     config = directory / "mosquitto.conf"
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nuser root\n")
+    config.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nuser root\nset_tcp_nodelay true\n"
+    )
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     process = subprocess.Popen([mosquitto, "-c", str(config)], stderr=subprocess.DEVNULL)
     for _ in range(200):

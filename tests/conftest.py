@@ -74,7 +74,7 @@ class Broker:
         # `user root`: started as root, Mosquitto would switch to user mosquitto and fail to save its database.
         config.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {self.directory}/\nmax_queued_messages 100000\n"
+            f"persistence_location {self.directory}/\nmax_queued_messages 100000\nset_tcp_nodelay true\n"
             f"user root\nlog_dest file {self.directory}/mosquitto.log\n{self.extra_config}"
         )
         self.process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stderr=subprocess.DEVNULL)
