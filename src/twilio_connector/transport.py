@@ -13,6 +13,7 @@ import logging
 import random
 import socket
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -50,12 +51,16 @@ class _Outbox(PersistentStorage):  # type: ignore[misc]
 
     def __init__(self) -> None:
         super().__init__()
-        self.acknowledged = asyncio.Event()
         self.waiters: dict[int, asyncio.Future[None]] = {}
+        self.id_waiters: deque[asyncio.Future[None]] = deque()  # publishes waiting for a free packet id
 
     def remove_message_by_mid(self, mid: int) -> None:
         super().remove_message_by_mid(mid)
-        self.acknowledged.set()
+        while self.id_waiters:  # one id is free: wake one waiter, in order
+            waiting = self.id_waiters.popleft()
+            if not waiting.done():
+                waiting.set_result(None)
+                break
         waiter = self.waiters.pop(mid, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -152,17 +157,27 @@ class MqttTransport:
         await self._with_packet_id(lambda: self._client.subscribe(subscriptions))
 
     async def _with_packet_id(self, send: Callable[[], T]) -> T:
-        """Run `send`, waiting for a free packet id when all are taken.
+        """Run `send` once a packet id is free.
 
         The broker allows only so many unacknowledged publishes (its Receive Maximum; Mosquitto's default is 20)
-        and gmqtt raises rather than queue past it; subscriptions share the same ids.
+        and gmqtt raises rather than queue past it; subscriptions share the same ids. Waiters queue in order and
+        each acknowledgement wakes one: waking all of them rebuilt every waiting publish at each acknowledgement
+        (five builds per status in a burst).
         """
+        ids = self._client._package_handler.id_generator
+        woken = False
         while True:
-            try:
-                return send()
-            except OverflowError:
-                self._outbox.acknowledged.clear()
-                await self._outbox.acknowledged.wait()
+            if (woken or not self._outbox.id_waiters) and len(ids._used_ids) < ids._max - 1:
+                try:
+                    return send()
+                except OverflowError:
+                    pass
+            waiter = asyncio.get_running_loop().create_future()
+            self._outbox.id_waiters.append(waiter)
+            # The timeout covers ids freed by a SUBACK or a reconnect, which wake no one.
+            woken = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, 1.0)
 
     def _on_subscribe(self, client: Any, mid: int, granted: Sequence[int], properties: Any) -> None:
         refused = [topic for topic, qos in zip(self._topics, granted, strict=False) if qos >= 0x80]
