@@ -335,7 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_send(args))
     if args.command == "status":
         return asyncio.run(_status(args))
-    asyncio.run(_simulate(args))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_simulate(args))
     return 0
 
 
