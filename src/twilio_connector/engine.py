@@ -239,8 +239,9 @@ class Engine:
 
     async def _dispatch(self) -> None:
         core = self._journal.core
-        # Query in batches of a quarter of the slots: one journal query per batch rather than per finished request.
-        refill = max(1, self._settings.max_in_flight // 4)
+        # What waits in the journal is handed over a batch at a time, up to two rounds of slots ahead, so a slot
+        # that frees is filled from memory at once.
+        ahead = 2 * self._settings.max_in_flight
         while not self._closing.is_set():
             self._work.clear()
             free = self._free_slots()
@@ -249,17 +250,15 @@ class Engine:
                 self._spawn(entry.seq, self._deliver(entry))
                 free -= 1
             now = time.time()
-            wanted = free >= refill or (free > 0 and not self._active)
-            if wanted and (not core.hand_requests or now >= self._query_at):
+            if len(core.ready) < ahead // 2 and (not core.hand_requests or now >= self._query_at):
                 busy = set(self._active)
-                entries, again = await self._journal.read(lambda: core.due(now, free, busy))  # noqa: B023
+                limit = ahead - len(core.ready)
+                again = await self._journal.read(lambda: core.refill(now, limit, busy))  # noqa: B023
                 self._query_at = math.inf if again is None else again
-                for entry in entries:
-                    if self._closing.is_set():
-                        return  # `stop` is already waiting on what is in flight: leave the rest for next time
-                    self._spawn(entry.seq, self._deliver(entry))
+                if self._closing.is_set():
+                    return  # `stop` is already waiting on what is in flight: leave the rest for next time
             if core.ready and self._free_slots() > 0:
-                continue  # handed over while we queried
+                continue
             # Woken by new work or a finished attempt; the timeout is for a retry falling due (or a missed wake).
             wait = self._query_at - time.time()
             with contextlib.suppress(TimeoutError):

@@ -383,6 +383,13 @@ class JournalCore:
         ).fetchone()
         return entries, None if row[0] is None else float(row[0])
 
+    def refill(self, now: float, limit: int, busy: Collection[int] = ()) -> float | None:
+        """Hand up to `limit` due requests over to `ready` (as `due` finds them); returns `due`'s `again`."""
+        entries, again = self.due(now, limit, busy)
+        self._handed_requests.update(entry.seq for entry in entries)
+        self.ready.extend(entries)
+        return again
+
     def in_doubt(self) -> list[Entry]:
         """Requests whose last attempt's outcome is unknown (the process stopped while sending)."""
         rows = self.db.execute(f"SELECT {_COLUMNS} FROM requests WHERE state = 'sending' ORDER BY seq").fetchall()
