@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import gmqtt
 import orjson
 
@@ -127,14 +128,29 @@ class Probe:
                 await asyncio.sleep(0)
 
 
-async def scenario(args: argparse.Namespace, mqtt_port: int, command: list[str], env: dict[str, str]) -> dict[str, Any]:
+async def time_to_ready(launched: float, port: int) -> float:
+    """Seconds from launching the connector to its /readyz answering 200 (connected, subscribed, journal open)."""
+    async with aiohttp.ClientSession() as http:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+                    if response.status == 200:
+                        return time.perf_counter() - launched
+            await asyncio.sleep(0.01)
+
+
+async def scenario(
+    args: argparse.Namespace, mqtt_port: int, command: list[str], env: dict[str, str], metrics_port: int | None
+) -> dict[str, Any]:
     probe = Probe(args.requests)
     await probe.connect(mqtt_port)
     if args.backlog:
         await probe.publish_all()
         await asyncio.sleep(2.0)  # the broker now holds the whole backlog for the stopped connector
+    launched = time.perf_counter()
     connector = await asyncio.create_subprocess_exec(*command, env=env)
-    await asyncio.sleep(1.5)
+    ready_s = await time_to_ready(launched, metrics_port) if metrics_port else float("nan")
+    await asyncio.sleep(max(0.0, launched + 1.5 - time.perf_counter()))
     idle_rss = rss_mb(connector.pid) if not args.backlog else float("nan")
     cpu_before = cpu_seconds(connector.pid)
     started = time.perf_counter()
@@ -166,10 +182,11 @@ async def scenario(args: argparse.Namespace, mqtt_port: int, command: list[str],
         "idle_rss": idle_rss,
         "peak_rss": peak,
         "threads": threads,
+        "ready_s": ready_s,
     }
 
 
-def main() -> None:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--latency-ms", type=float, default=0.0)
@@ -189,8 +206,12 @@ def main() -> None:
         help="record the connector with py-spy: a flame graph (.svg) or collapsed stacks (.txt)",
     )
     parser.add_argument("--cprofile", metavar="FILE", help="run the connector under cProfile (its event loop thread)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
 
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run one scenario with its own broker and simulator; the figures `scenario` reports, and the simulator's
+    CPU seconds and the journal's size."""
     with tempfile.TemporaryDirectory() as tmp:
         broker, mqtt_port = start_broker(Path(tmp))
         sim_port = free_port()
@@ -207,6 +228,7 @@ def main() -> None:
             "TWILIO_AUTH_TOKEN": "simulator-token",
         }
         journal = Path(tmp) / "journal.db"
+        metrics_port: int | None = free_port()
         command = [
             *CLI,
             "run",
@@ -224,6 +246,8 @@ def main() -> None:
             str(journal) if args.journal == "file" else ":memory:",
             "--journal-sync",
             args.sync,
+            "--metrics-listen",
+            f"127.0.0.1:{metrics_port}",
         ]
         if args.reference:
             reference = str(Path(__file__).with_name("reference.py"))
@@ -235,6 +259,7 @@ def main() -> None:
                 "--api-url",
                 f"http://127.0.0.1:{sim_port}",
             ]
+            metrics_port = None
         if args.cprofile:
             command = [sys.executable, "-m", "cProfile", "-o", args.cprofile, *command[1:]]
         if args.profile:
@@ -244,29 +269,43 @@ def main() -> None:
             if args.backlog:  # register the connector's persistent session first
                 subprocess.run(["timeout", "-s", "TERM", "2", *command], env=env, check=False)
             sim_cpu = cpu_seconds(simulator.pid)
-            result = asyncio.run(scenario(args, mqtt_port, command, env))
-            sim_cpu = cpu_seconds(simulator.pid) - sim_cpu
-            journal_mb = sum(p.stat().st_size for p in Path(tmp).glob("journal.db*")) / 2**20
+            result = asyncio.run(scenario(args, mqtt_port, command, env, metrics_port))
+            result["sim_cpu"] = cpu_seconds(simulator.pid) - sim_cpu
+            result["journal_mb"] = sum(p.stat().st_size for p in Path(tmp).glob("journal.db*")) / 2**20
         finally:
             for process in (simulator, broker):
                 process.send_signal(signal.SIGTERM)
                 process.wait(30)
+    return result
+
+
+HEADER = (
+    "| scenario | requests | Twilio latency | journal | notifications/s | p50 ms | p95 ms | p99 ms "
+    "| connector CPU ms/notification | simulator CPU s | RSS idle MB | RSS peak MB | journal MB |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def row(args: argparse.Namespace, result: dict[str, Any]) -> str:
     mode = f"{args.journal}/{args.sync}" if args.journal == "file" else "none"
     if args.reference:
         mode = "reference design"
-    print(
-        "| scenario | requests | Twilio latency | journal | notifications/s | p50 ms | p95 ms | p99 ms "
-        "| connector CPU ms/notification | simulator CPU s | RSS idle MB | RSS peak MB | journal MB |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    print(
-        f"| {'backlog' if args.backlog else f'{args.rate:g}/s' if args.rate else 'burst'} | {args.requests} | {args.latency_ms:g} ms | {mode} "
+    shape = "backlog" if args.backlog else f"{args.rate:g}/s" if args.rate else "burst"
+    return (
+        f"| {shape} | {args.requests} | {args.latency_ms:g} ms | {mode} "
         f"| {result['rate']:.0f} | {result['p50']:.1f} | {result['p95']:.1f} | {result['p99']:.1f} "
-        f"| {result['cpu_ms']:.2f} | {sim_cpu:.2f} | {result['idle_rss']:.1f} | {result['peak_rss']:.1f} "
-        f"| {journal_mb:.1f} |"
+        f"| {result['cpu_ms']:.2f} | {result['sim_cpu']:.2f} | {result['idle_rss']:.1f} | {result['peak_rss']:.1f} "
+        f"| {result['journal_mb']:.1f} |"
     )
+
+
+def main() -> None:
+    args = parse()
+    result = measure(args)
+    print(HEADER)
+    print(row(args, result))
     threads = ", ".join(f"{name} {seconds:.2f}" for name, seconds in sorted(result["threads"].items()))
-    print(f"\nconnector CPU seconds by thread, whole run: {threads}")
+    print(f"\nconnector CPU seconds by thread, whole run: {threads}; ready {result['ready_s']:.2f} s after launch")
 
 
 if __name__ == "__main__":
