@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -65,9 +65,9 @@ async def run(
         async with client:
             transport: MqttTransport | None = None
 
-            async def publish(topic: str, status: bytes) -> None:
+            def publish(topic: str, status: bytes) -> Awaitable[None]:
                 assert transport is not None
-                await transport.publish(topic, status)
+                return transport.publish(topic, status)
 
             tracker: DeliveryTracker | None = None
             callbacks: web.AppRunner | None = None

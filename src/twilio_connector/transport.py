@@ -236,20 +236,31 @@ class MqttTransport:
             await asyncio.sleep(delay)
             delay = min(RECONNECT_CAP, delay * 2)
 
-    async def publish(self, topic: str, payload: bytes) -> None:
-        """Publish at QoS 1 and return once the broker acknowledged it (PUBACK).
+    def publish(self, topic: str, payload: bytes) -> asyncio.Future[None]:
+        """Publish at QoS 1; the future resolves once the broker acknowledged it (PUBACK).
 
         Waits while disconnected; a message already out when the connection drops is kept by gmqtt and resent on
-        reconnect. Raises ConnectionError if the broker lost the session meanwhile.
+        reconnect. The future fails with ConnectionError if the broker lost the session meanwhile.
         """
-        await self.connected.wait()
         message = gmqtt.Message(topic, payload, qos=1)
+        ids = self._client._package_handler.id_generator
+        if self.connected.is_set() and not self._outbox.id_waiters and len(ids._used_ids) < ids._max - 1:
+            with contextlib.suppress(OverflowError):
+                return self._send(message)  # the common case: no task, no waiting
+        return asyncio.ensure_future(self._publish_later(message))
+
+    async def _publish_later(self, message: gmqtt.Message) -> None:
+        await self.connected.wait()
+        acknowledged = await self._with_packet_id(lambda: self._send(message))
+        await acknowledged
+
+    def _send(self, message: gmqtt.Message) -> asyncio.Future[None]:
         # gmqtt's Client.publish, minus hiding the packet id we need to match the PUBACK.
-        mid, package = await self._with_packet_id(lambda: self._client._connection.publish(message))
-        acknowledged = asyncio.get_running_loop().create_future()
+        mid, package = self._client._connection.publish(message)
+        acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._outbox.waiters[mid] = acknowledged
         self._outbox.push_message(mid, package)
-        await acknowledged
+        return acknowledged
 
     async def disconnect(self, grace: float = 5.0) -> None:
         """Leave cleanly: acknowledgements out, statuses acknowledged, then DISCONNECT.
