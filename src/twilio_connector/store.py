@@ -1,8 +1,11 @@
 """The journal: every accepted request and every unpublished status, durably, in SQLite (WAL).
 
-All database work runs on one worker thread, off the event loop. Writes are group-committed: while one commit
-(and its fsync) is under way, the writes that arrive queue up and share the next commit, so durability costs
-one fsync per batch rather than one per request.
+Statements run on the event loop (they take microseconds: the pages are in memory); only COMMIT, which waits
+for the disk (fsync), runs on a worker thread. Writes are group-committed: while one commit is under way, the
+writes that arrive queue up and share the next commit, so durability costs one fsync per batch rather than one
+per request. The connection is never used by both at once: reads asked for during a commit run after it.
+(Running every statement on the worker thread cost more: each one handed the GIL back and forth with the busy
+event loop, and a commit of a few writes took 3 ms at the median, 18 ms at p99.)
 
 Request states: `accepted` (waiting for its first or next attempt) -> `sending` (an attempt may be on the wire)
 -> `sent` or `failed`; `invalid` for a request that broke the contract (kept for its status). A row found in
@@ -11,13 +14,14 @@ Request states: `accepted` (waiting for its first or next attempt) -> `sending` 
 Hand-over: while the engine keeps up, each new request and each new status is also handed to it in memory
 (`ready`, `outbox`) once committed, so finding work costs no query. Handed rows are left out of `due` and
 `unpublished`, which alone serve what was not handed: rows from before a restart, retries, and the overflow
-when the engine falls behind (past `hand_over_limit`). All of this runs on the journal's one thread, so a row is
-either handed or found by a query, never both.
+when the engine falls behind (past `hand_over_limit`). The journal's statements run one at a time, so a row is either
+handed or found by a query, never both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -434,13 +438,31 @@ class JournalCore:
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
+def _attempt(operation: Callable[[], Any]) -> tuple[bool, Any]:
+    try:
+        return True, operation()
+    except sqlite3.Error as exc:
+        return False, exc
+
+
+def _settle(outcomes: Iterable[tuple[asyncio.Future[Any], tuple[bool, Any]]]) -> None:
+    for future, (ok, value) in outcomes:
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
 class Journal:
-    """Async front of `JournalCore`: one worker thread, group commit for writes."""
+    """Async front of `JournalCore`: statements on the event loop, group commits on one worker thread."""
 
     def __init__(self, core: JournalCore) -> None:
         self.core = core
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._reads: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []  # asked for during a commit
         # Statuses and follow-ups published, to record with the next commit; and all not recorded yet, which the
         # queries for what to publish must skip.
         self._marks: tuple[list[int], list[int]] = ([], [])
@@ -461,11 +483,16 @@ class Journal:
 
     async def close(self) -> None:
         await self.flush()
-        await self.read(self.core.close)
+        self.core.close()
         self._executor.shutdown(wait=True)
 
     async def read(self, operation: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, operation)
+        """Run `operation` (a query) now, or right after the commit under way."""
+        if not self._flushing:
+            return operation()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._reads.append((operation, future))
+        return await future
 
     async def write(self, operation: Callable[[], T]) -> T:
         """Run `operation` in the next group commit; return once it is committed."""
@@ -504,61 +531,58 @@ class Journal:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 batch, self._batch = self._batch, []
                 marks, self._marks = self._marks, ([], [])
                 try:
-                    outcomes = await self.read(lambda b=batch, m=marks: self._commit(b, m))  # type: ignore[misc]
-                except Exception as exc:  # a defect: fail the batch's writers rather than leave them waiting
-                    outcomes = [(False, exc)] * len(batch)
+                    outcomes = self._execute(batch, marks)
+                    await loop.run_in_executor(self._executor, self._commit)
+                    self.core.committed()
+                    self.writable = True
+                except Exception as exc:
+                    outcomes = self._abandon(exc, len(batch))
                 for marking, marked in zip(self._marking, marks, strict=True):
                     marking.difference_update(marked)
-                for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
-                    if future.done():
-                        continue
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
+                _settle(zip((future for _, future in batch), outcomes, strict=True))
+                reads, self._reads = self._reads, []
+                _settle((future, _attempt(operation)) for operation, future in reads)
                 if not self._batch:
                     break
         finally:
             self._flushing = False
             self._flushed.set()
             if any(self._marks) and self._mark_timer is None:
-                self._mark_timer = asyncio.get_running_loop().call_later(MARK_DELAY, self._start_flush)
+                self._mark_timer = loop.call_later(MARK_DELAY, self._start_flush)
 
-    def _commit(
+    def _execute(
         self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]], marks: tuple[list[int], list[int]]
     ) -> list[tuple[bool, Any]]:
-        outcomes: list[tuple[bool, Any]] = []
-        db = self.core.db
-        db.execute("BEGIN IMMEDIATE")
+        """Begin a transaction and run the batch's statements in it (on the event loop: microseconds each)."""
+        self.core.db.execute("BEGIN IMMEDIATE")
+        # No savepoint per operation (they cost two statements each): a failing statement changes nothing by
+        # itself, and one failed operation must not sink the batch.
+        outcomes = [_attempt(operation) for operation, _ in batch]
         try:
-            for operation, _ in batch:
-                # No savepoint per operation (they cost two statements each): a failing statement changes nothing
-                # by itself, and one failed operation must not sink the batch.
-                try:
-                    outcomes.append((True, operation()))
-                except sqlite3.Error as exc:
-                    outcomes.append((False, exc))
-            try:
-                if marks[0]:
-                    self.core.mark_published(marks[0])
-                if marks[1]:
-                    self.core.mark_followups_published(marks[1])
-            except sqlite3.Error:
-                pass  # left unmarked, they are published again after a restart: better than sinking the batch
-            db.execute("COMMIT")
-        except BaseException as exc:
-            db.execute("ROLLBACK")
-            self.core.rolled_back()
-            self.writable = False
-            return [(False, exc)] * len(batch)
-        self.core.committed()
-        self.writable = True
+            if marks[0]:
+                self.core.mark_published(marks[0])
+            if marks[1]:
+                self.core.mark_followups_published(marks[1])
+        except sqlite3.Error:
+            pass  # left unmarked, they are published again after a restart: better than sinking the batch
         return outcomes
+
+    def _commit(self) -> None:
+        """COMMIT, on the worker thread: it waits for the disk."""
+        self.core.db.execute("COMMIT")
+
+    def _abandon(self, exc: Exception, size: int) -> list[tuple[bool, Any]]:
+        with contextlib.suppress(sqlite3.Error):
+            self.core.db.execute("ROLLBACK")
+        self.core.rolled_back()
+        self.writable = False
+        return [(False, exc)] * size
 
     # -- the operations the engine uses -------------------------------------------------------------------
 
