@@ -14,6 +14,7 @@ from urllib.parse import quote_plus
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from .contract import Kind, Notification, SendResult
 from .secrets import Secret
@@ -146,10 +147,11 @@ class TwilioClient:
     ) -> None:
         base = base_url.rstrip("/")
         self._status_callback = status_callback
-        self._urls = {
+        self._urls: dict[Kind, str] = {
             Kind.SMS: f"{base}/{API_VERSION}/Accounts/{account_sid}/Messages.json",
             Kind.CALL: f"{base}/{API_VERSION}/Accounts/{account_sid}/Calls.json",
         }
+        self._create_urls = {kind: URL(url) for kind, url in self._urls.items()}  # parsed once, not per request
         credentials = base64.b64encode(f"{username}:{password.reveal()}".encode()).decode()
         self._headers = {"Authorization": f"Basic {credentials}", "User-Agent": "twilio-connector"}
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
@@ -162,6 +164,7 @@ class TwilioClient:
     async def __aenter__(self) -> TwilioClient:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30),
+            cookie_jar=aiohttp.DummyCookieJar(),  # Twilio's API sets none worth keeping
             timeout=self._timeout,
             headers=self._headers,
         )
@@ -228,7 +231,7 @@ class TwilioClient:
         form = "&".join(f"{key}={_quote(value)}" for key, value in _form(notification, self._status_callback)).encode()
         payload = aiohttp.BytesPayload(form, content_type=FORM_TYPE)
         try:
-            async with self._session.post(self._urls[notification.kind], data=payload) as response:
+            async with self._session.post(self._create_urls[notification.kind], data=payload) as response:
                 body = await response.read()
                 if response.status in (200, 201):
                     return _created(body, notification)
