@@ -93,6 +93,7 @@ class Engine:
         self._pacer = Pacer(settings.sender_rate)
         self._kinds = {settings.txt_topic: Kind.SMS, settings.call_topic: Kind.CALL}
         self._active: dict[int, asyncio.Task[None]] = {}
+        self._answered: set[int] = set()  # active, done with Twilio, only recording the outcome: no slot held
         self._query_at = 0.0  # when the dispatcher must next ask the journal for due requests
         self._starting = 0  # requests being accepted with their first attempt (each holds a slot)
         self._unfinished = 0
@@ -103,7 +104,7 @@ class Engine:
         self._room.set()
         self._closing = asyncio.Event()
         # Gauges read at scrape time, and the commonest counter bound once: nothing to update per request.
-        self.metrics.in_flight.set_function(lambda: len(self._active))
+        self.metrics.in_flight.set_function(lambda: len(self._active) - len(self._answered))
         self.metrics.backlog.set_function(lambda: self._unfinished)
         self._received = {topic: self.metrics.received.labels(topic) for topic in self._kinds}
         self._succeeded = self.metrics.statuses.labels("success", "")
@@ -218,7 +219,7 @@ class Engine:
                 self._work.set()
 
     def _free_slots(self) -> int:
-        return self._settings.max_in_flight - len(self._active) - self._starting
+        return self._settings.max_in_flight - len(self._active) + len(self._answered) - self._starting
 
     def _update_room(self) -> None:
         if self._unfinished < self._settings.max_backlog:
@@ -235,6 +236,7 @@ class Engine:
 
     def _done(self, seq: int) -> None:
         self._active.pop(seq, None)
+        self._answered.discard(seq)
         self._work.set()
 
     async def _dispatch(self) -> None:
@@ -278,6 +280,9 @@ class Engine:
                 outcome = await self._sender.create(notification)
             if isinstance(outcome, TwilioFailure) and outcome.kind is FailureKind.AMBIGUOUS:
                 outcome = await self._reconcile(entry, time.time() - (time.monotonic() - started), outcome)
+            # A slot bounds the requests waiting on Twilio; recording the outcome need not hold one.
+            self._answered.add(entry.seq)
+            self._work.set()
             await self._conclude(entry.seq, notification, outcome, attempt, started)
         except asyncio.CancelledError:
             raise
