@@ -164,10 +164,9 @@ class MqttTransport:
         each acknowledgement wakes one: waking all of them rebuilt every waiting publish at each acknowledgement
         (five builds per status in a burst).
         """
-        ids = self._client._package_handler.id_generator
         woken = False
         while True:
-            if (woken or not self._outbox.id_waiters) and len(ids._used_ids) < ids._max - 1:
+            if (woken or not self._outbox.id_waiters) and self._id_free():
                 try:
                     return send()
                 except OverflowError:
@@ -178,6 +177,11 @@ class MqttTransport:
             woken = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter, 1.0)
+
+    def _id_free(self) -> bool:
+        """A packet id is free (gmqtt keeps one of its Receive Maximum in reserve), so a publish will not raise."""
+        ids = self._client._package_handler.id_generator
+        return bool(len(ids._used_ids) < ids._max - 1)
 
     def _on_subscribe(self, client: Any, mid: int, granted: Sequence[int], properties: Any) -> None:
         refused = [topic for topic, qos in zip(self._topics, granted, strict=False) if qos >= 0x80]
@@ -243,8 +247,7 @@ class MqttTransport:
         reconnect. The future fails with ConnectionError if the broker lost the session meanwhile.
         """
         message = gmqtt.Message(topic, payload, qos=1)
-        ids = self._client._package_handler.id_generator
-        if self.connected.is_set() and not self._outbox.id_waiters and len(ids._used_ids) < ids._max - 1:
+        if self.connected.is_set() and not self._outbox.id_waiters and self._id_free():
             with contextlib.suppress(OverflowError):
                 return self._send(message)  # the common case: no task, no waiting
         return asyncio.ensure_future(self._publish_later(message))
