@@ -14,8 +14,8 @@ Request states: `accepted` (waiting for its first or next attempt) -> `sending` 
 Hand-over: while the engine keeps up, each new request and each new status is also handed to it in memory
 (`ready`, `outbox`) once committed, so finding work costs no query. Handed rows are left out of `due` and
 `unpublished`, which alone serve what was not handed: rows from before a restart, retries, and the overflow
-when the engine falls behind (past `hand_over_limit`). The journal's statements run one at a time, so a row is either
-handed or found by a query, never both.
+when the engine falls behind (past `hand_over_limit`). The journal's statements run one at a time, so a row is
+either handed or found by a query, never both.
 """
 
 from __future__ import annotations
