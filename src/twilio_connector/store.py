@@ -478,9 +478,8 @@ class Journal:
     @classmethod
     async def open(cls, path: str, sync: str = "full") -> Journal:
         loop = asyncio.get_running_loop()
-        hand_over_limit = HAND_OVER_LIMIT
         with ThreadPoolExecutor(max_workers=1) as opener:
-            core = await loop.run_in_executor(opener, lambda: JournalCore(path, sync, hand_over_limit=hand_over_limit))
+            core = await loop.run_in_executor(opener, lambda: JournalCore(path, sync, hand_over_limit=HAND_OVER_LIMIT))
         return cls(core)
 
     async def close(self) -> None:
@@ -512,6 +511,7 @@ class Journal:
         self._mark(1, ids)
 
     def _mark(self, which: int, keys: Iterable[int]) -> None:
+        keys = list(keys)  # read twice below: a generator would leave the second empty
         self._marks[which].extend(keys)
         self._marking[which].update(keys)
         if not self._flushing and self._mark_timer is None:

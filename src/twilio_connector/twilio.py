@@ -155,11 +155,10 @@ class TwilioClient:
     ) -> None:
         base = base_url.rstrip("/")
         self._status_callback = status_callback
-        self._urls: dict[Kind, str] = {
-            Kind.SMS: f"{base}/{API_VERSION}/Accounts/{account_sid}/Messages.json",
-            Kind.CALL: f"{base}/{API_VERSION}/Accounts/{account_sid}/Calls.json",
+        self._urls = {  # parsed once, not per request
+            Kind.SMS: URL(f"{base}/{API_VERSION}/Accounts/{account_sid}/Messages.json"),
+            Kind.CALL: URL(f"{base}/{API_VERSION}/Accounts/{account_sid}/Calls.json"),
         }
-        self._create_urls = {kind: URL(url) for kind, url in self._urls.items()}  # parsed once, not per request
         credentials = base64.b64encode(f"{username}:{password.reveal()}".encode()).decode()
         self._headers = {"Authorization": f"Basic {credentials}", "User-Agent": "twilio-connector"}
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
@@ -167,7 +166,7 @@ class TwilioClient:
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
-        return f"TwilioClient({self._urls[Kind.SMS].rsplit('/', 1)[0]!r})"
+        return f"TwilioClient({str(self._urls[Kind.SMS].parent)!r})"
 
     async def __aenter__(self) -> TwilioClient:
         self._session = aiohttp.ClientSession(
@@ -218,7 +217,7 @@ class TwilioClient:
     async def fetch(self, kind: Kind, sid: str) -> dict[str, Any] | TwilioFailure:
         """The current state of a message or call (for delivery tracking)."""
         assert self._session is not None, "use 'async with TwilioClient(...)'"
-        url = self._urls[kind].removesuffix(".json") + f"/{sid}.json"
+        url = self._urls[kind].with_suffix("") / f"{sid}.json"
         try:
             async with self._session.get(url) as response:
                 body = await response.read()
@@ -238,7 +237,7 @@ class TwilioClient:
         # plain fields make a urlencoded body, a fifth of this method's CPU.
         payload = aiohttp.BytesPayload(_encode(_form(notification, self._status_callback)), content_type=FORM_TYPE)
         try:
-            async with self._session.post(self._create_urls[notification.kind], data=payload) as response:
+            async with self._session.post(self._urls[notification.kind], data=payload) as response:
                 body = await response.read()
                 if response.status in (200, 201):
                     return _created(body, notification)
