@@ -1,13 +1,25 @@
-"""The sending policy: lists, countries, length and rate caps; a violation is a Rejected status, nothing sent."""
+"""The sending policy: by default only numbers no alert goes to are refused; every other guard is opt-in."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 
 from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, make_settings, sms
 from twilio_connector.config import ConfigError, load_settings
 from twilio_connector.contract import Kind, Notification
-from twilio_connector.policy import Limits, Pacer, Policy, country_of, segments
+from twilio_connector.policy import (
+    PRESETS,
+    Caps,
+    Limits,
+    Pacer,
+    country_of,
+    describe_limits,
+    number_class,
+    refusal,
+    segments,
+)
 
 US_SENDER = "+15005550006"
 
@@ -20,86 +32,128 @@ def test_countries() -> None:
     assert country_of("+12345000000") == "US"
     assert country_of("+442079460958") == "GB"
     assert country_of("whatsapp:+33612345678") == "FR"
+    assert country_of("+447911123456") == "GG"  # a +44 mobile range that phonenumbers puts in Guernsey
     assert country_of("+882000000000") is None  # international networks belong to no country
 
 
-def test_default_allows_only_the_senders_country() -> None:
-    policy = Policy(Limits())
-    assert policy.check(note(), 0.0) is None
-    assert policy.check(note("+442079460958"), 0.0) == ("+442079460958 is in GB, not in the allowed countries (US)")
-    assert policy.check(note("+882000000000"), 0.0) is not None  # satellite / premium networks
-    assert Policy(Limits(countries=("*",))).check(note("+442079460958"), 0.0) is None
-    assert Policy(Limits(countries=("GB", "sender"))).check(note("+442079460958"), 0.0) is None
+def refused(limits: Limits, n: Notification) -> str | None:
+    return refusal(limits, n)
+
+
+def test_by_default_only_premium_shared_cost_and_international_networks_are_refused() -> None:
+    limits = Limits()
+    for ordinary in ("+12345000000", "+442079460958", "+447911123456", "+33612345678", "+15555550100", "+15005550006"):
+        assert refused(limits, note(ordinary)) is None, ordinary  # any country; unclassifiable test ranges too
+    assert refused(limits, note("+19002345678")) == "+19002345678 is a premium-rate number (refused_number_types)"
+    assert refused(limits, note("+449012345678")) is not None  # GB premium rate
+    assert refused(limits, note("+4918012345")) == "+4918012345 is a shared-cost number (refused_number_types)"
+    assert refused(limits, note("+882000000000")) == (
+        "+882000000000 is a international-network number (refused_number_types)"
+    )
+    assert refused(limits, note("+80012345678")) is not None  # international freephone, region 001 too
+    assert refused(limits, note(body="x" * 1600)) is None  # no length cap by default
+    assert number_class("+12345000000") is None
+    assert refused(Limits(refused_types=()), note("+19002345678")) is None
+
+
+def test_country_guard_is_opt_in() -> None:
+    strict = Limits(countries=("sender",))
+    assert refused(strict, note()) is None
+    assert refused(strict, note("+442079460958")) == "+442079460958 is in GB, not in the allowed countries (US)"
+    assert refused(Limits(countries=("GB", "sender")), note("+442079460958")) is None
+    assert refused(Limits(countries=("GB",)), note("+447911123456")) is not None  # GG: a list must name it
     service = Notification("r", Kind.SMS, "+442079460958", "", "D", "hi", 0, messaging_service_sid="MG" + "a" * 32)
-    assert Policy(Limits()).check(service, 0.0) is None  # no sender number to go by
+    assert refused(strict, service) is None  # no sender number to go by
 
 
 def test_allow_and_deny_lists() -> None:
-    assert Policy(Limits(deny=("+1234",))).check(note(), 0.0) == "+12345000000 is on the deny list"
-    assert Policy(Limits(allow=("+1555",))).check(note(), 0.0) == "+12345000000 is not on the allow list"
-    assert Policy(Limits(allow=("+1234",))).check(note(), 0.0) is None
+    assert refused(Limits(deny=("+1234",)), note()) == "+12345000000 is on the deny list"
+    assert refused(Limits(allow=("+1555",)), note()) == "+12345000000 is not on the allow list"
+    assert refused(Limits(allow=("+1234",)), note()) is None
 
 
 def test_segments() -> None:
     assert [segments("x" * n) for n in (1, 160, 161, 306, 307)] == [1, 1, 2, 2, 3]
     assert [segments("é" * n) for n in (70, 71, 134, 135)] == [1, 2, 2, 3]
-    assert Policy(Limits(max_segments=2)).check(note(body="x" * 307), 0.0) == (
-        "the message needs 3 segments; the limit is 2"
-    )
+    assert refused(Limits(max_segments=2), note(body="x" * 307)) == "the message needs 3 segments; the limit is 2"
 
 
-def test_rate_caps_per_recipient_and_overall_slide_with_time() -> None:
-    policy = Policy(Limits(per_recipient_per_minute=2, per_minute=3))
-    assert [policy.check(note(), 0.0) for _ in range(2)] == [None, None]
-    assert policy.check(note(), 1.0) == "+12345000000 already got 2 in the last minute (limit 2)"
-    assert policy.check(note("+12345000001"), 1.0) is None
-    assert policy.check(note("+12345000002"), 2.0) == "3 notifications were sent in the last minute (limit 3)"
-    assert policy.check(note(), 61.0) is None  # the window slid past the first two
-    assert policy.rejected == 2
+def test_caps_are_bucketed() -> None:
+    caps = Caps(per_recipient_per_minute=2, per_day=5)
+    assert [(span, scope, cap) for span, scope, cap, _ in caps.scopes("+1")] == [("m", "+1", 2), ("d", "", 5)]
+    assert Caps().scopes("+1") == []  # all off: nothing to count
+    assert Caps.bucket("m", 125.0) == (12, 7)  # 10-second buckets, six of them make the minute
+    assert Caps.bucket("d", 7200.0) == (2, -21)
 
 
-def test_recipients_idle_for_a_day_are_forgotten() -> None:
-    policy = Policy(Limits(per_minute=10**6, per_day=10**6))
-    for n in range(1025):
-        assert policy.check(note(f"+1234500{n:04d}"), 0.0) is None
-    assert len(policy._per_recipient) == 1025  # the day is not over: every recipient still counts
-    assert policy.check(note("+12345009999"), 86_401.0) is None
-    assert len(policy._per_recipient) == 1  # the idle ones were dropped; the caps still hold for the new one
-    assert policy.check(note("+12345009999"), 86_402.0) is None
-
-
-def test_policy_settings() -> None:
+def test_presets_and_settings() -> None:
+    assert load_settings(env={}).limits == Limits()
+    strict = load_settings(env={"TWILIO_CONNECTOR_POLICY": "strict"}).limits
+    assert strict == PRESETS["strict"] and strict.countries == ("sender",) and strict.per_minute == 300
+    assert strict.limits_volume and not Limits().limits_volume
+    # A guard set on its own wins over the preset; 0 turns a preset's cap off.
+    mixed = load_settings(
+        env={"TWILIO_CONNECTOR_POLICY": "strict", "TWILIO_CONNECTOR_PER_MINUTE": "0"},
+        flags={"allowed_countries": "US,GB,GG,JE,IM"},
+    ).limits
+    assert (mixed.per_minute, mixed.per_day, mixed.countries) == (0, 10_000, ("US", "GB", "GG", "JE", "IM"))
     settings = load_settings(
         env={
             "TWILIO_CONNECTOR_ALLOW_NUMBERS": "+1555, +1444",
             "TWILIO_CONNECTOR_ALLOWED_COUNTRIES": "us,gb,sender",
             "TWILIO_CONNECTOR_PER_MINUTE": "9",
+            "TWILIO_CONNECTOR_REFUSED_NUMBER_TYPES": "premium_rate",
         }
     )
     assert settings.limits.allow == ("+1555", "+1444")
     assert settings.limits.countries == ("US", "GB", "sender")
     assert settings.limits.per_minute == 9
+    assert settings.limits.refused_types == ("premium_rate",)
     with pytest.raises(ConfigError, match="not a number or prefix"):
         load_settings(env={"TWILIO_CONNECTOR_DENY_NUMBERS": "1900"})
     with pytest.raises(ConfigError, match="not an ISO country code"):
         load_settings(env={"TWILIO_CONNECTOR_ALLOWED_COUNTRIES": "USA"})
+    with pytest.raises(ConfigError, match="must be one of default, strict"):
+        load_settings(env={"TWILIO_CONNECTOR_POLICY": "paranoid"})
+    with pytest.raises(ConfigError, match="'mobile' is not one of"):
+        load_settings(env={"TWILIO_CONNECTOR_REFUSED_NUMBER_TYPES": "mobile"})
+
+
+def test_described_guards() -> None:
+    default = describe_limits(Limits(), 30, 60.0)
+    assert "refused number types: premium_rate, shared_cost, international_network" in default
+    assert "countries: any" in default
+    assert "rate caps: per recipient off/minute, off/day; overall off/minute, off/day" in default
+    assert any(line.startswith("storm folding: texts to one number past 30 within 60 s") for line in default)
+    strict = describe_limits(replace(PRESETS["strict"], countries=("GB",)), 0, 60.0)
+    assert "storm folding: off" in strict
+    assert any("+44 7911 is GG" in line for line in strict)
 
 
 async def test_rejections_reach_the_status_topic_and_nothing_is_sent(
     broker: Broker, simulator: SimulatorHandle, probe: MqttProbe
 ) -> None:
-    settings = make_settings(broker, simulator, per_recipient_per_minute=2, deny_numbers=("+1900",))
+    settings = make_settings(
+        broker, simulator, policy="strict", per_recipient_per_minute=2, deny_numbers=("+1234500009",)
+    )
     running = await RunningConnector(settings).wait_ready()
     for n in range(3):
         await probe.publish("twilio/txt", sms(f"rl{n}", message=f"alert {n}"))
     await probe.publish("twilio/txt", sms("uk", to="+442079460958"))
-    await probe.publish("twilio/txt", sms("premium", to="+19005550100"))
-    statuses = {s["id"]: s["response"] for s in await probe.wait_for_ids({"rl0", "rl1", "rl2", "uk", "premium"})}
+    await probe.publish("twilio/txt", sms("premium", to="+19002345678"))
+    await probe.publish("twilio/txt", sms("denied", to="+12345000091"))
+    ids = {"rl0", "rl1", "rl2", "uk", "premium", "denied"}
+    statuses = {s["id"]: s["response"] for s in await probe.wait_for_ids(ids)}
     assert [statuses[f"rl{n}"]["status"] for n in range(3)] == ["success", "success", "fail"]
-    for request_id in ("rl2", "uk", "premium"):
+    for request_id in ("rl2", "uk", "premium", "denied"):
         assert statuses[request_id]["error"] == "Rejected" and statuses[request_id]["payload"] is None
+    assert statuses["rl2"]["error_message"] == "+12345000000 already got 2 in the last minute (limit 2)"
     assert statuses["uk"]["error_message"] == "+442079460958 is in GB, not in the allowed countries (US)"
     assert len(simulator.created()) == 2
+    # A redelivered refused request is answered from the journal, counted against nothing, refused the same way.
+    await probe.publish("twilio/txt", sms("rl2", message="alert 2"))
+    await probe.wait_for(len(probe.statuses) + 1)
+    assert [s["response"] for s in probe.statuses if s["id"] == "rl2"] == [statuses["rl2"]] * 2
     await running.stop()
 
 

@@ -10,14 +10,15 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 from .contract import ContractViolation, normalise_number
-from .policy import Limits
+from .policy import DEFAULT_REFUSED_TYPES, NUMBER_TYPES, PRESETS, Limits
 from .secrets import SECRET_ARN, Secret, SecretError, fetch_secrets_manager, read_secret_file
 from .store import SYNC_MODES
+from .storms import StormRule
 
 __all__ = ["BrokerAddress", "ConfigError", "Credentials", "Settings", "load_settings", "resolve_credentials"]
 
@@ -38,6 +39,15 @@ class ConfigError(Exception):
 
 
 DEFAULT_API_URL = "https://api.twilio.com"
+#: Guards a `policy` preset sets unless they are set on their own.
+_PRESET_GUARDS = (
+    "allowed_countries",
+    "per_recipient_per_minute",
+    "per_recipient_per_day",
+    "per_minute",
+    "per_day",
+    "max_segments",
+)
 _LOCATION_NAME = re.compile(r"[a-z0-9-]{2,32}")
 
 
@@ -85,12 +95,17 @@ class Settings:
     max_backlog: int = 100_000
     allow_numbers: tuple[str, ...] = ()
     deny_numbers: tuple[str, ...] = ()
-    allowed_countries: tuple[str, ...] = ("sender",)
-    per_recipient_per_minute: int = 5
-    per_recipient_per_day: int = 100
-    per_minute: int = 300
-    per_day: int = 10_000
-    max_segments: int = 10
+    # The guards below default to None: "as the `policy` preset says" (see `policy.PRESETS`); 0 turns a cap off.
+    policy: str = "default"
+    refused_number_types: tuple[str, ...] = DEFAULT_REFUSED_TYPES
+    allowed_countries: tuple[str, ...] | None = None
+    per_recipient_per_minute: int | None = None
+    per_recipient_per_day: int | None = None
+    per_minute: int | None = None
+    per_day: int | None = None
+    max_segments: int | None = None
+    fold_threshold: int = 30
+    fold_window: float = 60.0
     sender_rate: float = 0.0
     allow_http_urls: bool = False
     delivery_tracking: str = "off"
@@ -110,16 +125,18 @@ class Settings:
 
     @property
     def limits(self) -> Limits:
-        return Limits(
-            self.allow_numbers,
-            self.deny_numbers,
-            self.allowed_countries,
-            self.per_recipient_per_minute,
-            self.per_recipient_per_day,
-            self.per_minute,
-            self.per_day,
-            self.max_segments,
+        """The guards in force: the preset's, with each guard set on its own taking precedence."""
+        preset = PRESETS[self.policy]
+        chosen = {name: getattr(self, name) for name in _PRESET_GUARDS if getattr(self, name) is not None}
+        if self.allowed_countries is not None:
+            chosen["countries"] = chosen.pop("allowed_countries")
+        return replace(
+            preset, allow=self.allow_numbers, deny=self.deny_numbers, refused_types=self.refused_number_types, **chosen
         )
+
+    @property
+    def storms(self) -> StormRule:
+        return StormRule(self.fold_threshold, self.fold_window)
 
     @property
     def api_base_url(self) -> str:
@@ -290,6 +307,20 @@ def _countries(value: Any) -> tuple[str, ...]:
     return countries
 
 
+def _policy(value: Any) -> str:
+    if value not in PRESETS:
+        raise ValueError(f"must be one of {', '.join(PRESETS)}")
+    return str(value)
+
+
+def _number_types(value: Any) -> tuple[str, ...]:
+    types = _strings(value)
+    for kind in types:
+        if kind not in NUMBER_TYPES:
+            raise ValueError(f"{kind!r} is not one of {', '.join(NUMBER_TYPES)}")
+    return types
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -375,12 +406,16 @@ _FIELDS: dict[str, _Field] = {
     "max_backlog": _Field(_positive_int),
     "allow_numbers": _Field(_prefixes),
     "deny_numbers": _Field(_prefixes),
+    "policy": _Field(_policy),
+    "refused_number_types": _Field(_number_types),
     "allowed_countries": _Field(_countries),
-    "per_recipient_per_minute": _Field(_positive_int),
-    "per_recipient_per_day": _Field(_positive_int),
-    "per_minute": _Field(_positive_int),
-    "per_day": _Field(_positive_int),
-    "max_segments": _Field(_positive_int),
+    "per_recipient_per_minute": _Field(_non_negative_int),
+    "per_recipient_per_day": _Field(_non_negative_int),
+    "per_minute": _Field(_non_negative_int),
+    "per_day": _Field(_non_negative_int),
+    "max_segments": _Field(_non_negative_int),
+    "fold_threshold": _Field(_non_negative_int),
+    "fold_window": _Field(_positive_float),
     "sender_rate": _Field(_non_negative_float),
     "allow_http_urls": _Field(_bool),
     "delivery_tracking": _Field(_tracking),

@@ -19,6 +19,8 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
+from functools import partial
 from typing import Any, Protocol
 
 from .config import Settings
@@ -33,10 +35,12 @@ from .contract import (
     parse_request,
     success_status,
 )
+from .intake import Accepted, Admission, Folded, Refused
 from .metrics import Metrics
-from .policy import Pacer, Policy
+from .policy import Pacer
 from .retry import RetryPolicy, error_code_for
 from .store import Duplicate, Entry, Journal, Track
+from .storms import DIGEST_SEGMENTS, digest_body
 from .tracking import DeliveryTracker
 from .twilio import FailureKind, TwilioFailure
 
@@ -46,6 +50,7 @@ log = logging.getLogger(__name__)
 
 PUBLISH_BATCH = 256
 PRUNE_EVERY = 60.0
+DIGEST_TEXTS = 400  # texts read to write a digest: more never fit in its ten segments
 
 
 async def _supervised(loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -89,7 +94,7 @@ class Engine:
         self._publish = publish
         self._rand = rand
         self._retry_policy = RetryPolicy(settings.backoff_base, settings.backoff_max)
-        self._sending_policy = Policy(settings.limits)
+        self._admission = Admission(settings.limits, settings.storms, settings.dedupe_window, settings.max_retries)
         self._pacer = Pacer(settings.sender_rate)
         self._kinds = {settings.txt_topic: Kind.SMS, settings.call_topic: Kind.CALL}
         self._active: dict[int, asyncio.Task[None]] = {}
@@ -183,16 +188,6 @@ class Engine:
             self._statuses.set()
             return
         for notification in parsed:
-            refusal = self._sending_policy.check(notification, time.time())
-            if refusal is not None:
-                log.warning("request id=%s to=%s result=rejected reason=%r", notification.id, notification.to, refusal)
-                recipient = notification.to if notification.listed else None
-                rejection = failure_status(notification.id, ErrorCode.REJECTED, refusal, recipient=recipient)
-                await self._journal.reject(kind, notification.id, encode_status(rejection), refusal)
-                self.metrics.rejections.inc()
-                self.metrics.statuses.labels("fail", ErrorCode.REJECTED.value).inc()
-                self._statuses.set()
-                continue
             await self._room.wait()  # backpressure: stop reading from the broker rather than grow without bound
             # With a free slot and no queue to wait behind, the first attempt is recorded with the request (one
             # commit, not two) and started from here.
@@ -200,23 +195,43 @@ class Engine:
             begin = core.hand_requests and not core.ready and self._free_slots() > 0
             self._starting += begin
             try:
-                accepted = await self._journal.accept(notification, self._settings.dedupe_window, begin=begin)
+                admitted = await self._journal.write(partial(self._admission.admit, core, notification, begin=begin))
             finally:
                 self._starting -= begin
-            if isinstance(accepted, Duplicate):
-                log.info("request id=%s result=duplicate (already recorded; nothing sent again)", notification.id)
-                if accepted.status is not None:
-                    await self._journal.republish(accepted.seq, accepted.status)
-                    self._statuses.set()
-                continue
-            self._unfinished += 1
-            self._update_room()
-            if begin and not self._closing.is_set():
-                self._spawn(
-                    accepted, self._deliver(Entry(accepted, notification, "sending", 0, None, None), begun=True)
-                )
-            else:
-                self._work.set()
+            await self._admitted(notification, admitted)
+
+    async def _admitted(self, notification: Notification, admitted: Accepted | Folded | Refused | Duplicate) -> None:
+        if isinstance(admitted, Duplicate):
+            log.info("request id=%s result=duplicate (already recorded; nothing sent again)", notification.id)
+            if admitted.status is not None:
+                await self._journal.republish(admitted.seq, admitted.status)
+                self._statuses.set()
+            return
+        if isinstance(admitted, Refused):
+            log.warning(
+                "request id=%s to=%s result=rejected reason=%r", notification.id, notification.to, admitted.reason
+            )
+            self.metrics.rejections.inc()
+            self.metrics.statuses.labels("fail", ErrorCode.REJECTED.value).inc()
+            self._statuses.set()
+            return
+        self._unfinished += 1
+        self._update_room()
+        if isinstance(admitted, Folded):
+            log.info("request id=%s result=folded into digest-%d", notification.id, admitted.digest)
+            self.metrics.folded.inc()
+            self._due_at(admitted.send_at)
+        elif admitted.begun and not self._closing.is_set():
+            self._spawn(
+                admitted.seq, self._deliver(Entry(admitted.seq, notification, "sending", 0, None, None), begun=True)
+            )
+        else:
+            self._due_at(admitted.start_at)
+
+    def _due_at(self, when: float) -> None:
+        """Something new falls due at `when`: make sure the dispatcher asks the journal then."""
+        self._query_at = min(self._query_at, when)
+        self._work.set()
 
     def _free_slots(self) -> int:
         return self._settings.max_in_flight - len(self._active) + len(self._answered) - self._starting
@@ -271,6 +286,9 @@ class Engine:
         notification, attempt = entry.notification, entry.attempts + 1
         started = time.monotonic()
         try:
+            if entry.members:
+                entry = await self._with_digest_body(entry)
+                notification = entry.notification
             pause = self._pacer.reserve(notification.from_, time.time())
             if pause:
                 await asyncio.sleep(pause)  # queue behind the sender's earlier messages rather than fail
@@ -283,7 +301,7 @@ class Engine:
             # A slot bounds the requests waiting on Twilio; recording the outcome need not hold one.
             self._answered.add(entry.seq)
             self._work.set()
-            await self._conclude(entry.seq, notification, outcome, attempt, started)
+            await self._conclude(entry, outcome, attempt, started)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -297,6 +315,8 @@ class Engine:
 
     async def _resolve_doubt(self, entry: Entry) -> None:
         """An attempt was under way when the process stopped: find it at Twilio, or send it (once)."""
+        if entry.members:
+            entry = await self._with_digest_body(entry)
         since = entry.attempt_started_at or time.time()
         delay = self._settings.backoff_base
         while True:
@@ -309,10 +329,10 @@ class Engine:
         match = await self._unclaimed(found)
         self.metrics.reconciliations.labels("yes" if match else "no").inc()
         if match is not None:
-            await self._conclude(entry.seq, entry.notification, match, entry.attempts, time.monotonic())
+            await self._conclude(entry, match, entry.attempts, time.monotonic())
             return
         # Never reached Twilio: the interrupted attempt does not count against the request's retries.
-        await self._deliver(Entry(entry.seq, entry.notification, "accepted", entry.attempts - 1, None, None))
+        await self._deliver(replace(entry, state="accepted", attempts=entry.attempts - 1, attempt_started_at=None))
 
     async def _reconcile(self, entry: Entry, since: float, failure: TwilioFailure) -> SendResult | TwilioFailure:
         """After an ambiguous failure: a match at Twilio is a success; without one the failure stands as safe
@@ -337,19 +357,18 @@ class Engine:
                 return candidate
         return None
 
-    async def _conclude(
-        self, seq: int, notification: Notification, outcome: SendResult | TwilioFailure, attempt: int, started: float
-    ) -> None:
-        if isinstance(outcome, SendResult):
-            self._log_outcome(notification, "success", attempt, started, sid=outcome.sid)
-            self._succeeded.inc()
-            status = encode_status(success_status(notification, outcome, attempt))
-            track = self._tracker.track(outcome.status) if self._tracker else None
-            await self._finish(seq, "sent", status, outcome.sid, None, track=track)
-            if self._tracker is not None:
-                self._tracker.wake()
-            return
-        if attempt <= notification.retries and self._retry_policy.should_retry(outcome):
+    async def _with_digest_body(self, entry: Entry) -> Entry:
+        """A digest's text, written from the texts folded into it (the same every time: a lookup at Twilio after
+        a crash matches it)."""
+        if entry.notification.content:
+            return entry
+        texts = await self._journal.read(lambda: self._journal.core.digest_texts(entry.seq, DIGEST_TEXTS))
+        body = digest_body(texts, entry.members, self._settings.limits.max_segments or DIGEST_SEGMENTS)
+        return replace(entry, notification=replace(entry.notification, content=body))
+
+    async def _conclude(self, entry: Entry, outcome: SendResult | TwilioFailure, attempt: int, started: float) -> None:
+        seq, notification = entry.seq, entry.notification
+        if isinstance(outcome, TwilioFailure) and self._will_retry(notification, outcome, attempt):
             wait = self._retry_policy.delay(attempt, outcome, self._rand)
             log.info(
                 "request id=%s attempt=%d failed (%s, HTTP %s); retrying in %.2fs",
@@ -363,21 +382,52 @@ class Engine:
             self._query_at = min(self._query_at, time.time() + wait)
             self.metrics.retries.inc()
             return
-        error = error_code_for(outcome)
-        self.metrics.statuses.labels("fail", error.value).inc()
-        self._log_outcome(notification, error.value, attempt, started, code=outcome.code)
-        status = encode_status(
-            failure_status(
-                notification.id,
-                error,
-                outcome.message,
-                twilio_error_code=outcome.code,
-                http_status=outcome.http_status,
-                attempts=attempt,
-                recipient=notification.to if notification.listed else None,
-            )
+        if entry.members:
+            await self._finish_digest(entry, outcome, attempt, started)
+            return
+        state, status, result = _final(notification, outcome, attempt)
+        self._count_status(result)
+        if isinstance(outcome, SendResult):
+            self._log_outcome(notification, "success", attempt, started, sid=outcome.sid)
+            track = self._tracker.track(outcome.status) if self._tracker else None
+            await self._finish(seq, state, status, outcome.sid, None, track=track)
+            if self._tracker is not None:
+                self._tracker.wake()
+            return
+        self._log_outcome(notification, result, attempt, started, code=outcome.code)
+        await self._finish(seq, state, status, None, outcome.message)
+
+    def _will_retry(self, notification: Notification, outcome: SendResult | TwilioFailure, attempt: int) -> bool:
+        return (
+            isinstance(outcome, TwilioFailure)
+            and attempt <= notification.retries
+            and self._retry_policy.should_retry(outcome)
         )
-        await self._finish(seq, "failed", status, None, outcome.message)
+
+    def _count_status(self, result: str, count: int = 1) -> None:
+        if result == "success":
+            self._succeeded.inc(count)
+        else:
+            self.metrics.statuses.labels("fail", result).inc(count)
+
+    async def _finish_digest(
+        self, entry: Entry, outcome: SendResult | TwilioFailure, attempt: int, started: float
+    ) -> None:
+        """The digest is sent (or failed for good): so is each text folded into it, each with its own status."""
+        core = self._journal.core
+        members = await self._journal.read(lambda: core.members(entry.seq))
+        statuses = [(member.seq, _final(member.notification, outcome, attempt, folded=True)) for member in members]
+        sid = outcome.sid if isinstance(outcome, SendResult) else None
+        error = outcome.message if isinstance(outcome, TwilioFailure) else None
+        state, _, result = _final(entry.notification, outcome, attempt)
+        rows = [(seq, status) for seq, (_, status, _) in statuses]
+        await self._journal.write(lambda: core.finish_digest(entry.seq, state, sid, error, rows))
+        self._count_status(result, len(members))
+        self.metrics.digests.labels(result).inc()
+        self._log_outcome(entry.notification, result, attempt, started, sid=sid, folded=len(members))
+        self._unfinished -= len(members)
+        self._update_room()
+        self._statuses.set()
 
     async def _finish(
         self, seq: int, state: str, status: bytes, sid: str | None, error: str | None, *, track: Track | None = None
@@ -457,3 +507,27 @@ class Engine:
             **{key: value for key, value in extra.items() if value is not None},
         }
         log.info("request %s", " ".join(f"{key}={value}" for key, value in fields.items()), extra=fields)
+
+
+def _final(
+    notification: Notification, outcome: SendResult | TwilioFailure, attempt: int, *, folded: bool = False
+) -> tuple[str, bytes, str]:
+    """The final state, status and result (`success` or the error code) of a request with this outcome."""
+    if isinstance(outcome, SendResult):
+        status = success_status(notification, outcome, attempt)
+        state, result = "sent", "success"
+    else:
+        error = error_code_for(outcome)
+        status = failure_status(
+            notification.id,
+            error,
+            outcome.message,
+            twilio_error_code=outcome.code,
+            http_status=outcome.http_status,
+            attempts=attempt,
+            recipient=notification.to if notification.listed else None,
+        )
+        state, result = "failed", error.value
+    if folded:
+        status["response"]["folded"] = True
+    return state, encode_status(status), result

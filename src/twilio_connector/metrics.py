@@ -40,6 +40,12 @@ class Metrics:
         self.rejections = Counter(
             "twilio_connector_policy_rejections", "Requests the sending policy refused", registry=registry
         )
+        self.folded = Counter(
+            "twilio_connector_folded", "Texts folded into a storm digest instead of sent alone", registry=registry
+        )
+        self.digests = Counter(
+            "twilio_connector_digests", "Storm digests finished, by result", ["result"], registry=registry
+        )
         self.backlog = Gauge(
             "twilio_connector_journal_backlog", "Requests accepted and not yet finished", registry=registry
         )

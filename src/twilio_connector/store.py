@@ -9,7 +9,10 @@ event loop, and a commit of a few writes took 3 ms at the median, 18 ms at p99.)
 
 Request states: `accepted` (waiting for its first or next attempt) -> `sending` (an attempt may be on the wire)
 -> `sent` or `failed`; `invalid` for a request that broke the contract (kept for its status). A row found in
-`sending` at start-up had an attempt whose outcome is unknown.
+`sending` at start-up had an attempt whose outcome is unknown. A text folded into a storm's digest waits in
+`folded` (with `digest_seq`) until its digest, a request of its own with `members` > 0, is sent or fails.
+Storm windows (`windows`) and rate counts (`counters`, fixed time buckets) live here too, so a restart keeps them
+and their size is bounded by the traffic of a day, not of the process's life.
 
 Hand-over: while the engine keeps up, each new request and each new status is also handed to it in memory
 (`ready`, `outbox`) once committed, so finding work costs no query. Handed rows are left out of `due` and
@@ -35,6 +38,8 @@ from typing import Any, TypeVar
 import orjson
 
 from .contract import Kind, Notification
+from .policy import Caps
+from .storms import Window
 
 __all__ = ["SYNC_MODES", "Duplicate", "Entry", "Journal", "JournalCore", "Track", "Tracked"]
 
@@ -70,15 +75,10 @@ CREATE TABLE IF NOT EXISTS requests (
     status BLOB,
     status_published INTEGER NOT NULL DEFAULT 0,
     accepted_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    digest_seq INTEGER,
+    members INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS requests_dedupe ON requests (dedupe_key, accepted_at);
-CREATE INDEX IF NOT EXISTS requests_waiting ON requests (seq) WHERE state = 'accepted';
-CREATE INDEX IF NOT EXISTS requests_due ON requests (next_attempt_at) WHERE state = 'accepted';
-CREATE INDEX IF NOT EXISTS requests_sending ON requests (seq) WHERE state = 'sending';
-CREATE INDEX IF NOT EXISTS requests_unpublished ON requests (seq) WHERE status IS NOT NULL AND status_published = 0;
-CREATE INDEX IF NOT EXISTS requests_sid ON requests (sid) WHERE sid IS NOT NULL;
-CREATE INDEX IF NOT EXISTS requests_finished ON requests (updated_at) WHERE status_published = 1;
 CREATE TABLE IF NOT EXISTS tracking (
     seq INTEGER PRIMARY KEY,
     sid TEXT NOT NULL,
@@ -87,20 +87,49 @@ CREATE TABLE IF NOT EXISTS tracking (
     deadline REAL NOT NULL,
     last_status TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS tracking_sid ON tracking (sid);
-CREATE INDEX IF NOT EXISTS tracking_due ON tracking (next_check_at);
 CREATE TABLE IF NOT EXISTS followups (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     payload BLOB NOT NULL,
     published INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS windows (
+    key TEXT PRIMARY KEY,
+    opens_at REAL NOT NULL,
+    closes_at REAL NOT NULL,
+    passed INTEGER NOT NULL,
+    next_at REAL NOT NULL,
+    digest_seq INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    span TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (span, scope, bucket)
+) WITHOUT ROWID;
+"""
+#: Columns added since the first release, for journals it created (whose `requests` table lacks them).
+_ADDED_COLUMNS = (("digest_seq", "INTEGER"), ("members", "INTEGER NOT NULL DEFAULT 0"))
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS requests_dedupe ON requests (dedupe_key, accepted_at);
+CREATE INDEX IF NOT EXISTS requests_waiting ON requests (seq) WHERE state = 'accepted';
+CREATE INDEX IF NOT EXISTS requests_due ON requests (next_attempt_at) WHERE state = 'accepted';
+CREATE INDEX IF NOT EXISTS requests_sending ON requests (seq) WHERE state = 'sending';
+CREATE INDEX IF NOT EXISTS requests_folded ON requests (seq) WHERE state = 'folded';
+CREATE INDEX IF NOT EXISTS requests_members ON requests (digest_seq) WHERE digest_seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS requests_unpublished ON requests (seq) WHERE status IS NOT NULL AND status_published = 0;
+CREATE INDEX IF NOT EXISTS requests_sid ON requests (sid) WHERE sid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS requests_finished ON requests (updated_at) WHERE status_published = 1;
+CREATE INDEX IF NOT EXISTS tracking_sid ON tracking (sid);
+CREATE INDEX IF NOT EXISTS tracking_due ON tracking (next_check_at);
 CREATE INDEX IF NOT EXISTS followups_unpublished ON followups (id) WHERE published = 0;
+CREATE INDEX IF NOT EXISTS windows_closing ON windows (closes_at);
 """
 
 _COLUMNS = (
     "seq, request_id, kind, to_number, from_number, name, content, retries, options, state, attempts, "
-    "attempt_started_at, sid"
+    "attempt_started_at, sid, members"
 )
 
 
@@ -112,6 +141,7 @@ class Entry:
     attempts: int
     attempt_started_at: float | None
     sid: str | None
+    members: int = 0  # > 0: a storm's digest, standing for that many folded texts
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +181,10 @@ def _tracked(row: tuple[Any, ...]) -> Tracked:
     return Tracked(seq, sid, _entry(tuple(request)).notification, interval, deadline, last_status)
 
 
+def _options(notification: Notification) -> str:
+    return orjson.dumps(notification.options(), option=orjson.OPT_SORT_KEYS).decode()
+
+
 def dedupe_key(notification: Notification, options: str) -> bytes:
     n = notification
     parts = (n.kind.value, n.id, n.to, n.from_, n.name, n.content, options)
@@ -158,11 +192,11 @@ def dedupe_key(notification: Notification, options: str) -> bytes:
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
-    seq, request_id, kind, to, sender, name, content, retries, options, state, attempts, started, sid = row
+    seq, request_id, kind, to, sender, name, content, retries, options, state, attempts, started, sid, members = row
     notification = Notification(request_id, Kind(kind), to, sender, name, content, retries)
     if options != "{}":
         notification = notification.with_options(orjson.loads(options))
-    return Entry(seq, notification, state, attempts, started, sid)
+    return Entry(seq, notification, state, attempts, started, sid, members)
 
 
 class JournalCore:
@@ -188,6 +222,11 @@ class JournalCore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={SYNC_MODES[sync]}")
         self.db.executescript(_SCHEMA)
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(requests)")}
+        for column, declaration in _ADDED_COLUMNS:
+            if column not in present:
+                self.db.execute(f"ALTER TABLE requests ADD COLUMN {column} {declaration}")
+        self.db.executescript(_INDEXES)
 
     def close(self) -> None:
         self.db.close()
@@ -197,33 +236,132 @@ class JournalCore:
     def accept(self, notification: Notification, now: float, window: float, *, begin: bool = False) -> int | Duplicate:
         """Record a new request, or say it is a duplicate. `begin`: its first attempt starts at once (as with
         `begin_attempt`, and the caller sends it itself), saving a commit."""
-        options = orjson.dumps(notification.options(), option=orjson.OPT_SORT_KEYS).decode()
-        key = dedupe_key(notification, options)
+        key, duplicate = self.duplicate(notification, now, window)
+        return duplicate or self.record(notification, key, now, begin=begin)
+
+    def duplicate(self, notification: Notification, now: float, window: float) -> tuple[bytes, Duplicate | None]:
+        """The request's dedupe key, and the request recorded with it within `window` seconds if there is one."""
+        key = dedupe_key(notification, _options(notification))
         row = self.db.execute(
             "SELECT seq, status FROM requests WHERE dedupe_key = ? AND accepted_at >= ? ORDER BY seq DESC LIMIT 1",
             (key, now - window),
         ).fetchone()
-        if row is not None:
-            return Duplicate(row[0], row[1])
-        n = notification
+        return key, None if row is None else Duplicate(row[0], row[1])
+
+    def record(
+        self,
+        notification: Notification,
+        key: bytes,
+        now: float,
+        *,
+        begin: bool = False,
+        start_at: float | None = None,
+        digest: int | None = None,
+        refused: tuple[bytes, str] | None = None,
+    ) -> int:
+        """Record a request: due at `start_at` (default `now`), begun at once (`begin`), folded into the digest
+        request `digest`, or refused with (status, reason)."""
+        n, start = notification, now if start_at is None else start_at
+        if refused is not None:
+            state, attempts, started, status, error = "failed", 0, None, *refused
+        elif digest is not None:
+            state, attempts, started, status, error = "folded", 0, None, None, None
+        else:
+            state, attempts, started = ("sending", 1, now) if begin else ("accepted", 0, None)
+            status, error = None, None
         cursor = self.db.execute(
             "INSERT INTO requests (dedupe_key, request_id, kind, to_number, from_number, name, content, retries, "
-            "options, state, attempts, attempt_started_at, next_attempt_at, accepted_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "options, state, attempts, attempt_started_at, next_attempt_at, accepted_at, updated_at, digest_seq, "
+            "status, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                *(key, n.id, n.kind.value, n.to, n.from_, n.name, n.content, n.retries, options),
-                *(("sending", 1, now) if begin else ("accepted", 0, None)),
-                *(now, now, now),
+                *(key, n.id, n.kind.value, n.to, n.from_, n.name, n.content, n.retries, _options(n)),
+                *(state, attempts, started, start, now, now, digest, status, error),
             ),
         )
         seq = int(cursor.lastrowid or 0)
-        if self.hand_requests and not begin:
+        if digest is not None:
+            self.db.execute("UPDATE requests SET members = members + 1 WHERE seq = ?", (digest,))
+        elif status is not None:
+            self._stage_status(seq, status)
+        elif self.hand_requests and not begin and start <= now:
             if len(self.ready) + len(self._staged_requests) < self.hand_over_limit:
                 self._handed_requests.add(seq)
                 self._staged_requests.append(Entry(seq, notification, "accepted", 0, None, None))
             else:
                 self.hand_requests = False  # the dispatcher is behind: the overflow waits for `due` to find it
         return seq
+
+    # -- storms and rate counts -------------------------------------------------------------------------------
+
+    def window(self, key: str) -> Window | None:
+        row = self.db.execute(
+            "SELECT opens_at, closes_at, passed, next_at, digest_seq FROM windows WHERE key = ?", (key,)
+        ).fetchone()
+        return None if row is None else Window(*row)
+
+    def save_window(self, key: str, window: Window) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO windows (key, opens_at, closes_at, passed, next_at, digest_seq) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (key, window.opens_at, window.closes_at, window.passed, window.next_at, window.digest),
+        )
+
+    def open_digest(self, template: Notification, send_at: float, retries: int, now: float) -> int:
+        """A digest request for the texts folded like `template`, due when their window closes. Its body is
+        written when it is sent, from its members (`digest_texts`)."""
+        digest = Notification(
+            "digest", Kind.SMS, template.to, template.from_, template.name, "", retries,
+            messaging_service_sid=template.messaging_service_sid,
+        )  # fmt: skip
+        seq = self.record(digest, os.urandom(16), now, start_at=send_at)
+        self.db.execute("UPDATE requests SET request_id = ? WHERE seq = ?", (f"digest-{seq}", seq))
+        return seq
+
+    def count(self, span: str, scope: str, oldest: int) -> int:
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(n), 0) FROM counters WHERE span = ? AND scope = ? AND bucket >= ?",
+            (span, scope, oldest),
+        ).fetchone()
+        return int(row[0])
+
+    def bump(self, span: str, scope: str, bucket: int) -> None:
+        self.db.execute(
+            "INSERT INTO counters (span, scope, bucket, n) VALUES (?, ?, ?, 1) "
+            "ON CONFLICT (span, scope, bucket) DO UPDATE SET n = n + 1",
+            (span, scope, bucket),
+        )
+
+    def digest_texts(self, seq: int, limit: int) -> list[str]:
+        """The first `limit` texts folded into digest `seq`, oldest first."""
+        rows = self.db.execute(
+            "SELECT content FROM requests WHERE digest_seq = ? ORDER BY seq LIMIT ?", (seq, limit)
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def members(self, seq: int) -> list[Entry]:
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM requests WHERE digest_seq = ? AND state = 'folded' ORDER BY seq", (seq,)
+        ).fetchall()
+        return [_entry(row) for row in rows]
+
+    def finish_digest(
+        self, seq: int, state: str, sid: str | None, error: str | None, statuses: list[tuple[int, bytes]]
+    ) -> None:
+        """Finish a digest and, with it, each folded request with its own status. The digest has no status of
+        its own to publish: nobody asked for it."""
+        now = time.time()
+        self.db.execute(
+            "UPDATE requests SET state = ?, sid = ?, last_error = ?, status_published = 1, updated_at = ? "
+            "WHERE seq = ?",
+            (state, sid, error, now, seq),
+        )
+        self.db.executemany(
+            "UPDATE requests SET state = ?, status = ?, last_error = ?, status_published = 0, updated_at = ? "
+            "WHERE seq = ? AND state = 'folded'",
+            [(state, status, error, now, member) for member, status in statuses],
+        )
+        for member, status in statuses:
+            self._stage_status(member, status)
 
     def _stage_status(self, seq: int, status: bytes) -> None:
         if not self.hand_statuses:
@@ -352,7 +490,7 @@ class JournalCore:
         """Send a failed request again (operator's decision): back to `accepted`, its old status discarded."""
         cursor = self.db.execute(
             "UPDATE requests SET state = 'accepted', status = NULL, status_published = 0, next_attempt_at = 0, "
-            "updated_at = ? WHERE seq = ? AND state = 'failed'",
+            "updated_at = ? WHERE seq = ? AND state = 'failed' AND members = 0",
             (time.time(), seq),
         )
         return cursor.rowcount == 1
@@ -365,6 +503,12 @@ class JournalCore:
             (before,),
         )
         return cursor.rowcount
+
+    def prune_counts(self, now: float) -> None:
+        """Forget storm windows and rate buckets that no longer count (their memory is bounded by a day)."""
+        self.db.execute("DELETE FROM windows WHERE closes_at < ? AND next_at < ?", (now, now))
+        for span in ("m", "d"):
+            self.db.execute("DELETE FROM counters WHERE span = ? AND bucket < ?", (span, Caps.bucket(span, now)[1]))
 
     # -- reads ----------------------------------------------------------------------------------------------
 
@@ -419,7 +563,7 @@ class JournalCore:
         # Two counts, each over its partial index: `state IN (...)` would scan the whole table.
         return sum(
             int(self.db.execute(f"SELECT COUNT(*) FROM requests WHERE state = '{state}'").fetchone()[0])
-            for state in ("accepted", "sending")
+            for state in ("accepted", "sending", "folded")
         )
 
     def counts(self) -> dict[str, int]:
@@ -623,4 +767,8 @@ class Journal:
         await self.write(lambda: self.core.republish(seq, status))
 
     async def prune(self, before: float) -> int:
-        return await self.write(lambda: self.core.prune(before))
+        def prune() -> int:
+            self.core.prune_counts(time.time())
+            return self.core.prune(before)
+
+        return await self.write(prune)

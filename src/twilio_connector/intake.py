@@ -1,0 +1,104 @@
+"""Admission: what becomes of one valid notification, decided and recorded in one journal transaction.
+
+In order: a redelivery of a recorded request is a duplicate (it counts against nothing and is never refused);
+the policy's fixed guards may refuse it; past its recipient's storm threshold a text is folded into a digest
+and a call waits; what is sent on its own is checked against the rate caps and counted. Doing all of it in the
+transaction that records the request means the counts, windows and request can never disagree, even across a
+crash; the journal's statements run one at a time, so two requests never read the same count.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from .contract import ErrorCode, Notification, encode_status, failure_status
+from .policy import Caps, Limits, refusal
+from .store import Duplicate, JournalCore
+from .storms import StormRule, Verdict, foldable, window_key
+
+__all__ = ["Accepted", "Admission", "Folded", "Refused"]
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    seq: int
+    begun: bool  # its first attempt is recorded as started: the caller sends it now
+    start_at: float  # when it falls due (later than now for a call paced through a storm)
+
+
+@dataclass(frozen=True, slots=True)
+class Folded:
+    seq: int
+    digest: int  # the digest request it will go out in
+    send_at: float  # when the digest falls due
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    seq: int
+    reason: str
+
+
+class Admission:
+    def __init__(
+        self,
+        limits: Limits,
+        storms: StormRule,
+        dedupe_window: float,
+        digest_retries: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.limits = limits
+        self._clock = clock
+        self.storms = storms
+        self._caps = limits.caps
+        self._dedupe_window = dedupe_window
+        self._digest_retries = digest_retries
+
+    def admit(
+        self, core: JournalCore, notification: Notification, *, begin: bool = False
+    ) -> Accepted | Folded | Refused | Duplicate:
+        """Run inside a journal write. `begin`: start the first attempt at once if it may go now."""
+        now = self._clock()
+        key, duplicate = core.duplicate(notification, now, self._dedupe_window)
+        if duplicate is not None:
+            return duplicate
+        reason = refusal(self.limits, notification)
+        if reason is not None:
+            return self._refuse(core, notification, key, now, reason)
+        start, storm, window = now, "", None
+        if self.storms.threshold:
+            storm = window_key(notification)
+            window, verdict, start = self.storms.admit(core.window(storm), foldable(notification), now)
+            if verdict is Verdict.FOLD and window is not None:
+                digest = window.digest
+                if digest is None:
+                    digest = core.open_digest(notification, window.closes_at, self._digest_retries, now)
+                    core.save_window(storm, replace(window, digest=digest))
+                return Folded(core.record(notification, key, now, digest=digest), digest, window.closes_at)
+        reason = self._over_cap(core, notification, now)
+        if reason is not None:
+            return self._refuse(core, notification, key, now, reason)
+        if window is not None:
+            core.save_window(storm, window)
+        self._count(core, notification, now)
+        begun = begin and start <= now
+        return Accepted(core.record(notification, key, now, begin=begun, start_at=start), begun, start)
+
+    def _refuse(self, core: JournalCore, notification: Notification, key: bytes, now: float, reason: str) -> Refused:
+        recipient = notification.to if notification.listed else None
+        status = encode_status(failure_status(notification.id, ErrorCode.REJECTED, reason, recipient=recipient))
+        return Refused(core.record(notification, key, now, refused=(status, reason)), reason)
+
+    def _over_cap(self, core: JournalCore, notification: Notification, now: float) -> str | None:
+        for span, scope, cap, what in self._caps.scopes(notification.to):
+            count = core.count(span, scope, Caps.bucket(span, now)[1])
+            if count >= cap:
+                return what.format(count) + f" (limit {cap})"
+        return None
+
+    def _count(self, core: JournalCore, notification: Notification, now: float) -> None:
+        for span, scope, _, _ in self._caps.scopes(notification.to):
+            core.bump(span, scope, Caps.bucket(span, now)[0])
