@@ -28,8 +28,8 @@ from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, 
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 DEFAULT_FROM = "+15005550006"
-#: Environment for connector processes in tests and benchmarks: no rate caps (they are tested on their own).
-# The tests send bursts to one number: storm folding is tested on its own (test_storms.py).
+#: Environment for connector processes in tests: they send bursts to one number, so storm folding is off (it is
+#: tested on its own, in test_storms.py).
 UNFOLDED = {"TWILIO_CONNECTOR_FOLD_THRESHOLD": "0"}
 RECIPIENT = "+12345000000"
 
@@ -219,11 +219,19 @@ class ConnectorProcess:
     """`twilio-connector run` as a real process, all its output appended to `log`."""
 
     def __init__(
-        self, broker: Broker, simulator: SimulatorHandle, journal: Path, log: Path, *args: str, **env: str
+        self,
+        broker: Broker,
+        simulator: SimulatorHandle,
+        journal: Path,
+        log: Path,
+        *args: str,
+        defaults: bool = False,
+        **env: str,
     ) -> None:
+        """`defaults`: the connector's own defaults, storm folding included."""
         environment = {
             **os.environ,
-            **UNFOLDED,
+            **({} if defaults else UNFOLDED),
             "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID,
             "TWILIO_AUTH_TOKEN": DEFAULT_AUTH_TOKEN,
             **env,
@@ -254,6 +262,23 @@ class ConnectorProcess:
             assert self.process.poll() is None, self.log.read_text()
             assert asyncio.get_running_loop().time() < deadline, "connector not ready"
             await asyncio.sleep(0.05)
+
+
+async def wait_until(condition: object, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[ConnectorProcess]]:
+    processes: list[ConnectorProcess] = []
+    yield processes
+    for connector in processes:  # whatever the test's outcome, leave no connector behind
+        if connector.process.poll() is None:
+            connector.process.kill()
+            connector.process.wait(10)
 
 
 class RunningConnector:

@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import Broker, ConnectorProcess, MqttProbe, SimulatorHandle, sms
+from conftest import Broker, ConnectorProcess, MqttProbe, SimulatorHandle, sms, wait_until
 
 BURST = int(os.environ.get("CRASH_BURST", "300"))
-
-
-async def wait_until(condition: object, timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
-
-
-@pytest.fixture
-def spawned() -> Iterator[list[ConnectorProcess]]:
-    processes: list[ConnectorProcess] = []
-    yield processes
-    for connector in processes:  # whatever the test's outcome, leave no connector behind
-        if connector.process.poll() is None:
-            connector.process.kill()
-            connector.process.wait(10)
 
 
 @pytest.mark.parametrize("kill_after", [0.1, 0.5, 0.9])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, make_settings, sms
+from conftest import Broker, ConnectorProcess, MqttProbe, RunningConnector, SimulatorHandle, make_settings, sms
 from twilio_connector.config import ConfigError, load_settings
 from twilio_connector.contract import Kind, Notification
 from twilio_connector.policy import (
@@ -177,3 +178,35 @@ async def test_sender_rate_queues_rather_than_fails(
     times = sorted(entry["time"] for entry in simulator.created())
     assert times[-1] - times[0] >= 0.35  # five sends at most ten a second
     await running.stop()
+
+
+async def test_defaults_send_whatever_the_original_would_have_sent(
+    broker: Broker, simulator: SimulatorHandle, probe: MqttProbe, tmp_path: Path
+) -> None:
+    """The original's traffic, default settings: a plant-wide burst, an on-call engineer's busy minute, a UK
+    engineer texted from a US number, a long text. All reach Twilio; only the premium-rate number is refused."""
+    log = tmp_path / "connector.log"
+    log.write_text("run:\n")
+    connector = ConnectorProcess(broker, simulator, tmp_path / "journal.db", log, defaults=True)
+    try:
+        await connector.ready()
+        burst = {f"plant{n}": f"+1234{n:07d}" for n in range(1000)}
+        for request_id, number in burst.items():
+            await probe.publish("twilio/txt", sms(request_id, to=number, message="Line 2 down"))
+        busy = {f"oncall{n}" for n in range(20)}
+        for request_id in sorted(busy):
+            await probe.publish("twilio/txt", sms(request_id, to="+12345000000", message=f"alarm {request_id}"))
+        await probe.publish("twilio/txt", sms("uk", to="+447700900123", message="UK engineer"))
+        await probe.publish("twilio/txt", sms("long", message="x" * 1600))
+        await probe.publish("twilio/txt", sms("premium", to="+19002345678"))
+        statuses = {s["id"]: s["response"] for s in await probe.wait_for_ids({*burst, *busy, "uk", "long", "premium"})}
+    finally:
+        connector.process.terminate()
+        connector.process.wait(20)
+    assert statuses.pop("premium")["error"] == "Rejected"
+    assert all(response["status"] == "success" and "folded" not in response for response in statuses.values())
+    sent = simulator.created("Messages")
+    assert len(sent) == 1000 + 20 + 2  # each on its own
+    assert sorted(entry["params"]["To"] for entry in sent[:1000]) == sorted(burst.values())
+    assert "+19002345678" not in {entry["params"]["To"] for entry in sent}
+    assert "rate caps: per recipient off/minute" in log.read_text()  # the start-up log states the guards

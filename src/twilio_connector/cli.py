@@ -19,7 +19,17 @@ import gmqtt
 import shtab
 
 from . import logs, service
-from .config import BrokerAddress, ConfigError, Settings, describe, load_settings, resolve_credentials
+from .config import (
+    ANONYMOUS_WARNING,
+    BrokerAddress,
+    ConfigError,
+    Settings,
+    anonymous_and_unbounded,
+    describe,
+    load_settings,
+    resolve_credentials,
+)
+from .policy import describe_limits
 from .simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simulator
 from .store import JournalCore
 from .transport import BrokerError
@@ -228,6 +238,10 @@ def _check_config(args: argparse.Namespace) -> int:
         return _report(error)
     for line in describe(settings):
         print(line)
+    for line in describe_limits(settings.limits, settings.fold_threshold, settings.fold_window):
+        print(f"# guard: {line}")
+    if anonymous_and_unbounded(settings):
+        print(f"twilio-connector: warning: {ANONYMOUS_WARNING}", file=sys.stderr)
     print(f"configuration OK (Twilio credentials found for {credentials.account_sid}, user {credentials.username})")
     return 0
 

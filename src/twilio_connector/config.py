@@ -553,6 +553,19 @@ def resolve_credentials(settings: Settings) -> Credentials:
     return Credentials(settings.account_sid, settings.account_sid, token, token)
 
 
+ANONYMOUS_WARNING = (
+    "the broker takes this connector without credentials, and no guard bounds the volume: if it takes anonymous "
+    "publishers too, anyone who reaches it can make this Twilio account send without limit (set per_minute and "
+    'per_day, allow_numbers, or policy = "strict"; or require credentials at the broker)'
+)
+
+
+def anonymous_and_unbounded(settings: Settings) -> bool:
+    """The connector logs in to its broker with no credentials (so the broker takes anonymous clients) and no
+    guard limits how much a flood of requests can send."""
+    return not (settings.mqtt_username or settings.cert_file) and not settings.limits.limits_volume
+
+
 def describe(settings: Settings) -> list[str]:
     """Human-readable `name = value` lines with every secret masked, for `check-config`."""
     lines = []

@@ -10,9 +10,10 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import Credentials, Settings
+from .config import ANONYMOUS_WARNING, Credentials, Settings, anonymous_and_unbounded
 from .engine import Engine
 from .metrics import Metrics
+from .policy import describe_limits
 from .store import Journal
 from .tracking import DeliveryTracker
 from .transport import MqttTransport
@@ -93,9 +94,13 @@ async def run(
 
                 operations = await metrics.serve(settings.metrics_listen, readiness)
             await engine.start()
+            for line in describe_limits(settings.limits, settings.fold_threshold, settings.fold_window):
+                log.info("guard: %s", line)
             if await _first(transport.connect(), stop.wait()) == 0:  # SIGTERM works while connecting too
                 if ready is not None:
                     ready.set()
+                if anonymous_and_unbounded(settings):
+                    log.warning("%s", ANONYMOUS_WARNING)
                 log.info(
                     "ready: listening on %s and %s, statuses on %s, Twilio at %s, journal %s",
                     settings.txt_topic,
