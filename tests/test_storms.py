@@ -12,10 +12,21 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import Broker, ConnectorProcess, MqttProbe, SimulatorHandle, sms, wait_until
+from conftest import (
+    Broker,
+    ConnectorProcess,
+    MqttProbe,
+    RunningConnector,
+    SimulatorHandle,
+    call,
+    make_settings,
+    sms,
+    wait_until,
+)
 from twilio_connector.contract import Content, Kind, Notification
 from twilio_connector.intake import Accepted, Admission, Folded, Refused
 from twilio_connector.policy import Limits, segments
+from twilio_connector.simulator import Fault
 from twilio_connector.store import Duplicate, JournalCore
 from twilio_connector.storms import StormRule, Verdict, Window, digest_body, foldable
 
@@ -192,3 +203,37 @@ def folded_in(journal: Path) -> int:
             return int(db.execute("SELECT COUNT(*) FROM requests WHERE state = 'folded'").fetchone()[0])
         except sqlite3.OperationalError:  # not created yet
             return 0
+
+
+async def test_calls_past_the_threshold_are_paced_not_folded(
+    broker: Broker, simulator: SimulatorHandle, probe: MqttProbe
+) -> None:
+    running = await RunningConnector(make_settings(broker, simulator, fold_threshold=2, fold_window=1.0)).wait_ready()
+    for n in range(5):
+        await probe.publish("twilio/call", call(f"c{n}"))
+    statuses = await probe.wait_for_ids({f"c{n}" for n in range(5)})
+    await running.stop()
+    assert all(s["response"]["status"] == "success" and "folded" not in s["response"] for s in statuses)
+    times = [entry["time"] for entry in simulator.created("Calls")]
+    assert len(times) == 5  # every call made on its own
+    assert times[4] - times[0] >= 0.9  # the last two waited, 0.5 s apart
+
+
+async def test_a_failed_digest_fails_each_folded_text(
+    broker: Broker, simulator: SimulatorHandle, probe: MqttProbe
+) -> None:
+    running = await RunningConnector(make_settings(broker, simulator, fold_threshold=1, fold_window=0.5)).wait_ready()
+    await probe.publish("twilio/txt", sms("alone", message="first"))
+    await probe.status_of("alone")
+    simulator.sim.faults.append(Fault(status=400, code=21610, message="Attempt to send to unsubscribed recipient"))
+    for n in range(3):
+        await probe.publish("twilio/txt", sms(f"f{n}", message=f"then {n}"))
+    statuses = await probe.wait_for_ids({"f0", "f1", "f2"})
+    await running.stop()
+    for status in statuses[1:]:
+        response = status["response"]
+        assert (response["status"], response["twilio_error_code"], response["folded"]) == ("fail", 21610, True)
+    assert [entry["params"]["Body"] for entry in simulator.created()] == [
+        "first",
+        "+3 more alerts: then 0; then 1; then 2",
+    ]
