@@ -84,6 +84,19 @@ def test_check_config_ok_hides_secrets() -> None:
     )
 
 
+def test_check_config_states_the_guards_and_warns_of_an_open_broker() -> None:
+    env = clean_env(TWILIO_AUTH_TOKEN="tok")
+    example = str(Path(__file__).parent.parent / "examples" / "connector.toml")
+    result = cli("check-config", "--config", example, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "# guard: refused number types: premium_rate, shared_cost, international_network" in result.stdout
+    assert "# guard: rate caps: per recipient off/minute, off/day; overall off/minute, off/day" in result.stdout
+    assert "logs in to its broker without credentials and no guard bounds the volume" in result.stderr
+    strict = cli("check-config", "--config", example, env={**env, "TWILIO_CONNECTOR_POLICY": "strict"})
+    assert "# guard: countries: sender" in strict.stdout and "overall 300/minute, 10000/day" in strict.stdout
+    assert "without credentials" not in strict.stderr
+
+
 def test_check_config_lists_every_problem(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('TWILIO_ACCOUNT_SID = "abcd12345xyz"\nmax_in_flight = "many"\n')

@@ -135,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--state",
         action="append",
-        choices=["accepted", "sending", "sent", "failed", "invalid"],
-        help="states to show (repeatable; default: accepted, sending, failed)",
+        choices=["accepted", "sending", "folded", "sent", "failed", "invalid"],
+        help="states to show (repeatable; default: accepted, sending, folded, failed)",
     )
     listing.add_argument("--limit", type=int, default=50)
     retry = actions.add_parser("retry", help="send a failed request again")
@@ -260,7 +260,7 @@ def _journal(args: argparse.Namespace) -> int:
             for state, count in sorted(core.counts().items()):
                 print(f"{state}: {count}")
         elif args.action == "list":
-            for row in core.rows(args.state or ["accepted", "sending", "failed"], args.limit):
+            for row in core.rows(args.state or ["accepted", "sending", "folded", "failed"], args.limit):
                 accepted = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.pop("accepted_at")))
                 print(json.dumps({**row, "accepted_at": accepted}))
         elif core.retry_failed(args.seq):

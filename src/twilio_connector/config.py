@@ -554,9 +554,9 @@ def resolve_credentials(settings: Settings) -> Credentials:
 
 
 ANONYMOUS_WARNING = (
-    "the broker takes this connector without credentials, and no guard bounds the volume: if it takes anonymous "
-    "publishers too, anyone who reaches it can make this Twilio account send without limit (set per_minute and "
-    'per_day, allow_numbers, or policy = "strict"; or require credentials at the broker)'
+    "the connector logs in to its broker without credentials and no guard bounds the volume: if the broker takes "
+    "anonymous publishers too, anyone who reaches it can make this Twilio account send without limit (set "
+    'per_minute and per_day, allow_numbers, or policy = "strict"; or require credentials at the broker)'
 )
 
 

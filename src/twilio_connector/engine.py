@@ -368,7 +368,8 @@ class Engine:
 
     async def _conclude(self, entry: Entry, outcome: SendResult | TwilioFailure, attempt: int, started: float) -> None:
         seq, notification = entry.seq, entry.notification
-        if isinstance(outcome, TwilioFailure) and self._will_retry(notification, outcome, attempt):
+        if self._will_retry(notification, outcome, attempt):
+            assert isinstance(outcome, TwilioFailure)
             wait = self._retry_policy.delay(attempt, outcome, self._rand)
             log.info(
                 "request id=%s attempt=%d failed (%s, HTTP %s); retrying in %.2fs",
@@ -416,11 +417,10 @@ class Engine:
         """The digest is sent (or failed for good): so is each text folded into it, each with its own status."""
         core = self._journal.core
         members = await self._journal.read(lambda: core.members(entry.seq))
-        statuses = [(member.seq, _final(member.notification, outcome, attempt, folded=True)) for member in members]
+        rows = [(member.seq, _final(member.notification, outcome, attempt, folded=True)[1]) for member in members]
         sid = outcome.sid if isinstance(outcome, SendResult) else None
         error = outcome.message if isinstance(outcome, TwilioFailure) else None
         state, _, result = _final(entry.notification, outcome, attempt)
-        rows = [(seq, status) for seq, (_, status, _) in statuses]
         await self._journal.write(lambda: core.finish_digest(entry.seq, state, sid, error, rows))
         self._count_status(result, len(members))
         self.metrics.digests.labels(result).inc()
