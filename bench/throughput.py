@@ -89,8 +89,9 @@ def start_broker(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
 class Probe:
     """Publishes requests and times their statuses."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, distinct: bool = False) -> None:
         self.count = count
+        self.distinct = distinct
         self.sent: dict[str, float] = {}
         self.latencies: list[float] = []
         self.done = asyncio.Event()
@@ -115,7 +116,8 @@ class Probe:
             if rate:
                 await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
             request_id = f"bench-{n}"
-            recipient = {"name": "Darla", "phone_number": "+12345000000", "message": f"alert {n}"}
+            number = f"+1212{2_000_000 + n:07d}" if self.distinct else "+12345000000"
+            recipient = {"name": "Darla", "phone_number": number, "message": f"alert {n}"}
             payload = orjson.dumps({"request": {"recipient": recipient}, "id": request_id})
             while True:
                 try:
@@ -142,7 +144,7 @@ async def time_to_ready(launched: float, port: int) -> float:
 async def scenario(
     args: argparse.Namespace, mqtt_port: int, command: list[str], env: dict[str, str], metrics_port: int | None
 ) -> dict[str, Any]:
-    probe = Probe(args.requests)
+    probe = Probe(args.requests, args.distinct)
     await probe.connect(mqtt_port)
     if args.backlog:
         await probe.publish_all()
@@ -198,6 +200,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--rate", type=float, default=0.0, help="publish this many requests a second (default: a burst)"
     )
     parser.add_argument(
+        "--distinct",
+        action="store_true",
+        help="a new recipient for every request, with the default guards (storm folding on); default: one recipient, "
+        "folding off (so that every request is really sent)",
+    )
+    parser.add_argument(
         "--reference", action="store_true", help="measure bench/reference.py (built like the original) instead"
     )
     parser.add_argument(
@@ -220,12 +228,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         )
         assert simulator.stdout is not None
         simulator.stdout.readline()
-        env = {
-            **os.environ,
-            "TWILIO_CONNECTOR_FOLD_THRESHOLD": "0",  # one recipient, many requests: every one really sent
-            "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
-            "TWILIO_AUTH_TOKEN": "simulator-token",
-        }
+        env = {**os.environ, "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "simulator-token"}
+        if not args.distinct:
+            env["TWILIO_CONNECTOR_FOLD_THRESHOLD"] = "0"  # one recipient, many requests: every one really sent
         journal = Path(tmp) / "journal.db"
         metrics_port: int | None = free_port()
         command = [
@@ -290,6 +295,8 @@ def row(args: argparse.Namespace, result: dict[str, Any]) -> str:
     if args.reference:
         mode = "reference design"
     shape = "backlog" if args.backlog else f"{args.rate:g}/s" if args.rate else "burst"
+    if args.distinct:
+        shape += ", distinct numbers"
     return (
         f"| {shape} | {args.requests} | {args.latency_ms:g} ms | {mode} "
         f"| {result['rate']:.0f} | {result['p50']:.1f} | {result['p95']:.1f} | {result['p99']:.1f} "

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from .contract import ErrorCode, Notification, encode_status, failure_status
 from .policy import Caps, Limits, refusal
-from .store import Duplicate, JournalCore
+from .store import Duplicate, Identity, JournalCore
 from .storms import StormRule, Verdict, foldable, window_key
 
 __all__ = ["Accepted", "Admission", "Folded", "Refused"]
@@ -54,6 +54,7 @@ class Admission:
         self._clock = clock
         self.storms = storms
         self._caps = limits.caps
+        self._capped = bool(self._caps.scopes(""))
         self._dedupe_window = dedupe_window
         self._digest_retries = digest_retries
 
@@ -62,12 +63,12 @@ class Admission:
     ) -> Accepted | Folded | Refused | Duplicate:
         """Run inside a journal write. `begin`: start the first attempt at once if it may go now."""
         now = self._clock()
-        key, duplicate = core.duplicate(notification, now, self._dedupe_window)
+        identity, duplicate = core.duplicate(notification, now, self._dedupe_window)
         if duplicate is not None:
             return duplicate
         reason = refusal(self.limits, notification)
         if reason is not None:
-            return self._refuse(core, notification, key, now, reason)
+            return self._refuse(core, notification, identity, now, reason)
         start, storm, window = now, "", None
         if self.storms.threshold:
             storm = window_key(notification)
@@ -77,20 +78,23 @@ class Admission:
                 if digest is None:
                     digest = core.open_digest(notification, window.closes_at, self._digest_retries, now)
                     core.save_window(storm, replace(window, digest=digest))
-                return Folded(core.record(notification, key, now, digest=digest), digest, window.closes_at)
-        reason = self._over_cap(core, notification, now)
-        if reason is not None:
-            return self._refuse(core, notification, key, now, reason)
+                return Folded(core.record(notification, identity, now, digest=digest), digest, window.closes_at)
+        if self._capped:
+            reason = self._over_cap(core, notification, now)
+            if reason is not None:
+                return self._refuse(core, notification, identity, now, reason)
+            self._count(core, notification, now)
         if window is not None:
             core.save_window(storm, window)
-        self._count(core, notification, now)
         begun = begin and start <= now
-        return Accepted(core.record(notification, key, now, begin=begun, start_at=start), begun, start)
+        return Accepted(core.record(notification, identity, now, begin=begun, start_at=start), begun, start)
 
-    def _refuse(self, core: JournalCore, notification: Notification, key: bytes, now: float, reason: str) -> Refused:
+    def _refuse(
+        self, core: JournalCore, notification: Notification, identity: Identity, now: float, reason: str
+    ) -> Refused:
         recipient = notification.to if notification.listed else None
         status = encode_status(failure_status(notification.id, ErrorCode.REJECTED, reason, recipient=recipient))
-        return Refused(core.record(notification, key, now, refused=(status, reason)), reason)
+        return Refused(core.record(notification, identity, now, refused=(status, reason)), reason)
 
     def _over_cap(self, core: JournalCore, notification: Notification, now: float) -> str | None:
         for span, scope, cap, what in self._caps.scopes(notification.to):

@@ -54,6 +54,7 @@ _TYPES = {
 #: non-geographic networks of region 001 (+800, +808, +870, +881, +882, +883, +888, +979).
 NUMBER_TYPES = (*_TYPES, INTERNATIONAL_NETWORK)
 DEFAULT_REFUSED_TYPES = ("premium_rate", "shared_cost", INTERNATIONAL_NETWORK)
+ANY_COUNTRY = ("*",)
 
 
 @lru_cache(maxsize=4096)  # parsing costs ~0.1 ms, and fleets text the same few numbers over and over
@@ -66,6 +67,7 @@ def country_of(number: str) -> str | None:
     return region if region and region not in ("ZZ", "001") else None
 
 
+@lru_cache(maxsize=4096)
 def number_class(number: str) -> str | None:
     """The class of `number` among `NUMBER_TYPES`, or None (an ordinary, unknown or unclassifiable number).
 
@@ -113,7 +115,7 @@ class Limits:
 
     allow: tuple[str, ...] = ()  # numbers or prefixes (`+1555`); if any, only these may be reached
     deny: tuple[str, ...] = ()  # numbers or prefixes never reached
-    countries: tuple[str, ...] = ("*",)  # ISO codes; "sender": the sender's country; "*": any
+    countries: tuple[str, ...] = ANY_COUNTRY  # ISO codes; "sender": the sender's country; "*": any
     refused_types: tuple[str, ...] = DEFAULT_REFUSED_TYPES
     per_recipient_per_minute: int = 0
     per_recipient_per_day: int = 0
@@ -168,14 +170,14 @@ class Caps:
 def refusal(limits: Limits, notification: Notification) -> str | None:
     """Why `notification` may not be sent whatever the rates, or None. Rate caps are checked apart (`Caps`)."""
     to = notification.to.removeprefix(WHATSAPP)
-    if any(to.startswith(prefix) for prefix in limits.deny):
+    if limits.deny and to.startswith(limits.deny):
         return f"{to} is on the deny list"
-    if limits.allow and not any(to.startswith(prefix) for prefix in limits.allow):
+    if limits.allow and not to.startswith(limits.allow):
         return f"{to} is not on the allow list"
     kind = number_class(to)
     if kind is not None and kind in limits.refused_types:
         return f"{to} is a {kind.replace('_', '-')} number (refused_number_types)"
-    allowed = _countries(limits, notification)
+    allowed = _countries(limits, notification) if limits.countries != ANY_COUNTRY else None
     if allowed is not None:
         country = country_of(to)
         if country not in allowed:

@@ -157,6 +157,14 @@ class Tracked:
 
 
 @dataclass(frozen=True, slots=True)
+class Identity:
+    """What makes two requests the same request: its dedupe key, and its optional fields as stored."""
+
+    key: bytes
+    options: str
+
+
+@dataclass(frozen=True, slots=True)
 class Duplicate:
     """The request is already in the journal. `status` is its recorded status, or None while it is in progress."""
 
@@ -179,10 +187,6 @@ class Track:
 def _tracked(row: tuple[Any, ...]) -> Tracked:
     seq, sid, interval, deadline, last_status, *request = row
     return Tracked(seq, sid, _entry(tuple(request)).notification, interval, deadline, last_status)
-
-
-def _options(notification: Notification) -> str:
-    return orjson.dumps(notification.options(), option=orjson.OPT_SORT_KEYS).decode()
 
 
 def dedupe_key(notification: Notification, options: str) -> bytes:
@@ -236,22 +240,23 @@ class JournalCore:
     def accept(self, notification: Notification, now: float, window: float, *, begin: bool = False) -> int | Duplicate:
         """Record a new request, or say it is a duplicate. `begin`: its first attempt starts at once (as with
         `begin_attempt`, and the caller sends it itself), saving a commit."""
-        key, duplicate = self.duplicate(notification, now, window)
-        return duplicate or self.record(notification, key, now, begin=begin)
+        identity, duplicate = self.duplicate(notification, now, window)
+        return duplicate or self.record(notification, identity, now, begin=begin)
 
-    def duplicate(self, notification: Notification, now: float, window: float) -> tuple[bytes, Duplicate | None]:
-        """The request's dedupe key, and the request recorded with it within `window` seconds if there is one."""
-        key = dedupe_key(notification, _options(notification))
+    def duplicate(self, notification: Notification, now: float, window: float) -> tuple[Identity, Duplicate | None]:
+        """The request's identity, and the request recorded with it within `window` seconds if there is one."""
+        options = orjson.dumps(notification.options(), option=orjson.OPT_SORT_KEYS).decode()
+        identity = Identity(dedupe_key(notification, options), options)
         row = self.db.execute(
             "SELECT seq, status FROM requests WHERE dedupe_key = ? AND accepted_at >= ? ORDER BY seq DESC LIMIT 1",
-            (key, now - window),
+            (identity.key, now - window),
         ).fetchone()
-        return key, None if row is None else Duplicate(row[0], row[1])
+        return identity, None if row is None else Duplicate(row[0], row[1])
 
     def record(
         self,
         notification: Notification,
-        key: bytes,
+        identity: Identity,
         now: float,
         *,
         begin: bool = False,
@@ -274,7 +279,7 @@ class JournalCore:
             "options, state, attempts, attempt_started_at, next_attempt_at, accepted_at, updated_at, digest_seq, "
             "status, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                *(key, n.id, n.kind.value, n.to, n.from_, n.name, n.content, n.retries, _options(n)),
+                *(identity.key, n.id, n.kind.value, n.to, n.from_, n.name, n.content, n.retries, identity.options),
                 *(state, attempts, started, start, now, now, digest, status, error),
             ),
         )
@@ -313,7 +318,8 @@ class JournalCore:
             "digest", Kind.SMS, template.to, template.from_, template.name, "", retries,
             messaging_service_sid=template.messaging_service_sid,
         )  # fmt: skip
-        seq = self.record(digest, os.urandom(16), now, start_at=send_at)
+        options = orjson.dumps(digest.options(), option=orjson.OPT_SORT_KEYS).decode()
+        seq = self.record(digest, Identity(os.urandom(16), options), now, start_at=send_at)
         self.db.execute("UPDATE requests SET request_id = ? WHERE seq = ?", (f"digest-{seq}", seq))
         return seq
 
