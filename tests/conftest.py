@@ -29,8 +29,8 @@ from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 DEFAULT_FROM = "+15005550006"
 #: Environment for connector processes in tests: they send bursts to one number, so storm folding is off (it is
-#: tested on its own, in test_storms.py).
-UNFOLDED = {"TWILIO_CONNECTOR_FOLD_THRESHOLD": "0"}
+#: tested on its own, in test_storms.py), and an attempt in doubt is looked up once, a second after it began.
+TEST_ENV = {"TWILIO_CONNECTOR_FOLD_THRESHOLD": "0", "TWILIO_CONNECTOR_RECONCILE_WINDOW": "1"}
 RECIPIENT = "+12345000000"
 
 
@@ -206,6 +206,7 @@ def make_settings(broker: Broker, simulator: SimulatorHandle, **overrides: Any) 
         shutdown_timeout=5.0,
         journal_path=":memory:",
         fold_threshold=0,  # the tests send bursts to one number: folding is tested on its own
+        reconcile_window=1.0,  # one lookup, a second after an attempt in doubt began (test_reconcile.py: more)
     )
     return replace(settings, **overrides)
 
@@ -228,10 +229,10 @@ class ConnectorProcess:
         defaults: bool = False,
         **env: str,
     ) -> None:
-        """`defaults`: the connector's own defaults, storm folding included."""
+        """`defaults`: the connector's own defaults (storm folding, the reconcile window), not TEST_ENV's."""
         environment = {
             **os.environ,
-            **({} if defaults else UNFOLDED),
+            **({} if defaults else TEST_ENV),
             "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID,
             "TWILIO_AUTH_TOKEN": DEFAULT_AUTH_TOKEN,
             **env,

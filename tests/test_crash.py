@@ -48,5 +48,5 @@ async def test_kill_9_mid_burst_loses_and_doubles_nothing(
     assert all(s["response"]["status"] == "success" for s in probe.statuses)
     assert 0 < created_before_restart < BURST + 32
     second_run = log.read_text().rsplit("run:", 1)[-1]
-    assert "was being sent when the connector stopped" in second_run  # the in-doubt path was exercised
+    assert "were being sent when the connector stopped" in second_run  # the in-doubt path was exercised
     await probe.stop()

@@ -93,7 +93,7 @@ async def test_permanent_twilio_error_is_reported_and_never_retried(
     assert len(simulator.created()) == 1
 
 
-async def test_gateway_errors_are_retried_up_to_the_requested_retries(
+async def test_gateway_errors_are_looked_up_then_retried_up_to_the_requested_retries(
     probe: MqttProbe, simulator: SimulatorHandle
 ) -> None:
     simulator.sim.faults.append(Fault(status=503, code=20503, count=2))
@@ -140,8 +140,10 @@ async def test_500_without_retries_is_reported(probe: MqttProbe, simulator: Simu
     simulator.sim.faults.append(Fault(status=500, code=20500, message="Internal Server Error"))
     await probe.publish("twilio/txt", sms("u3"))
     response = (await probe.status_of("u3"))["response"]
-    assert (response["status"], response["attempts"], response["http_status"]) == ("fail", 1, 500)
-    assert response["error_message"] == "Internal Server Error; not found at Twilio"
+    assert (response["status"], response["error"], response["attempts"]) == ("fail", "TwilioUnavailable", 1)
+    assert response["error_message"] == (
+        "Internal Server Error (HTTP 500); Twilio did not list it within 1 s: it was not created"
+    )
     assert len(simulator.created()) == 1
 
 

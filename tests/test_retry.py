@@ -19,9 +19,9 @@ def rejected(status: int, code: int | None = None, retry_after: float | None = N
     ("failure", "retry"),
     [
         (rejected(429, 20429), True),
-        (rejected(502), True),
-        (rejected(503, 20503), True),
-        (rejected(504), True),
+        (TwilioFailure(FailureKind.AMBIGUOUS, "Bad Gateway", 502), False),  # Twilio may have acted: look it up
+        (TwilioFailure(FailureKind.AMBIGUOUS, "x", 503, 20503), False),
+        (TwilioFailure(FailureKind.AMBIGUOUS, "Gateway Timeout", 504), False),
         (TwilioFailure(FailureKind.NOT_SENT, "refused"), True),
         (TwilioFailure(FailureKind.AMBIGUOUS, "timeout"), False),
         (TwilioFailure(FailureKind.AMBIGUOUS, "500", 500, 20500), False),
@@ -37,7 +37,7 @@ def test_only_failures_that_cannot_double_a_message_are_retried(failure: TwilioF
 
 
 def test_full_jitter_stays_under_an_exponential_ceiling_capped_by_max_delay() -> None:
-    failure = rejected(503)
+    failure = rejected(429)
     assert [POLICY.delay(n, failure, lambda: 1.0) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
     assert POLICY.delay(20, failure, lambda: 1.0) == 30.0
     assert POLICY.delay(3, failure, lambda: 0.0) == 0.0
@@ -54,8 +54,8 @@ def test_retry_after_is_a_floor_and_still_capped() -> None:
     [
         (TwilioFailure(FailureKind.NOT_SENT, "refused"), ErrorCode.TWILIO_UNAVAILABLE),
         (TwilioFailure(FailureKind.AMBIGUOUS, "timeout"), ErrorCode.OUTCOME_UNKNOWN),
-        (rejected(503), ErrorCode.TWILIO_UNAVAILABLE),
-        (rejected(503, 20503), ErrorCode.TWILIO_ERROR),
+        (rejected(429), ErrorCode.TWILIO_UNAVAILABLE),
+        (TwilioFailure(FailureKind.AMBIGUOUS, "Bad Gateway", 502), ErrorCode.OUTCOME_UNKNOWN),
         (rejected(429, 20429), ErrorCode.TWILIO_ERROR),
         (rejected(400, 21211), ErrorCode.TWILIO_ERROR),
     ],

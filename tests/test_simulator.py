@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -9,6 +10,7 @@ import pytest
 
 from conftest import SimulatorHandle, basic
 from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+from twilio_connector.twilio import TRIAL_PREFIX
 
 API = f"/2010-04-01/Accounts/{DEFAULT_ACCOUNT_SID}"
 
@@ -117,5 +119,33 @@ async def test_fault_injection_and_record(http: aiohttp.ClientSession, simulator
 
 async def test_latency_is_configurable(http: aiohttp.ClientSession, simulator: SimulatorHandle) -> None:
     async with http.post("/_sim/config", json={"latency_ms": 50}) as response:
-        assert (await response.json()) == {"latency_ms": 50, "delivery": {}}
+        assert (await response.json()) == {"latency_ms": 50, "delivery": {}, "list_lag_ms": 0, "trial": False}
     assert simulator.sim.latency == 0.05
+
+
+async def test_twilios_habits_on_demand(http: aiohttp.ClientSession, simulator: SimulatorHandle) -> None:
+    """A list that lags behind creates, a trial account's prefix, paged lists, faults on lookups, and a
+    connection dropped after the message was created."""
+    async with http.post("/_sim/config", json={"list_lag_ms": 300, "trial": True}) as response:
+        assert (await response.json())["list_lag_ms"] == 300
+    form = {"To": "+12345000000", "From": "+15005550006"}
+    for n in range(3):
+        assert (await create(http, "Messages", Body=f"m{n}", **form))[0] == 201
+    async with http.get(f"{API}/Messages.json", params={"To": "+12345000000"}) as response:
+        assert (await response.json())["messages"] == []  # not listed yet
+    await asyncio.sleep(0.35)
+    async with http.get(f"{API}/Messages.json", params={"To": "+12345000000", "PageSize": "2"}) as response:
+        page = await response.json()
+    assert [item["body"] for item in page["messages"]] == [f"{TRIAL_PREFIX}m2", f"{TRIAL_PREFIX}m1"]
+    async with http.get(page["next_page_uri"]) as response:
+        last = await response.json()
+    assert [item["body"] for item in last["messages"]] == [f"{TRIAL_PREFIX}m0"] and last["next_page_uri"] is None
+    async with http.post("/_sim/faults", json={"status": 403, "code": 20003, "list": True}) as response:
+        assert response.status == 201
+    async with http.get(f"{API}/Messages.json") as response:
+        assert response.status == 403
+    async with http.post("/_sim/faults", json={"status": 0, "store": True, "drop": True}) as response:
+        assert response.status == 201
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await create(http, "Messages", Body="dropped", **form)
+    assert simulator.created()[-1]["outcome"] == "dropped" and "stored" in simulator.created()[-1]

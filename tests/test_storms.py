@@ -96,7 +96,7 @@ def test_digest_always_fits(texts: list[str], max_segments: int) -> None:
 
 def admission(**limits: int) -> Admission:
     clock = iter(float(n) for n in range(1_000_000))
-    return Admission(Limits(**limits), StormRule(3, 60.0), 600.0, 5, clock=lambda: next(clock))
+    return Admission(Limits(**limits), StormRule(3, 60.0), (600.0, 7 * 86400.0), 5, clock=lambda: next(clock))
 
 
 def test_admission_folds_past_the_threshold_into_one_digest(tmp_path: Path) -> None:
@@ -156,7 +156,11 @@ async def test_storm_is_folded_and_survives_a_kill_9(
     journal, log = tmp_path / "journal.db", tmp_path / "connector.log"
     log.write_text("run:\n")
     options = ("--client-id", "storm-test")
-    env = {"TWILIO_CONNECTOR_FOLD_THRESHOLD": "10", "TWILIO_CONNECTOR_FOLD_WINDOW": "3"}
+    env = {
+        "TWILIO_CONNECTOR_FOLD_THRESHOLD": "10",
+        "TWILIO_CONNECTOR_FOLD_WINDOW": "3",
+        "TWILIO_CONNECTOR_RECONCILE_WINDOW": "1",  # attempts the kill cut short are looked up once, after 1 s
+    }
     probe = MqttProbe(broker.url)
     await probe.start()
     first = ConnectorProcess(broker, simulator, journal, log, *options, defaults=True, **env)

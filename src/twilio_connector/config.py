@@ -92,6 +92,7 @@ class Settings:
     journal_sync: str = "full"
     journal_retention: float = 7 * 24 * 3600.0
     dedupe_window: float = 600.0
+    reconcile_window: float = 120.0
     max_backlog: int = 100_000
     allow_numbers: tuple[str, ...] = ()
     deny_numbers: tuple[str, ...] = ()
@@ -403,6 +404,7 @@ _FIELDS: dict[str, _Field] = {
     "journal_sync": _Field(_journal_sync),
     "journal_retention": _Field(_non_negative_float),
     "dedupe_window": _Field(_non_negative_float),
+    "reconcile_window": _Field(_positive_float),
     "max_backlog": _Field(_positive_int),
     "allow_numbers": _Field(_prefixes),
     "deny_numbers": _Field(_prefixes),

@@ -6,8 +6,8 @@ Three loops share the journal:
 - publish: send unpublished statuses and mark them once the broker acknowledged them.
 New requests and statuses reach the other loops through the journal's in-memory hand-over; the journal is
 queried only for the rest (after a restart, retries, overflow).
-A request whose attempt's outcome is unknown (a crash mid-send, a timeout, a 500) is looked up at Twilio before
-it is ever sent again.
+A request whose attempt's outcome is unknown (a crash mid-send, a timeout, any 5xx) is looked up at Twilio, on a
+schedule across the reconcile window and holding no slot between lookups, before it is ever sent again.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import contextlib
 import logging
 import math
 import random
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
@@ -36,6 +37,7 @@ from .contract import (
     success_status,
 )
 from .intake import Accepted, Admission, Folded, Refused
+from .lifecycle import lookup_offsets, next_lookup
 from .metrics import Metrics
 from .policy import Pacer
 from .retry import RetryPolicy, error_code_for
@@ -94,7 +96,12 @@ class Engine:
         self._publish = publish
         self._rand = rand
         self._retry_policy = RetryPolicy(settings.backoff_base, settings.backoff_max)
-        self._admission = Admission(settings.limits, settings.storms, settings.dedupe_window, settings.max_retries)
+        self._admission = Admission(
+            settings.limits,
+            settings.storms,
+            (settings.dedupe_window, max(settings.dedupe_window, settings.session_expiry)),
+            settings.max_retries,
+        )
         self._pacer = Pacer(settings.sender_rate)
         self._kinds = {settings.txt_topic: Kind.SMS, settings.call_topic: Kind.CALL}
         self._active: dict[int, asyncio.Task[None]] = {}
@@ -125,13 +132,14 @@ class Engine:
     # -- lifecycle --------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Resume from the journal: reconcile attempts in doubt, then serve due requests and statuses."""
+        """Resume from the journal: attempts cut short go in doubt, then serve due requests and statuses."""
         core = self._journal.core
+        grace = lookup_offsets(self._settings.reconcile_window)[0]
+        interrupted = await self._journal.write(lambda: core.doubt_interrupted(grace))
+        if interrupted:
+            log.info("%d request(s) were being sent when the connector stopped: looking them up at Twilio", interrupted)
         self._unfinished = await self._journal.read(core.unfinished)
         self._update_room()
-        for entry in await self._journal.read(core.in_doubt):
-            log.info("request id=%s was being sent when the connector stopped: checking Twilio", entry.notification.id)
-            self._spawn(entry.seq, self._resolve_doubt(entry))
         self._loops = [
             asyncio.create_task(_supervised(self._dispatch), name="dispatch"),
             asyncio.create_task(_supervised(self._publish_statuses), name="publish"),
@@ -163,8 +171,11 @@ class Engine:
 
     # -- intake -----------------------------------------------------------------------------------------
 
-    async def handle(self, topic: str, payload: bytes) -> None:
-        """Take one MQTT request. Returns once it, or its failure status if it is invalid, is durably recorded."""
+    async def handle(self, topic: str, payload: bytes, redelivered: bool = False) -> None:
+        """Take one MQTT request. Returns once it, or its failure status if it is invalid, is durably recorded.
+
+        `redelivered`: the broker sent it before (MQTT's DUP flag), perhaps days ago to a process that recorded it
+        and died before acknowledging: it is looked for in the journal as far back as a session can hold it."""
         kind = self._kinds.get(topic)
         if kind is None:
             log.warning("ignoring a message on unexpected topic %r", topic)
@@ -195,7 +206,9 @@ class Engine:
             begin = core.hand_requests and not core.ready and self._free_slots() > 0
             self._starting += begin
             try:
-                admitted = await self._journal.write(partial(self._admission.admit, core, notification, begin=begin))
+                admitted = await self._journal.write(
+                    partial(self._admission.admit, core, notification, begin=begin, redelivered=redelivered)
+                )
             finally:
                 self._starting -= begin
             await self._admitted(notification, admitted)
@@ -282,25 +295,33 @@ class Engine:
                 await asyncio.wait_for(self._work.wait(), wait if 0 < wait < 1.0 else 1.0)
 
     async def _deliver(self, entry: Entry, *, begun: bool = False) -> None:
-        """Make the next attempt. `begun`: the journal already records it as started."""
+        """Make the next attempt, or the next lookup of one in doubt. `begun`: the journal already records the
+        attempt as started."""
         notification, attempt = entry.notification, entry.attempts + 1
         started = time.monotonic()
         try:
             if entry.members:
                 entry = await self._with_digest_body(entry)
                 notification = entry.notification
+            if entry.state == "doubt":
+                await self._look_up(entry, started)
+                return
             pause = self._pacer.reserve(notification.from_, time.time())
             if pause:
                 await asyncio.sleep(pause)  # queue behind the sender's earlier messages rather than fail
             if not begun:
                 await self._journal.begin_attempt(entry.seq)  # durable before anything leaves
+            began = time.time()
             with self.metrics.twilio_seconds.time():
                 outcome = await self._sender.create(notification)
-            if isinstance(outcome, TwilioFailure) and outcome.kind is FailureKind.AMBIGUOUS:
-                outcome = await self._reconcile(entry, time.time() - (time.monotonic() - started), outcome)
             # A slot bounds the requests waiting on Twilio; recording the outcome need not hold one.
             self._answered.add(entry.seq)
             self._work.set()
+            if isinstance(outcome, TwilioFailure) and outcome.kind is FailureKind.AMBIGUOUS:
+                why = f"{outcome.message} (HTTP {outcome.http_status})" if outcome.http_status else outcome.message
+                log.info("request id=%s: %s; looking it up at Twilio before anything else", notification.id, why)
+                await self._look_again(entry.seq, began, 0, why)
+                return
             await self._conclude(entry, outcome, attempt, started)
         except asyncio.CancelledError:
             raise
@@ -313,49 +334,53 @@ class Engine:
             await self._finish(entry.seq, "failed", status, None, "internal error")
             self.metrics.statuses.labels("fail", ErrorCode.INTERNAL_ERROR.value).inc()
 
-    async def _resolve_doubt(self, entry: Entry) -> None:
-        """An attempt was under way when the process stopped: find it at Twilio, or send it (once)."""
-        if entry.members:
-            entry = await self._with_digest_body(entry)
+    async def _look_up(self, entry: Entry, started: float) -> None:
+        """Look an attempt in doubt up at Twilio: a match no other request claimed is its success; without one,
+        look again later, until the reconcile window is over (see `lifecycle`)."""
+        notification, window = entry.notification, self._settings.reconcile_window
         since = entry.attempt_started_at or time.time()
-        delay = self._settings.backoff_base
-        while True:
-            found = await self._sender.find(entry.notification, since)
-            if not isinstance(found, TwilioFailure):
-                break
-            log.warning("request id=%s: cannot check Twilio (%s); trying again", entry.notification.id, found.message)
-            await asyncio.sleep(delay)
-            delay = min(self._settings.backoff_max, delay * 2)
-        match = await self._unclaimed(found)
-        self.metrics.reconciliations.labels("yes" if match else "no").inc()
-        if match is not None:
-            await self._conclude(entry, match, entry.attempts, time.monotonic())
+        found = await self._sender.find(notification, since)
+        if not isinstance(found, TwilioFailure):
+            for candidate in reversed(found):  # the oldest first: identical alerts claim their messages in order
+                if await self._claim(entry, candidate, started):
+                    self.metrics.reconciliations.labels("yes").inc()
+                    log.info("request id=%s: Twilio created it as %s", notification.id, candidate.sid)
+                    return
+        lookups = entry.lookups + 1
+        if next_lookup(lookups, window) is not None:
+            if isinstance(found, TwilioFailure):
+                log.warning("request id=%s: cannot look it up at Twilio (%s)", notification.id, found.message)
+            await self._look_again(entry.seq, since, lookups)
             return
-        # Never reached Twilio: the interrupted attempt does not count against the request's retries.
-        await self._deliver(replace(entry, state="accepted", attempts=entry.attempts - 1, attempt_started_at=None))
-
-    async def _reconcile(self, entry: Entry, since: float, failure: TwilioFailure) -> SendResult | TwilioFailure:
-        """After an ambiguous failure: a match at Twilio is a success; without one the failure stands as safe
-        to retry (the request evidently did not arrive)."""
-        found = await self._sender.find(entry.notification, since)
+        self.metrics.reconciliations.labels("no").inc()
+        why = entry.last_error or "no answer from Twilio"
         if isinstance(found, TwilioFailure):
-            return failure  # cannot tell: stays ambiguous, never resent blindly
-        match = await self._unclaimed(found)
-        self.metrics.reconciliations.labels("yes" if match else "no").inc()
-        if match is not None:
-            log.info("request id=%s: no answer from Twilio, but it was created as %s", entry.notification.id, match.sid)
-            return match
-        return TwilioFailure(
-            FailureKind.NOT_SENT, f"{failure.message}; not found at Twilio", failure.http_status, failure.code
-        )
+            outcome = TwilioFailure(
+                FailureKind.AMBIGUOUS,
+                f"{why}; Twilio's list could not be read to check ({found.message}): "
+                "the message may exist, so it is not sent again",
+            )
+        else:
+            outcome = TwilioFailure(
+                FailureKind.NOT_SENT, f"{why}; Twilio did not list it within {window:g} s: it was not created"
+            )
+        await self._conclude(entry, outcome, entry.attempts, started)
 
-    async def _unclaimed(self, candidates: list[SendResult]) -> SendResult | None:
-        """The oldest match not already recorded for another request."""
-        core = self._journal.core
-        for candidate in reversed(candidates):
-            if not await self._journal.read(lambda c=candidate: core.sid_known(c.sid)):  # type: ignore[misc]
-                return candidate
-        return None
+    async def _look_again(self, seq: int, since: float, lookups: int, error: str | None = None) -> None:
+        at = since + (next_lookup(lookups, self._settings.reconcile_window) or 0.0)
+        await self._journal.doubt(seq, at, lookups, error)
+        self._due_at(at)
+
+    async def _claim(self, entry: Entry, candidate: SendResult, started: float) -> bool:
+        """Finish `entry` with `candidate`, unless another request has claimed it (the journal's unique index
+        decides, in the transaction that finishes the request)."""
+        if await self._journal.read(lambda: self._journal.core.sid_known(candidate.sid)):
+            return False
+        try:
+            await self._conclude(entry, candidate, max(entry.attempts, 1), started)
+        except sqlite3.IntegrityError:
+            return False  # claimed since by an identical request
+        return True
 
     async def _with_digest_body(self, entry: Entry) -> Entry:
         """A digest's text, written from the texts folded into it (the same every time: a lookup at Twilio after
@@ -387,16 +412,16 @@ class Engine:
             await self._finish_digest(entry, outcome, attempt, started)
             return
         state, status, result = _final(notification, outcome, attempt)
-        self._count_status(result)
         if isinstance(outcome, SendResult):
-            self._log_outcome(notification, "success", attempt, started, sid=outcome.sid)
             track = self._tracker.track(outcome.status) if self._tracker else None
-            await self._finish(seq, state, status, outcome.sid, None, track=track)
+            await self._finish(seq, state, status, outcome.sid, None, track=track)  # may find the SID claimed
+            self._log_outcome(notification, "success", attempt, started, sid=outcome.sid)
             if self._tracker is not None:
                 self._tracker.wake()
-            return
-        self._log_outcome(notification, result, attempt, started, code=outcome.code)
-        await self._finish(seq, state, status, None, outcome.message)
+        else:
+            await self._finish(seq, state, status, None, outcome.message)
+            self._log_outcome(notification, result, attempt, started, code=outcome.code)
+        self._count_status(result)
 
     def _will_retry(self, notification: Notification, outcome: SendResult | TwilioFailure, attempt: int) -> bool:
         return (
@@ -421,7 +446,7 @@ class Engine:
         sid = outcome.sid if isinstance(outcome, SendResult) else None
         error = outcome.message if isinstance(outcome, TwilioFailure) else None
         state, _, result = _final(entry.notification, outcome, attempt)
-        await self._journal.write(lambda: core.finish_digest(entry.seq, state, sid, error, rows))
+        await self._journal.write(lambda: core.finish_digest(entry.seq, state, sid, error, rows))  # may raise, as above
         self._count_status(result, len(members))
         self.metrics.digests.labels(result).inc()
         self._log_outcome(entry.notification, result, attempt, started, sid=sid, folded=len(members))
@@ -481,7 +506,8 @@ class Engine:
         return failed
 
     async def _prune(self) -> None:
-        retention = max(self._settings.journal_retention, self._settings.dedupe_window)
+        # Finished requests are kept as long as a redelivery may still come for them.
+        retention = max(self._settings.journal_retention, self._settings.dedupe_window, self._settings.session_expiry)
         while True:
             removed = await self._journal.prune(time.time() - retention)
             if removed:

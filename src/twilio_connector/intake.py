@@ -46,7 +46,7 @@ class Admission:
         self,
         limits: Limits,
         storms: StormRule,
-        dedupe_window: float,
+        dedupe_windows: tuple[float, float],
         digest_retries: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -55,15 +55,18 @@ class Admission:
         self.storms = storms
         self._caps = limits.caps
         self._capped = bool(self._caps.scopes(""))
-        self._dedupe_window = dedupe_window
+        # How far back a request is looked for: a fresh publish, and a redelivery (DUP) that may come as late as
+        # the broker keeps the session. A fresh publish looks back less far, as devices reuse ids and texts.
+        self._dedupe_windows = dedupe_windows
         self._digest_retries = digest_retries
 
     def admit(
-        self, core: JournalCore, notification: Notification, *, begin: bool = False
+        self, core: JournalCore, notification: Notification, *, begin: bool = False, redelivered: bool = False
     ) -> Accepted | Folded | Refused | Duplicate:
-        """Run inside a journal write. `begin`: start the first attempt at once if it may go now."""
+        """Run inside a journal write. `begin`: start the first attempt at once if it may go now. `redelivered`:
+        the broker's DUP flag."""
         now = self._clock()
-        identity, duplicate = core.duplicate(notification, now, self._dedupe_window)
+        identity, duplicate = core.duplicate(notification, now, self._dedupe_windows[redelivered])
         if duplicate is not None:
             return duplicate
         reason = refusal(self.limits, notification)

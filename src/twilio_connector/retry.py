@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from .contract import ErrorCode
 from .twilio import FailureKind, TwilioFailure
 
-# Gateway errors mean the request never reached Twilio's application; a plain 500 may mean it did.
-_RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
+#: The one answer that proves Twilio did not act: too many concurrent requests (20429). Every 5xx is ambiguous
+#: (a 502 or 504 comes from a gateway that may have given up after Twilio created the message): the engine looks
+#: it up at Twilio before anything is sent again.
+_RETRYABLE_HTTP = frozenset({429})
 
 
 @dataclass(frozen=True, slots=True)

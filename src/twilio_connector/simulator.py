@@ -1,10 +1,17 @@
 """A local stand-in for Twilio's Messages and Calls API, for tests, benchmarks and trying the connector.
 
-It answers the way Twilio does: Basic auth, Twilio-shaped resources and error bodies, the magic numbers of
-Twilio's test credentials. It adds latency and fault injection, and a record of what it received:
+It answers the way Twilio does: Basic auth, Twilio-shaped resources and error bodies, paged lists, the magic
+numbers of Twilio's test credentials. It adds latency and fault injection, Twilio's awkward habits on demand (a
+list that shows new resources only after `list_lag` seconds, as twilio-node #647 and twilio-java #442 report;
+a trial account's body prefix; a gateway error or a dropped connection after the resource was created), and a
+record of what it received:
 
     POST   /_sim/faults     {"status": 503, "code": 20503, "count": 2, "retry_after": 1, "resource": "Messages"}
+    POST   /_sim/faults     {"status": 502, "store": true}      (Twilio acted, then its edge answered 502)
+    POST   /_sim/faults     {"status": 0, "store": true, "drop": true}     (acted, then the connection dropped)
+    POST   /_sim/faults     {"status": 403, "code": 20003, "count": 100, "list": true}      (lookups refused)
     POST   /_sim/config     {"latency_ms": 100, "delivery": {"Messages": "delivered", "after_ms": 50}}
+    POST   /_sim/config     {"list_lag_ms": 5000, "trial": true}
     GET    /_sim/requests   every create request received, in order, with its outcome
     DELETE /_sim/requests   forget everything (resources, record, faults)
 """
@@ -20,12 +27,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+from urllib.parse import quote_plus
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-from .twilio import signature
+from .twilio import TRIAL_PREFIX, signature
 
 __all__ = ["DEFAULT_ACCOUNT_SID", "DEFAULT_AUTH_TOKEN", "Fault", "Simulator"]
 
@@ -66,7 +74,8 @@ class Fault:
     """Answer the next `count` create requests (of `resource`, or of both) with this error.
 
     `store` creates the resource anyway before answering (Twilio acted, the answer was lost);
-    `delay` holds the answer back that many seconds (to outlast a client timeout).
+    `delay` holds the answer back that many seconds (to outlast a client timeout);
+    `drop` closes the connection instead of answering; `list` applies the fault to list requests instead.
     """
 
     status: int
@@ -77,6 +86,8 @@ class Fault:
     resource: str | None = None
     store: bool = False
     delay: float = 0.0
+    drop: bool = False
+    list: bool = False
 
 
 @dataclass
@@ -126,6 +137,11 @@ class Simulator:
         if api_key_sid and api_key_secret:
             self._logins[api_key_sid] = api_key_secret
         self.latency = latency
+        #: Seconds a new message or call stays out of list answers (Twilio's lists lag behind its creates).
+        self.list_lag = 0.0
+        #: A trial account: Twilio prefixes every message body with TRIAL_PREFIX.
+        self.trial = False
+        self._created_at: dict[str, float] = {}  # sid -> monotonic time of creation, for list_lag
         self._auth_token = auth_token
         #: Delivery simulation, e.g. {"Messages": "delivered", "Calls": "completed", "after_ms": 50}: created
         #: resources reach that status after that delay, and their StatusCallback (if any) is called, signed.
@@ -186,9 +202,9 @@ class Simulator:
         self.received.append(entry)
         if self.latency:
             await asyncio.sleep(self.latency)
-        fault = self._take_fault(resource.name)
+        fault = self._take_fault(resource.name, listing=False)
         if fault is not None:
-            return await self._inject(fault, resource, form, media, entry)
+            return await self._inject(fault, resource, form, media, entry, request=request)
         problem = self._validate(resource, form, media)
         if problem is not None:
             entry["outcome"] = problem[1]
@@ -197,9 +213,9 @@ class Simulator:
         entry["outcome"] = item["sid"]
         return _json(item, status=201)
 
-    def _take_fault(self, resource: str) -> Fault | None:
+    def _take_fault(self, resource: str, *, listing: bool) -> Fault | None:
         for fault in self.faults:
-            if fault.resource in (None, resource):
+            if fault.resource in (None, resource) and fault.list is listing:
                 fault.count -= 1
                 if fault.count <= 0:
                     self.faults.remove(fault)
@@ -207,13 +223,23 @@ class Simulator:
         return None
 
     async def _inject(
-        self, fault: Fault, resource: _Resource, form: dict[str, str], media: list[str], entry: dict[str, Any]
+        self,
+        fault: Fault,
+        resource: _Resource,
+        form: dict[str, str],
+        media: list[str],
+        entry: dict[str, Any],
+        *,
+        request: web.Request,
     ) -> web.Response:
         if fault.store and self._validate(resource, form, media) is None:
             entry["stored"] = self._store(resource, form, media)["sid"]
         if fault.delay:
             await asyncio.sleep(fault.delay)
-        entry["outcome"] = fault.code or fault.status
+        entry["outcome"] = fault.code or fault.status or "dropped"
+        if fault.drop and request.transport is not None:
+            request.transport.abort()  # no answer at all: the client sees the connection close
+            raise asyncio.CancelledError
         headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
         return _error(fault.status, fault.code, fault.message, headers)
 
@@ -260,7 +286,7 @@ class Simulator:
         }
         if resource.name == "Messages":
             item = common | {
-                "body": form.get("Body", ""),
+                "body": (TRIAL_PREFIX if self.trial else "") + form.get("Body", ""),
                 "num_segments": str(max(1, -(-len(form.get("Body", "")) // 153))),
                 "num_media": str(len(media)),
                 "date_sent": None,
@@ -288,6 +314,7 @@ class Simulator:
                 "subresource_uris": {"notifications": f"{base}/Notifications.json"},
             }
         resource.items[sid] = item
+        self._created_at[sid] = time.monotonic()
         final = self.delivery.get(resource.name)
         if final:
             task = asyncio.get_running_loop().create_task(self._deliver(resource, item, final, form))
@@ -318,27 +345,39 @@ class Simulator:
         refusal = self._authorised(request)
         if refusal is not None:
             return refusal
+        fault = self._take_fault(resource.name, listing=True)
+        if fault is not None:
+            return _error(fault.status, fault.code, fault.message)
         to, sender = request.query.get("To"), request.query.get("From")
         try:
             page_size = max(1, min(1000, int(request.query.get("PageSize", "50"))))
+            page = max(0, int(request.query.get("Page", "0")))
         except ValueError:
-            return _error(400, 20001, "PageSize must be an integer")
+            return _error(400, 20001, "PageSize and Page must be integers")
+        visible_before = time.monotonic() - self.list_lag
         matches = [
             item
             for item in reversed(resource.items.values())  # newest first, as Twilio lists them
-            if (to is None or item["to"] == to) and (sender is None or item["from"] == sender)
-        ][:page_size]
-        uri = f"{API.format(account=self.account_sid)}/{resource.name}.json?PageSize={page_size}&Page=0"
+            if (to is None or item["to"] == to)
+            and (sender is None or item["from"] == sender)
+            and self._created_at.get(item["sid"], 0.0) <= visible_before
+        ]
+        start = page * page_size
+        items = matches[start : start + page_size]
+        base = f"{API.format(account=self.account_sid)}/{resource.name}.json"
+        filters = "".join(f"&{key}={quote_plus(value)}" for key, value in (("To", to), ("From", sender)) if value)
+        uri = f"{base}?PageSize={page_size}{filters}&Page={page}"
+        more = start + page_size < len(matches)
         return _json(
             {
-                resource.name.lower(): matches,
-                "end": max(0, len(matches) - 1),
-                "first_page_uri": uri,
-                "next_page_uri": None,
-                "page": 0,
+                resource.name.lower(): items,
+                "end": start + max(0, len(items) - 1),
+                "first_page_uri": f"{base}?PageSize={page_size}{filters}&Page=0",
+                "next_page_uri": f"{base}?PageSize={page_size}{filters}&Page={page + 1}" if more else None,
+                "page": page,
                 "page_size": page_size,
-                "previous_page_uri": None,
-                "start": 0,
+                "previous_page_uri": f"{base}?PageSize={page_size}{filters}&Page={page - 1}" if page else None,
+                "start": start,
                 "uri": uri,
             }
         )
@@ -366,7 +405,12 @@ class Simulator:
         document = orjson.loads(await request.read())
         self.latency = float(document.get("latency_ms", self.latency * 1000)) / 1000
         self.delivery = document.get("delivery", self.delivery)
-        return _json({"latency_ms": self.latency * 1000, "delivery": self.delivery})
+        self.list_lag = float(document.get("list_lag_ms", self.list_lag * 1000)) / 1000
+        self.trial = bool(document.get("trial", self.trial))
+        return _json(
+            {"latency_ms": self.latency * 1000, "delivery": self.delivery, "list_lag_ms": self.list_lag * 1000}
+            | {"trial": self.trial}
+        )
 
     async def _get_received(self, request: web.Request) -> web.Response:
         return _json(self.received)
@@ -376,4 +420,5 @@ class Simulator:
         self.faults.clear()
         for resource in self._resources.values():
             resource.items.clear()
+        self._created_at.clear()
         return web.Response(status=204)

@@ -8,8 +8,10 @@ per request. The connection is never used by both at once: reads asked for durin
 event loop, and a commit of a few writes took 3 ms at the median, 18 ms at p99.)
 
 Request states: `accepted` (waiting for its first or next attempt) -> `sending` (an attempt may be on the wire)
--> `sent` or `failed`; `invalid` for a request that broke the contract (kept for its status). A row found in
-`sending` at start-up had an attempt whose outcome is unknown. A text folded into a storm's digest waits in
+-> `sent` or `failed`; `invalid` for a request that broke the contract (kept for its status). An attempt whose
+outcome is unknown (no answer, a 5xx, or a row found in `sending` at start-up) waits in `doubt` for its next
+lookup at Twilio (`lookups` done so far, the next one due at `next_attempt_at`). A SID is claimed by at most one
+request: a unique index, so two identical alerts can never both be finished with one message. A text folded into a storm's digest waits in
 `folded` (with `digest_seq`) until its digest, a request of its own with `members` > 0, is sent or fails.
 Storm windows (`windows`) and rate counts (`counters`, fixed time buckets) live here too, so a restart keeps them
 and their size is bounded by the traffic of a day, not of the process's life.
@@ -77,7 +79,8 @@ CREATE TABLE IF NOT EXISTS requests (
     accepted_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     digest_seq INTEGER,
-    members INTEGER NOT NULL DEFAULT 0
+    members INTEGER NOT NULL DEFAULT 0,
+    lookups INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS tracking (
     seq INTEGER PRIMARY KEY,
@@ -110,16 +113,21 @@ CREATE TABLE IF NOT EXISTS counters (
 ) WITHOUT ROWID;
 """
 #: Columns added since the first release, for journals it created (whose `requests` table lacks them).
-_ADDED_COLUMNS = (("digest_seq", "INTEGER"), ("members", "INTEGER NOT NULL DEFAULT 0"))
+_ADDED_COLUMNS = (
+    ("digest_seq", "INTEGER"),
+    ("members", "INTEGER NOT NULL DEFAULT 0"),
+    ("lookups", "INTEGER NOT NULL DEFAULT 0"),
+)
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS requests_dedupe ON requests (dedupe_key, accepted_at);
 CREATE INDEX IF NOT EXISTS requests_waiting ON requests (seq) WHERE state = 'accepted';
 CREATE INDEX IF NOT EXISTS requests_due ON requests (next_attempt_at) WHERE state = 'accepted';
 CREATE INDEX IF NOT EXISTS requests_sending ON requests (seq) WHERE state = 'sending';
+CREATE INDEX IF NOT EXISTS requests_doubt ON requests (next_attempt_at) WHERE state = 'doubt';
 CREATE INDEX IF NOT EXISTS requests_folded ON requests (seq) WHERE state = 'folded';
 CREATE INDEX IF NOT EXISTS requests_members ON requests (digest_seq) WHERE digest_seq IS NOT NULL;
 CREATE INDEX IF NOT EXISTS requests_unpublished ON requests (seq) WHERE status IS NOT NULL AND status_published = 0;
-CREATE INDEX IF NOT EXISTS requests_sid ON requests (sid) WHERE sid IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS requests_sid_claim ON requests (sid) WHERE sid IS NOT NULL;
 CREATE INDEX IF NOT EXISTS requests_finished ON requests (updated_at) WHERE status_published = 1;
 CREATE INDEX IF NOT EXISTS tracking_sid ON tracking (sid);
 CREATE INDEX IF NOT EXISTS tracking_due ON tracking (next_check_at);
@@ -129,7 +137,7 @@ CREATE INDEX IF NOT EXISTS windows_closing ON windows (closes_at);
 
 _COLUMNS = (
     "seq, request_id, kind, to_number, from_number, name, content, retries, options, state, attempts, "
-    "attempt_started_at, sid, members"
+    "attempt_started_at, sid, members, lookups, last_error"
 )
 
 
@@ -142,6 +150,8 @@ class Entry:
     attempt_started_at: float | None
     sid: str | None
     members: int = 0  # > 0: a storm's digest, standing for that many folded texts
+    lookups: int = 0  # lookups at Twilio done for the attempt in doubt
+    last_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,11 +206,11 @@ def dedupe_key(notification: Notification, options: str) -> bytes:
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
-    seq, request_id, kind, to, sender, name, content, retries, options, state, attempts, started, sid, members = row
+    seq, request_id, kind, to, sender, name, content, retries, options, state, attempts, started, sid, *counts = row
     notification = Notification(request_id, Kind(kind), to, sender, name, content, retries)
     if options != "{}":
         notification = notification.with_options(orjson.loads(options))
-    return Entry(seq, notification, state, attempts, started, sid, members)
+    return Entry(seq, notification, state, attempts, started, sid, *counts)
 
 
 class JournalCore:
@@ -356,6 +366,7 @@ class JournalCore:
         """Finish a digest and, with it, each folded request with its own status. The digest has no status of
         its own to publish: nobody asked for it."""
         now = time.time()
+        self._handed_requests.discard(seq)
         self.db.execute(
             "UPDATE requests SET state = ?, sid = ?, last_error = ?, status_published = 1, updated_at = ? "
             "WHERE seq = ?",
@@ -411,9 +422,31 @@ class JournalCore:
             (now, now, seq),
         )
 
-    def retry_later(self, seq: int, at: float, error: str) -> None:
+    def doubt(self, seq: int, at: float, lookups: int, error: str | None = None) -> None:
+        """The attempt's outcome is unknown: look it up at Twilio at `at` (`lookups` done so far). `error`: why
+        it is in doubt (kept from the first time)."""
+        self._handed_requests.discard(seq)  # handed over for its lookup: it waits in the journal again
         self.db.execute(
-            "UPDATE requests SET state = 'accepted', next_attempt_at = ?, last_error = ?, updated_at = ? WHERE seq = ?",
+            "UPDATE requests SET state = 'doubt', next_attempt_at = ?, lookups = ?, "
+            "last_error = COALESCE(?, last_error), updated_at = ? WHERE seq = ?",
+            (at, lookups, error, time.time(), seq),
+        )
+
+    def doubt_interrupted(self, grace: float) -> int:
+        """Attempts cut short by a stop (rows left in `sending`) are in doubt: looked up `grace` seconds after they
+        began. The attempt does not count against the request's retries (the connector's stop is not its fault)."""
+        return self.db.execute(
+            "UPDATE requests SET state = 'doubt', lookups = 0, attempts = attempts - 1, "
+            "last_error = 'the connector stopped while sending it', "
+            "next_attempt_at = COALESCE(attempt_started_at, 0) + ? WHERE state = 'sending'",
+            (grace,),
+        ).rowcount
+
+    def retry_later(self, seq: int, at: float, error: str) -> None:
+        self._handed_requests.discard(seq)
+        self.db.execute(
+            "UPDATE requests SET state = 'accepted', next_attempt_at = ?, last_error = ?, lookups = 0, updated_at = ? "
+            "WHERE seq = ?",
             (at, error, time.time(), seq),
         )
 
@@ -421,6 +454,7 @@ class JournalCore:
         self, seq: int, state: str, status: bytes, sid: str | None, error: str | None, *, track: Track | None = None
     ) -> None:
         now = time.time()
+        self._handed_requests.discard(seq)  # a lookup's request is finished without a new attempt
         self.db.execute(
             "UPDATE requests SET state = ?, status = ?, sid = ?, last_error = ?, status_published = 0, "
             "updated_at = ? WHERE seq = ?",
@@ -523,7 +557,13 @@ class JournalCore:
         when this should be asked again: `now` if more are due, else when the next waiting one falls due (None if
         none waits). Finding all of them turns the hand-over of new requests (back) on."""
         handed = self._handed_requests
+        # Lookups of attempts in doubt first: they are never handed over, and each settles a request.
         rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM requests INDEXED BY requests_doubt "
+            "WHERE state = 'doubt' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+            (now, limit + len(busy)),
+        ).fetchall()
+        rows += self.db.execute(
             f"SELECT {_COLUMNS} FROM requests INDEXED BY requests_waiting "
             "WHERE state = 'accepted' AND next_attempt_at <= ? ORDER BY seq LIMIT ?",
             (now, limit + len(busy) + len(handed)),
@@ -533,7 +573,10 @@ class JournalCore:
             return entries, now
         self.hand_requests = self.hand_over_limit > 0
         row = self.db.execute(
-            "SELECT MIN(next_attempt_at) FROM requests WHERE state = 'accepted' AND next_attempt_at > ?", (now,)
+            "SELECT MIN(at) FROM (SELECT MIN(next_attempt_at) AS at FROM requests WHERE state = 'accepted' "
+            "AND next_attempt_at > ? UNION ALL SELECT MIN(next_attempt_at) FROM requests WHERE state = 'doubt' "
+            "AND next_attempt_at > ?)",
+            (now, now),
         ).fetchone()
         return entries, None if row[0] is None else float(row[0])
 
@@ -569,7 +612,7 @@ class JournalCore:
         # Two counts, each over its partial index: `state IN (...)` would scan the whole table.
         return sum(
             int(self.db.execute(f"SELECT COUNT(*) FROM requests WHERE state = '{state}'").fetchone()[0])
-            for state in ("accepted", "sending", "folded")
+            for state in ("accepted", "sending", "doubt", "folded")
         )
 
     def counts(self) -> dict[str, int]:
@@ -749,6 +792,9 @@ class Journal:
 
     async def retry_later(self, seq: int, at: float, error: str) -> None:
         await self.write(lambda: self.core.retry_later(seq, at, error))
+
+    async def doubt(self, seq: int, at: float, lookups: int, error: str | None = None) -> None:
+        await self.write(lambda: self.core.doubt(seq, at, lookups, error))
 
     async def finish(
         self, seq: int, state: str, status: bytes, sid: str | None, error: str | None, *, track: Track | None = None

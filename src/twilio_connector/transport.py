@@ -28,7 +28,9 @@ __all__ = ["BrokerError", "MqttTransport"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Handler = Callable[[str, bytes], Awaitable[None]]
+#: handler(topic, payload, redelivered): `redelivered` is the PUBLISH's DUP flag, set by a broker sending again a
+#: message it sent before without an acknowledgement.
+Handler = Callable[[str, bytes, bool], Awaitable[None]]
 
 READ_SIZE = 16 * 1024
 RECONNECT_BASE = 0.25
@@ -204,7 +206,7 @@ class MqttTransport:
             self._paused = self._client._connection._transport
             self._paused.pause_reading()
         try:
-            await self._handler(topic, payload)
+            await self._handler(topic, payload, bool(properties.get("dup")) if isinstance(properties, dict) else False)
         finally:
             self._pending -= 1
             if self._paused is not None and self._pending <= self._high_water // 2:

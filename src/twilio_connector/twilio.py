@@ -101,8 +101,9 @@ def _rejection(status: int, body: bytes, retry_after: str | None) -> TwilioFailu
             code = document["code"]
         if isinstance(document.get("message"), str):
             message = document["message"]
-    # A 500 may come after Twilio acted on the request; gateway errors (502-504) come before.
-    kind = FailureKind.AMBIGUOUS if status == 500 else FailureKind.REJECTED
+    # Any 5xx may come after Twilio acted: a 500 from its application, a 502 or 504 from a gateway that gave up
+    # waiting for it, a 503 from a layer that cannot say. Only a 4xx (429 included) proves nothing was created.
+    kind = FailureKind.AMBIGUOUS if status >= 500 else FailureKind.REJECTED
     return TwilioFailure(kind, message, status, code, _retry_after(retry_after))
 
 
@@ -121,18 +122,51 @@ def _created(body: bytes, notification: Notification) -> SendResult | TwilioFail
 
 #: Twilio's clock and ours may differ; a match may be created a little "before" our attempt started.
 CLOCK_SKEW = 120.0
+#: Lookups read this many resources a page, and at most MAX_PAGES pages (newest first) per lookup.
+PAGE_SIZE, MAX_PAGES = 50, 20
+#: What a trial account puts before every message body.
+TRIAL_PREFIX = "Sent from your Twilio trial account - "
+#: Smart Encoding (on by default on Messaging Services) replaces characters outside GSM-7 that have a look-alike
+#: inside it: curly quotes, dashes, the ellipsis, unusual spaces. A stored body is compared after the same
+#: replacements on both sides, so a message Twilio rewrote still matches the request it came from.
+_SPACES = "\u00a0\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000\t"
+_SMART = str.maketrans(
+    {
+        **dict.fromkeys("\u2018\u2019\u201a\u201b\u2032\u02bc\u02bb\uff07", "'"),
+        **dict.fromkeys("\u201c\u201d\u201e\u201f\u2033\u00ab\u00bb\uff02", '"'),
+        **dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d", "-"),
+        **dict.fromkeys(_SPACES, " "),
+        "\u2026": "...",
+        "\u2022": "-",
+        "\u200b": "",
+        "\ufeff": "",
+    }
+)
+
+
+def same_body(stored: str, sent: str) -> bool:
+    """Whether a body Twilio stored is the one we sent: exactly, or after a trial account's prefix and Smart
+    Encoding's replacements."""
+    if stored == sent:
+        return True
+    stored = stored.removeprefix(TRIAL_PREFIX).translate(_SMART)
+    return stored == sent.translate(_SMART)
+
+
+def _created_at(item: dict[str, Any]) -> float | None:
+    try:
+        return parsedate_to_datetime(str(item.get("date_created"))).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 def _matches(item: dict[str, Any], notification: Notification, since: float) -> bool:
     if item.get("to") != notification.to or (notification.from_ and item.get("from") != notification.from_):
         return False
-    if notification.kind is Kind.SMS and item.get("body") != notification.content:
+    if notification.kind is Kind.SMS and not same_body(str(item.get("body") or ""), notification.content):
         return False
-    try:
-        created = parsedate_to_datetime(str(item.get("date_created"))).timestamp()
-    except (TypeError, ValueError):
-        return False
-    return created >= since - CLOCK_SKEW
+    created = _created_at(item)
+    return created is not None and created >= since - CLOCK_SKEW
 
 
 class TwilioClient:
@@ -189,15 +223,38 @@ class TwilioClient:
         """Messages or calls matching `notification` created since `since` (epoch seconds), newest first.
 
         Used when an attempt's outcome is unknown: Twilio has no idempotency key, so the only way to avoid a
-        second text is to look. A message must match To, From (unless a Messaging Service picks it) and Body;
-        a call To and From (Twilio does not echo a call's Url or TwiML).
+        second text is to look. A message must match To, From (unless a Messaging Service picks it) and Body
+        (see `same_body`); a call To and From (Twilio does not echo a call's Url or TwiML). Pages are walked
+        newest first until one reaches back past `since` (no `DateSent` filter: a queued message has none).
         """
         assert self._session is not None, "use 'async with TwilioClient(...)'"
-        query = {"To": notification.to, "PageSize": "100"}
+        query = {"To": notification.to, "PageSize": str(PAGE_SIZE)}
         if notification.from_:
             query["From"] = notification.from_
+        url: URL | None = self._urls[notification.kind].with_query(query)
+        found: list[SendResult] = []
+        for _ in range(MAX_PAGES):
+            if url is None:
+                break
+            page = await self._page(url, notification.kind)
+            if isinstance(page, TwilioFailure):
+                return page
+            items, url = page
+            found.extend(
+                SendResult(str(item["sid"]), str(item.get("status") or ""), str(item.get("to")), str(item.get("from")))
+                for item in items
+                if _matches(item, notification, since)
+            )
+            oldest = _created_at(items[-1]) if items else None
+            if oldest is None or oldest < since - CLOCK_SKEW:
+                break
+        return found
+
+    async def _page(self, url: URL, kind: Kind) -> tuple[list[dict[str, Any]], URL | None] | TwilioFailure:
+        """One page of a list: its resources, and the next page's URL (None on the last page)."""
+        assert self._session is not None
         try:
-            async with self._session.get(self._urls[notification.kind], params=query) as response:
+            async with self._session.get(url) as response:
                 body = await response.read()
                 if response.status != 200:
                     return _rejection(response.status, body, response.headers.get("Retry-After"))
@@ -205,14 +262,11 @@ class TwilioClient:
             return TwilioFailure(FailureKind.NOT_SENT, f"cannot list Twilio resources: {exc.__class__.__name__}")
         try:
             document = orjson.loads(body)
-            items = document["messages" if notification.kind is Kind.SMS else "calls"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            items = [item for item in document["messages" if kind is Kind.SMS else "calls"] if isinstance(item, dict)]
+            following = document.get("next_page_uri")
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             return TwilioFailure(FailureKind.AMBIGUOUS, "unreadable list answer from Twilio")
-        return [
-            SendResult(str(item["sid"]), str(item.get("status") or ""), str(item.get("to")), str(item.get("from")))
-            for item in items
-            if isinstance(item, dict) and _matches(item, notification, since)
-        ]
+        return items, url.join(URL(following)) if isinstance(following, str) and following else None
 
     async def fetch(self, kind: Kind, sid: str) -> dict[str, Any] | TwilioFailure:
         """The current state of a message or call (for delivery tracking)."""
