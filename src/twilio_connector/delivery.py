@@ -18,7 +18,6 @@ from typing import Any, Protocol
 
 from .config import Settings
 from .contract import ErrorCode, Notification, SendResult, encode_status, failure_status, success_status
-from .dispatch import Dispatcher
 from .lifecycle import Attempt, Decision, Lifecycle, LookUp, Retry
 from .metrics import Metrics
 from .policy import Pacer
@@ -28,11 +27,19 @@ from .storms import DIGEST_SEGMENTS, digest_body
 from .tracking import DeliveryTracker
 from .twilio import TwilioFailure
 
-__all__ = ["Delivery", "Sender"]
+__all__ = ["Delivery", "Scheduler", "Sender"]
 
 log = logging.getLogger(__name__)
 
 DIGEST_TEXTS = 400  # texts read to write a digest: more never fit in its ten segments
+
+
+class Scheduler(Protocol):
+    """What delivery tells the dispatcher: a slot is free again; something falls due at `when`."""
+
+    def answered(self, seq: int) -> None: ...
+
+    def due_at(self, when: float) -> None: ...
 
 
 class Sender(Protocol):
@@ -48,12 +55,14 @@ class Delivery:
         sender: Sender,
         journal: Journal,
         lifecycle: Lifecycle,
-        dispatcher: Dispatcher,
+        dispatcher: Scheduler,
         *,
         finished: Callable[[int], None],
         metrics: Metrics,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """`finished(n)`: n requests got their final status. Set `tracker` to follow what is sent."""
+        self._clock = clock
         self._settings = settings
         self._sender = sender
         self._journal = journal
@@ -82,21 +91,21 @@ class Delivery:
 
     async def _attempt(self, entry: Entry, begun: bool, started: float) -> None:
         notification = entry.notification
-        pause = self._pacer.reserve(notification.from_, time.time())
+        pause = self._pacer.reserve(notification.from_, self._clock())
         if pause:
             await asyncio.sleep(pause)  # queue behind the sender's earlier messages rather than fail
         if not begun:
             await self._journal.begin_attempt(entry.seq)  # durable before anything leaves
-        began = time.time()
+        began = self._clock()
         with self._metrics.twilio_seconds.time():
             outcome = await self._sender.create(notification)
         self._dispatcher.answered(entry.seq)
         attempt = Attempt(entry.attempts + 1, notification.retries, began)
-        await self._apply(entry, self._lifecycle.after_attempt(attempt, outcome, time.time()), started)
+        await self._apply(entry, self._lifecycle.after_attempt(attempt, outcome, self._clock()), started)
 
     async def _look_up(self, entry: Entry, started: float) -> None:
         notification = entry.notification
-        since = entry.attempt_started_at or time.time()
+        since = entry.attempt_started_at or self._clock()
         found = await self._sender.find(notification, since)
         if not isinstance(found, TwilioFailure):
             for candidate in reversed(found):  # the oldest first: identical alerts claim their messages in order
@@ -107,7 +116,7 @@ class Delivery:
         elif log.isEnabledFor(logging.WARNING):
             log.warning("request id=%s: cannot look it up at Twilio (%s)", notification.id, found.message)
         attempt = Attempt(entry.attempts, notification.retries, since, entry.lookups, entry.last_error)
-        decision = self._lifecycle.after_lookup(attempt, found, time.time())
+        decision = self._lifecycle.after_lookup(attempt, found, self._clock())
         if not isinstance(decision, LookUp):
             self._metrics.reconciliations.labels("no").inc()
         await self._apply(entry, decision, started)
@@ -134,7 +143,7 @@ class Delivery:
             log.info(
                 "request id=%s attempt=%d failed (%s, HTTP %s); retrying in %.2fs",
                 *(notification.id, entry.attempts + 1, failure.message, failure.http_status),
-                decision.at - time.time(),
+                decision.at - self._clock(),
             )
             await self._journal.retry_later(entry.seq, decision.at, failure.message)
             self._dispatcher.due_at(decision.at)

@@ -653,8 +653,10 @@ def _settle(outcomes: Iterable[tuple[asyncio.Future[Any], tuple[bool, Any]]]) ->
 class Journal:
     """Async front of `JournalCore`: statements on the event loop, group commits on one worker thread."""
 
-    def __init__(self, core: JournalCore) -> None:
+    def __init__(self, core: JournalCore, clock: Callable[[], float] = time.time) -> None:
+        """`clock`: what the journal's timestamps (acceptance, attempt start) are read from."""
         self.core = core
+        self.clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._reads: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []  # asked for during a commit
@@ -669,11 +671,18 @@ class Journal:
         self.writable = True  # the last commit succeeded (readiness)
 
     @classmethod
-    async def open(cls, path: str, sync: str = "full") -> Journal:
+    async def open(
+        cls,
+        path: str,
+        sync: str = "full",
+        *,
+        hand_over_limit: int = HAND_OVER_LIMIT,
+        clock: Callable[[], float] = time.time,
+    ) -> Journal:
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(max_workers=1) as opener:
-            core = await loop.run_in_executor(opener, lambda: JournalCore(path, sync, hand_over_limit=HAND_OVER_LIMIT))
-        return cls(core)
+            core = await loop.run_in_executor(opener, lambda: JournalCore(path, sync, hand_over_limit=hand_over_limit))
+        return cls(core, clock)
 
     async def close(self) -> None:
         await self.flush()
@@ -782,13 +791,13 @@ class Journal:
     # -- the operations the engine uses -------------------------------------------------------------------
 
     async def accept(self, notification: Notification, window: float, *, begin: bool = False) -> int | Duplicate:
-        return await self.write(lambda: self.core.accept(notification, time.time(), window, begin=begin))
+        return await self.write(lambda: self.core.accept(notification, self.clock(), window, begin=begin))
 
     async def reject(self, kind: Kind, request_id: str | None, status: bytes, reason: str) -> int:
-        return await self.write(lambda: self.core.reject(kind, request_id, status, reason, time.time()))
+        return await self.write(lambda: self.core.reject(kind, request_id, status, reason, self.clock()))
 
     async def begin_attempt(self, seq: int) -> None:
-        await self.write(lambda: self.core.begin_attempt(seq, time.time()))
+        await self.write(lambda: self.core.begin_attempt(seq, self.clock()))
 
     async def retry_later(self, seq: int, at: float, error: str) -> None:
         await self.write(lambda: self.core.retry_later(seq, at, error))
@@ -820,7 +829,7 @@ class Journal:
 
     async def prune(self, before: float) -> int:
         def prune() -> int:
-            self.core.prune_counts(time.time())
+            self.core.prune_counts(self.clock())
             return self.core.prune(before)
 
         return await self.write(prune)
