@@ -36,8 +36,8 @@ from twilio_connector.lifecycle import Lifecycle
 from twilio_connector.metrics import Metrics
 from twilio_connector.policy import Limits
 from twilio_connector.retry import RetryPolicy
-from twilio_connector.storms import StormRule
 from twilio_connector.store import Journal
+from twilio_connector.storms import StormRule
 from twilio_connector.twilio import FailureKind, TwilioFailure, same_body
 
 EXAMPLES = int(os.environ.get("CORE_EXAMPLES", "60"))
@@ -196,7 +196,7 @@ class DeliveryCore(RuleBasedStateMachine):
     def publish_statuses(self, acknowledged: bool) -> None:
         """Statuses go out; without the broker's PUBACK they are not marked, and go out again later."""
         rows = self.loop.run_until_complete(self.journal.unpublished(100))
-        for seq, status in rows:
+        for _, status in rows:
             self.published[orjson.loads(status)["id"]].add(status)
         if acknowledged and rows:
 
