@@ -32,11 +32,11 @@ from twilio_connector.config import Settings
 from twilio_connector.contract import Kind, Notification, SendResult
 from twilio_connector.delivery import Delivery
 from twilio_connector.intake import Admission
+from twilio_connector.journal import Journal
 from twilio_connector.lifecycle import Lifecycle
 from twilio_connector.metrics import Metrics
 from twilio_connector.policy import Limits
 from twilio_connector.retry import RetryPolicy
-from twilio_connector.store import Journal
 from twilio_connector.storms import StormRule
 from twilio_connector.twilio import FailureKind, TwilioFailure, same_body
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, free_port, make_settings, sms
-from twilio_connector import store
+from twilio_connector import journal, store
 from twilio_connector.simulator import Fault
 
 
@@ -144,7 +144,7 @@ async def test_work_past_the_hand_over_limit_waits_in_the_journal(
 ) -> None:
     """With room for 3 in memory, most requests and statuses overflow to the journal's queries, and retries
     come from them too: still one Twilio create per success and exactly one status per request."""
-    monkeypatch.setattr(store, "HAND_OVER_LIMIT", 3)
+    monkeypatch.setattr(journal, "HAND_OVER_LIMIT", 3)
     found = {"due": 0, "unpublished": 0}  # what the queries found: the overflow paths ran
     for name in found:
         original = getattr(store.JournalCore, name)

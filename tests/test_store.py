@@ -12,7 +12,8 @@ import pytest
 
 from twilio_connector import store
 from twilio_connector.contract import Kind, Notification
-from twilio_connector.store import Duplicate, Journal, JournalCore
+from twilio_connector.journal import Journal
+from twilio_connector.store import Duplicate, JournalCore
 
 
 def note(request_id: str = "r1", content: str = "hi") -> Notification:

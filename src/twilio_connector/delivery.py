@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -21,8 +20,9 @@ from .contract import ErrorCode, Notification, SendResult, encode_status, failur
 from .lifecycle import Attempt, Decision, Lifecycle, LookUp, Retry
 from .metrics import Metrics
 from .policy import Pacer
+from .ports import JournalPort, SidClaimed
 from .retry import error_code_for
-from .store import Entry, Journal
+from .store import Entry
 from .storms import DIGEST_SEGMENTS, digest_body
 from .tracking import DeliveryTracker
 from .twilio import TwilioFailure
@@ -53,7 +53,7 @@ class Delivery:
         self,
         settings: Settings,
         sender: Sender,
-        journal: Journal,
+        journal: JournalPort,
         lifecycle: Lifecycle,
         dispatcher: Scheduler,
         *,
@@ -123,11 +123,11 @@ class Delivery:
 
     async def _claim(self, entry: Entry, candidate: SendResult, started: float) -> bool:
         """Finish `entry` with `candidate`, unless another request has claimed it."""
-        if await self._journal.read(lambda: self._journal.core.sid_known(candidate.sid)):
+        if await self._journal.sid_known(candidate.sid):
             return False
         try:
             await self._finish(entry, candidate, max(entry.attempts, 1), started)
-        except sqlite3.IntegrityError:
+        except SidClaimed:
             return False  # claimed meanwhile by an identical request: the unique index said no
         return True
 
@@ -152,7 +152,7 @@ class Delivery:
             await self._finish(entry, decision.outcome, decision.attempt, started)
 
     async def _finish(self, entry: Entry, outcome: SendResult | TwilioFailure, attempt: int, started: float) -> None:
-        """Record the final status (claiming a SID may raise `sqlite3.IntegrityError`: see `_claim`)."""
+        """Record the final status (claiming a SID may raise `SidClaimed`: see `_claim`)."""
         if entry.members:
             await self._finish_digest(entry, outcome, attempt, started)
             return
@@ -174,13 +174,12 @@ class Delivery:
         self, entry: Entry, outcome: SendResult | TwilioFailure, attempt: int, started: float
     ) -> None:
         """The digest is sent (or failed for good): so is each text folded into it, each with its own status."""
-        core = self._journal.core
-        members = await self._journal.read(lambda: core.members(entry.seq))
+        members = await self._journal.members(entry.seq)
         rows = [(member.seq, final(member.notification, outcome, attempt, folded=True)[1]) for member in members]
         sid = outcome.sid if isinstance(outcome, SendResult) else None
         error = outcome.message if isinstance(outcome, TwilioFailure) else None
         state, _, result = final(entry.notification, outcome, attempt)
-        await self._journal.write(lambda: core.finish_digest(entry.seq, state, sid, error, rows))
+        await self._journal.finish_digest(entry.seq, state, sid, error, rows)
         self._count(result, len(members))
         self._metrics.digests.labels(result).inc()
         _log_outcome(entry.notification, result, attempt, started, sid=sid, folded=len(members))
@@ -191,7 +190,7 @@ class Delivery:
         a crash matches it)."""
         if entry.notification.content:
             return entry
-        texts = await self._journal.read(lambda: self._journal.core.digest_texts(entry.seq, DIGEST_TEXTS))
+        texts = await self._journal.digest_texts(entry.seq, DIGEST_TEXTS)
         body = digest_body(texts, entry.members, self._settings.limits.max_segments or DIGEST_SEGMENTS)
         return replace(entry, notification=replace(entry.notification, content=body))
 

@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .store import Entry, Journal
+from .ports import JournalPort
+from .store import Entry
 
 __all__ = ["Dispatcher"]
 
@@ -23,7 +24,7 @@ Work = Callable[[Entry, bool], Coroutine[Any, Any, None]]
 
 
 class Dispatcher:
-    def __init__(self, journal: Journal, max_in_flight: int, work: Work, closing: asyncio.Event) -> None:
+    def __init__(self, journal: JournalPort, max_in_flight: int, work: Work, closing: asyncio.Event) -> None:
         """`work(entry, begun)` takes a request to its next wait or its end; `begun`: its attempt is recorded."""
         self._journal = journal
         self._max_in_flight = max_in_flight
@@ -71,25 +72,23 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self) -> None:
-        core = self._journal.core
+        journal = self._journal
         # What waits in the journal is handed over a batch at a time, up to two rounds of slots ahead, so a slot
         # that frees is filled from memory at once.
         ahead = 2 * self._max_in_flight
         while not self._closing.is_set():
             self._wake.clear()
             free = self.free_slots()
-            while free > 0 and core.ready:
-                self.spawn(core.ready.popleft())
+            while free > 0 and journal.ready:
+                self.spawn(journal.ready.popleft())
                 free -= 1
             now = time.time()
-            if len(core.ready) < ahead // 2 and (not core.hand_requests or now >= self._query_at):
-                busy = set(self.active)
-                limit = ahead - len(core.ready)
-                again = await self._journal.read(lambda: core.refill(now, limit, busy))  # noqa: B023
+            if len(journal.ready) < ahead // 2 and (not journal.hand_requests or now >= self._query_at):
+                again = await journal.refill(now, ahead - len(journal.ready), set(self.active))
                 self._query_at = math.inf if again is None else again
                 if self._closing.is_set():
                     return  # `drain` is already waiting on what is in flight: leave the rest for next time
-            if core.ready and self.free_slots() > 0:
+            if journal.ready and self.free_slots() > 0:
                 continue
             # Woken by new work or a finished attempt; the timeout is for a retry falling due (or a missed wake).
             wait = self._query_at - time.time()

@@ -17,7 +17,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from functools import partial
 from typing import Any
 
 from .config import Settings
@@ -27,9 +26,10 @@ from .dispatch import Dispatcher
 from .intake import Accepted, Admission, Folded, Refused
 from .lifecycle import Lifecycle, lookup_offsets
 from .metrics import Metrics
+from .ports import JournalPort
 from .publisher import StatusPublisher
 from .retry import RetryPolicy
-from .store import Duplicate, Entry, Journal
+from .store import Duplicate, Entry
 from .tracking import DeliveryTracker
 
 __all__ = ["Engine", "Sender"]
@@ -57,7 +57,7 @@ class Engine:
         self,
         settings: Settings,
         sender: Sender,
-        journal: Journal,
+        journal: JournalPort,
         publish: Callable[[str, bytes], Awaitable[None]],
         *,
         tracker: DeliveryTracker | None = None,
@@ -115,12 +115,10 @@ class Engine:
 
     async def start(self) -> None:
         """Resume from the journal: attempts cut short go in doubt, then serve due requests and statuses."""
-        core = self._journal.core
-        grace = lookup_offsets(self._settings.reconcile_window)[0]
-        interrupted = await self._journal.write(lambda: core.doubt_interrupted(grace))
+        interrupted = await self._journal.doubt_interrupted(lookup_offsets(self._settings.reconcile_window)[0])
         if interrupted:
             log.info("%d request(s) were being sent when the connector stopped: looking them up at Twilio", interrupted)
-        self._unfinished = await self._journal.read(core.unfinished)
+        self._unfinished = await self._journal.unfinished()
         self._update_room()
         loops = {"dispatch": self._dispatcher.run, "publish": self._publisher.run, "prune": self._prune}
         if self._tracker is not None:
@@ -177,13 +175,11 @@ class Engine:
             await self._room.wait()  # backpressure: stop reading from the broker rather than grow without bound
             # With a free slot and no queue to wait behind, the first attempt is recorded with the request (one
             # commit, not two) and started from here.
-            core, dispatcher = self._journal.core, self._dispatcher
-            begin = core.hand_requests and not core.ready and dispatcher.free_slots() > 0
+            journal, dispatcher = self._journal, self._dispatcher
+            begin = journal.hand_requests and not journal.ready and dispatcher.free_slots() > 0
             dispatcher.starting += begin
             try:
-                admitted = await self._journal.write(
-                    partial(self._admission.admit, core, notification, begin=begin, redelivered=redelivered)
-                )
+                admitted = await journal.admit(self._admission, notification, begin=begin, redelivered=redelivered)
             finally:
                 dispatcher.starting -= begin
             await self._admitted(notification, admitted)
@@ -233,7 +229,7 @@ class Engine:
             if removed:
                 log.info("pruned %d finished request(s) from the journal", removed)
             # An operator's `twilio-connector journal retry` changes the backlog behind our back.
-            self._unfinished = await self._journal.read(self._journal.core.unfinished)
+            self._unfinished = await self._journal.unfinished()
             self._update_room()
             self._dispatcher.rescan()
             await asyncio.sleep(PRUNE_EVERY)

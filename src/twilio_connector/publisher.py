@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from .store import Journal
+from .ports import JournalPort
 
 __all__ = ["StatusPublisher"]
 
@@ -23,7 +23,7 @@ Publish = Callable[[str, bytes], Awaitable[None]]
 
 class StatusPublisher:
     def __init__(
-        self, journal: Journal, publish: Publish, status_topic: str, delivery_topic: str | None = None
+        self, journal: JournalPort, publish: Publish, status_topic: str, delivery_topic: str | None = None
     ) -> None:
         """`delivery_topic`: also publish delivery follow-ups there (only with delivery tracking)."""
         self._journal = journal
@@ -43,17 +43,17 @@ class StatusPublisher:
         await self._idle.wait()
 
     async def run(self) -> None:
-        journal, core = self._journal, self._journal.core
+        journal = self._journal
         while True:
             self._pending.clear()
-            rows = [core.outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(core.outbox)))]
+            rows = [journal.outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(journal.outbox)))]
             if rows:
                 failed = await self._publish_rows(self._status_topic, rows, journal.mark_published)
-                core.outbox.extendleft(reversed(failed))  # handed over: no query would find them again
-            elif not core.hand_statuses:
+                journal.outbox.extendleft(reversed(failed))  # handed over: no query would find them again
+            elif not journal.hand_statuses:
                 rows = await journal.unpublished(PUBLISH_BATCH)
                 if await self._publish_rows(self._status_topic, rows, journal.mark_published):
-                    core.hand_statuses = False  # so that the next round queries again
+                    journal.hand_statuses = False  # so that the next round queries again
             published = len(rows)
             if self._delivery_topic is not None:  # follow-ups exist only with delivery tracking
                 followups = await journal.unpublished_followups(PUBLISH_BATCH)

@@ -12,9 +12,9 @@ from aiohttp import web
 
 from .config import ANONYMOUS_WARNING, Credentials, Settings, anonymous_and_unbounded
 from .engine import Engine
+from .journal import Journal
 from .metrics import Metrics
 from .policy import describe_limits
-from .store import Journal
 from .tracking import DeliveryTracker
 from .transport import MqttTransport
 from .twilio import TwilioClient

@@ -1,11 +1,7 @@
-"""The journal: every accepted request and every unpublished status, durably, in SQLite (WAL).
+"""The journal's storage: every accepted request and every unpublished status, durably, in SQLite (WAL).
 
-Statements run on the event loop (they take microseconds: the pages are in memory); only COMMIT, which waits
-for the disk (fsync), runs on a worker thread. Writes are group-committed: while one commit is under way, the
-writes that arrive queue up and share the next commit, so durability costs one fsync per batch rather than one
-per request. The connection is never used by both at once: reads asked for during a commit run after it.
-(Running every statement on the worker thread cost more: each one handed the GIL back and forth with the busy
-event loop, and a commit of a few writes took 3 ms at the median, 18 ms at p99.)
+`JournalCore` runs the statements, synchronously, on one connection; `journal.Journal` is its async front (group
+commits), used by the connector, and the `twilio-connector journal` command uses it directly.
 
 Request states: `accepted` (waiting for its first or next attempt) -> `sending` (an attempt may be on the wire)
 -> `sent` or `failed`; `invalid` for a request that broke the contract (kept for its status). An attempt whose
@@ -25,15 +21,12 @@ either handed or found by a query, never both.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -43,7 +36,17 @@ from .contract import Kind, Notification
 from .policy import Caps
 from .storms import Window
 
-__all__ = ["SYNC_MODES", "Duplicate", "Entry", "Journal", "JournalCore", "Track", "Tracked"]
+__all__ = [
+    "HAND_OVER_LIMIT",
+    "MARK_DELAY",
+    "SYNC_MODES",
+    "Duplicate",
+    "Entry",
+    "Identity",
+    "JournalCore",
+    "Track",
+    "Tracked",
+]
 
 T = TypeVar("T")
 
@@ -631,205 +634,3 @@ class JournalCore:
         )
         names = [column[0] for column in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-
-def _attempt(operation: Callable[[], Any]) -> tuple[bool, Any]:
-    try:
-        return True, operation()
-    except sqlite3.Error as exc:
-        return False, exc
-
-
-def _settle(outcomes: Iterable[tuple[asyncio.Future[Any], tuple[bool, Any]]]) -> None:
-    for future, (ok, value) in outcomes:
-        if future.done():
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-
-class Journal:
-    """Async front of `JournalCore`: statements on the event loop, group commits on one worker thread."""
-
-    def __init__(self, core: JournalCore, clock: Callable[[], float] = time.time) -> None:
-        """`clock`: what the journal's timestamps (acceptance, attempt start) are read from."""
-        self.core = core
-        self.clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
-        self._batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-        self._reads: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []  # asked for during a commit
-        # Statuses and follow-ups published, to record with the next commit; and all not recorded yet, which the
-        # queries for what to publish must skip.
-        self._marks: tuple[list[int], list[int]] = ([], [])
-        self._marking: tuple[set[int], set[int]] = (set(), set())
-        self._mark_timer: asyncio.TimerHandle | None = None
-        self._flushing = False
-        self._flushed = asyncio.Event()
-        self._flushed.set()
-        self.writable = True  # the last commit succeeded (readiness)
-
-    @classmethod
-    async def open(
-        cls,
-        path: str,
-        sync: str = "full",
-        *,
-        hand_over_limit: int = HAND_OVER_LIMIT,
-        clock: Callable[[], float] = time.time,
-    ) -> Journal:
-        loop = asyncio.get_running_loop()
-        with ThreadPoolExecutor(max_workers=1) as opener:
-            core = await loop.run_in_executor(opener, lambda: JournalCore(path, sync, hand_over_limit=hand_over_limit))
-        return cls(core, clock)
-
-    async def close(self) -> None:
-        await self.flush()
-        self.core.close()
-        self._executor.shutdown(wait=True)
-
-    async def read(self, operation: Callable[[], T]) -> T:
-        """Run `operation` (a query) now, or right after the commit under way."""
-        if not self._flushing:
-            return operation()
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._reads.append((operation, future))
-        return await future
-
-    async def write(self, operation: Callable[[], T]) -> T:
-        """Run `operation` in the next group commit; return once it is committed."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._batch.append((operation, future))
-        self._start_flush()
-        return await future
-
-    def mark_published(self, seqs: Iterable[int]) -> None:
-        """Record statuses as published with the next commit, or within MARK_DELAY: not worth a commit (and an
-        fsync) of their own. Should the process die first, they are published again after the restart."""
-        self._mark(0, seqs)
-
-    def mark_followups_published(self, ids: Iterable[int]) -> None:
-        self._mark(1, ids)
-
-    def _mark(self, which: int, keys: Iterable[int]) -> None:
-        keys = list(keys)  # read twice below: a generator would leave the second empty
-        self._marks[which].extend(keys)
-        self._marking[which].update(keys)
-        if not self._flushing and self._mark_timer is None:
-            self._mark_timer = asyncio.get_running_loop().call_later(MARK_DELAY, self._start_flush)
-
-    async def flush(self) -> None:
-        """Return once everything written so far, published marks included, is committed."""
-        while self._flushing or any(self._marks):
-            self._start_flush()
-            await self._flushed.wait()
-
-    def _start_flush(self) -> None:
-        if self._mark_timer is not None:
-            self._mark_timer.cancel()
-            self._mark_timer = None
-        if not self._flushing:
-            self._flushing = True
-            self._flushed.clear()
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
-
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                batch, self._batch = self._batch, []
-                marks, self._marks = self._marks, ([], [])
-                try:
-                    outcomes = self._execute(batch, marks)
-                    await loop.run_in_executor(self._executor, self._commit)
-                    self.core.committed()
-                    self.writable = True
-                except Exception as exc:
-                    outcomes = self._abandon(exc, len(batch))
-                for marking, marked in zip(self._marking, marks, strict=True):
-                    marking.difference_update(marked)
-                _settle(zip((future for _, future in batch), outcomes, strict=True))
-                reads, self._reads = self._reads, []
-                _settle((future, _attempt(operation)) for operation, future in reads)
-                if not self._batch:
-                    break
-        finally:
-            self._flushing = False
-            self._flushed.set()
-            if any(self._marks) and self._mark_timer is None:
-                self._mark_timer = loop.call_later(MARK_DELAY, self._start_flush)
-
-    def _execute(
-        self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]], marks: tuple[list[int], list[int]]
-    ) -> list[tuple[bool, Any]]:
-        """Begin a transaction and run the batch's statements in it (on the event loop: microseconds each)."""
-        self.core.db.execute("BEGIN IMMEDIATE")
-        # No savepoint per operation (they cost two statements each): a failing statement changes nothing by
-        # itself, and one failed operation must not sink the batch.
-        outcomes = [_attempt(operation) for operation, _ in batch]
-        try:
-            if marks[0]:
-                self.core.mark_published(marks[0])
-            if marks[1]:
-                self.core.mark_followups_published(marks[1])
-        except sqlite3.Error:
-            pass  # left unmarked, they are published again after a restart: better than sinking the batch
-        return outcomes
-
-    def _commit(self) -> None:
-        """COMMIT, on the worker thread: it waits for the disk."""
-        self.core.db.execute("COMMIT")
-
-    def _abandon(self, exc: Exception, size: int) -> list[tuple[bool, Any]]:
-        with contextlib.suppress(sqlite3.Error):
-            self.core.db.execute("ROLLBACK")
-        self.core.rolled_back()
-        self.writable = False
-        return [(False, exc)] * size
-
-    # -- the operations the engine uses -------------------------------------------------------------------
-
-    async def accept(self, notification: Notification, window: float, *, begin: bool = False) -> int | Duplicate:
-        return await self.write(lambda: self.core.accept(notification, self.clock(), window, begin=begin))
-
-    async def reject(self, kind: Kind, request_id: str | None, status: bytes, reason: str) -> int:
-        return await self.write(lambda: self.core.reject(kind, request_id, status, reason, self.clock()))
-
-    async def begin_attempt(self, seq: int) -> None:
-        await self.write(lambda: self.core.begin_attempt(seq, self.clock()))
-
-    async def retry_later(self, seq: int, at: float, error: str) -> None:
-        await self.write(lambda: self.core.retry_later(seq, at, error))
-
-    async def doubt(self, seq: int, at: float, lookups: int, error: str | None = None) -> None:
-        await self.write(lambda: self.core.doubt(seq, at, lookups, error))
-
-    async def finish(
-        self, seq: int, state: str, status: bytes, sid: str | None, error: str | None, *, track: Track | None = None
-    ) -> None:
-        await self.write(lambda: self.core.finish(seq, state, status, sid, error, track=track))
-
-    async def unpublished(self, limit: int) -> list[tuple[int, bytes]]:
-        skip = frozenset(self._marking[0])
-        return await self.read(lambda: self.core.unpublished(limit, skip))
-
-    async def unpublished_followups(self, limit: int) -> list[tuple[int, bytes]]:
-        skip = frozenset(self._marking[1])
-        return await self.read(lambda: self.core.unpublished_followups(limit, skip))
-
-    async def delivered(self, seq: int, payload: bytes) -> bool:
-        return await self.write(lambda: self.core.delivered(seq, payload))
-
-    async def check_later(self, seq: int, at: float, interval: float, last_status: str) -> None:
-        await self.write(lambda: self.core.check_later(seq, at, interval, last_status))
-
-    async def republish(self, seq: int, status: bytes) -> None:
-        await self.write(lambda: self.core.republish(seq, status))
-
-    async def prune(self, before: float) -> int:
-        def prune() -> int:
-            self.core.prune_counts(self.clock())
-            return self.core.prune(before)
-
-        return await self.write(prune)

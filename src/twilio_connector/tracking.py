@@ -24,8 +24,9 @@ from aiohttp import web
 
 from .config import Settings
 from .contract import FINAL_STATES, Kind, delivery_status, encode_status
+from .ports import JournalPort
 from .secrets import Secret
-from .store import Journal, Track, Tracked
+from .store import Track, Tracked
 from .twilio import TwilioFailure, signature
 
 __all__ = ["DeliveryTracker"]
@@ -43,7 +44,7 @@ class DeliveryTracker:
     def __init__(
         self,
         settings: Settings,
-        journal: Journal,
+        journal: JournalPort,
         fetcher: Fetcher,
         signing_token: Secret | None = None,
     ) -> None:
@@ -65,14 +66,13 @@ class DeliveryTracker:
 
     async def run(self) -> None:
         """Poll what is due (in `poll` mode) and give up on what ran out of time (in both modes)."""
-        core = self._journal.core
         while True:
             self._wake.clear()
-            due = await self._journal.read(lambda: core.tracked_due(time.time(), POLL_BATCH))
+            due = await self._journal.tracked_due(time.time(), POLL_BATCH)
             await asyncio.gather(*(self._check(item) for item in due))
             if len(due) == POLL_BATCH:
                 continue
-            next_check = await self._journal.read(core.next_check)
+            next_check = await self._journal.next_check()
             wait = 60.0 if next_check is None else max(0.0, min(60.0, next_check - time.time()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
@@ -137,7 +137,7 @@ class DeliveryTracker:
             return web.Response(status=403, text="invalid signature")
         sid = params.get("MessageSid") or params.get("CallSid") or ""
         state = params.get("MessageStatus") or params.get("CallStatus") or ""
-        item = await self._journal.read(lambda: self._journal.core.tracked_by_sid(sid))
+        item = await self._journal.tracked_by_sid(sid)
         if item is not None and state in FINAL_STATES[item.notification.kind]:
             code = params.get("ErrorCode")
             await self._conclude(item, state, final=True, error_code=int(code) if code and code.isdigit() else None)

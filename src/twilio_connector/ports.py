@@ -1,0 +1,112 @@
+"""The journal port: what the engine's parts need of a journal, whatever keeps it (SQLite today).
+
+Every guarantee the engine gives rests on these operations being durable once they return, and on two rules a
+backend must enforce itself, not leave to the engine: a request is recorded once per dedupe key within its
+window (`admit`), and a Twilio SID is claimed by at most one request (`finish` and `finish_digest` raise
+`SidClaimed` otherwise, changing nothing).
+
+The hand-over (`ready`, `outbox`, `hand_requests`, `hand_statuses`) lets new requests and statuses reach the
+engine in memory once committed, so that finding work costs no query while the engine keeps up; a backend
+without it leaves both queues empty and both flags false, and the engine queries for everything.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Collection, Iterable
+from typing import TYPE_CHECKING, Protocol
+
+from .contract import Kind, Notification
+
+if TYPE_CHECKING:
+    from .intake import Accepted, Admission, Folded, Refused
+    from .store import Duplicate, Entry, Track, Tracked
+
+__all__ = ["JournalPort", "SidClaimed"]
+
+
+class SidClaimed(Exception):
+    """Another request already holds this Twilio SID: the request was not finished with it."""
+
+
+class JournalPort(Protocol):
+    clock: Callable[[], float]
+    writable: bool  # the last write was committed (readiness)
+
+    @property
+    def ready(self) -> deque[Entry]: ...
+
+    @property
+    def outbox(self) -> deque[tuple[int, bytes]]: ...
+
+    @property
+    def hand_requests(self) -> bool: ...
+
+    @property
+    def hand_statuses(self) -> bool: ...
+
+    @hand_statuses.setter
+    def hand_statuses(self, value: bool) -> None: ...
+
+    # -- requests in ---------------------------------------------------------------------------------
+    async def admit(
+        self, admission: Admission, notification: Notification, *, begin: bool, redelivered: bool
+    ) -> Accepted | Folded | Refused | Duplicate: ...
+
+    async def reject(self, kind: Kind, request_id: str | None, status: bytes, reason: str) -> int: ...
+
+    async def republish(self, seq: int, status: bytes) -> None: ...
+
+    # -- attempts and lookups ------------------------------------------------------------------------
+    async def refill(self, now: float, limit: int, busy: Collection[int]) -> float | None: ...
+
+    async def begin_attempt(self, seq: int) -> None: ...
+
+    async def doubt(self, seq: int, at: float, lookups: int, error: str | None = None) -> None: ...
+
+    async def doubt_interrupted(self, grace: float) -> int: ...
+
+    async def retry_later(self, seq: int, at: float, error: str) -> None: ...
+
+    async def sid_known(self, sid: str) -> bool: ...
+
+    async def finish(
+        self, seq: int, state: str, status: bytes, sid: str | None, error: str | None, *, track: Track | None = None
+    ) -> None: ...
+
+    async def members(self, seq: int) -> list[Entry]: ...
+
+    async def digest_texts(self, seq: int, limit: int) -> list[str]: ...
+
+    async def finish_digest(
+        self, seq: int, state: str, sid: str | None, error: str | None, statuses: list[tuple[int, bytes]]
+    ) -> None: ...
+
+    async def unfinished(self) -> int: ...
+
+    # -- statuses out --------------------------------------------------------------------------------
+    async def unpublished(self, limit: int) -> list[tuple[int, bytes]]: ...
+
+    def mark_published(self, seqs: Iterable[int]) -> None: ...
+
+    async def unpublished_followups(self, limit: int) -> list[tuple[int, bytes]]: ...
+
+    def mark_followups_published(self, ids: Iterable[int]) -> None: ...
+
+    # -- delivery tracking ---------------------------------------------------------------------------
+    async def tracked_due(self, now: float, limit: int) -> list[Tracked]: ...
+
+    async def tracked_by_sid(self, sid: str) -> Tracked | None: ...
+
+    async def next_check(self) -> float | None: ...
+
+    async def check_later(self, seq: int, at: float, interval: float, last_status: str) -> None: ...
+
+    async def delivered(self, seq: int, payload: bytes) -> bool: ...
+
+    # -- upkeep --------------------------------------------------------------------------------------
+    async def prune(self, before: float) -> int: ...
+
+    async def flush(self) -> None: ...
+
+    async def close(self) -> None: ...
