@@ -12,13 +12,42 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from .contract import ErrorCode, Notification, encode_status, failure_status
 from .policy import Caps, Limits, refusal
-from .store import Duplicate, Identity, JournalCore
-from .storms import StormRule, Verdict, foldable, window_key
+from .store import Duplicate, Identity
+from .storms import StormRule, Verdict, Window, foldable, window_key
 
-__all__ = ["Accepted", "Admission", "Folded", "Refused"]
+__all__ = ["Accepted", "Admission", "AdmissionStore", "Folded", "Refused"]
+
+
+class AdmissionStore(Protocol):
+    """The journal's side of admission, run in one transaction (`store.JournalCore` is the SQLite one)."""
+
+    def duplicate(self, notification: Notification, now: float, window: float) -> tuple[Identity, Duplicate | None]: ...
+
+    def record(
+        self,
+        notification: Notification,
+        identity: Identity,
+        now: float,
+        *,
+        begin: bool = False,
+        start_at: float | None = None,
+        digest: int | None = None,
+        refused: tuple[bytes, str] | None = None,
+    ) -> int: ...
+
+    def window(self, key: str) -> Window | None: ...
+
+    def save_window(self, key: str, window: Window) -> None: ...
+
+    def open_digest(self, template: Notification, send_at: float, retries: int, now: float) -> int: ...
+
+    def count(self, span: str, scope: str, oldest: int) -> int: ...
+
+    def bump(self, span: str, scope: str, bucket: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +90,7 @@ class Admission:
         self._digest_retries = digest_retries
 
     def admit(
-        self, core: JournalCore, notification: Notification, *, begin: bool = False, redelivered: bool = False
+        self, core: AdmissionStore, notification: Notification, *, begin: bool = False, redelivered: bool = False
     ) -> Accepted | Folded | Refused | Duplicate:
         """Run inside a journal write. `begin`: start the first attempt at once if it may go now. `redelivered`:
         the broker's DUP flag."""
@@ -93,19 +122,19 @@ class Admission:
         return Accepted(core.record(notification, identity, now, begin=begun, start_at=start), begun, start)
 
     def _refuse(
-        self, core: JournalCore, notification: Notification, identity: Identity, now: float, reason: str
+        self, core: AdmissionStore, notification: Notification, identity: Identity, now: float, reason: str
     ) -> Refused:
         recipient = notification.to if notification.listed else None
         status = encode_status(failure_status(notification.id, ErrorCode.REJECTED, reason, recipient=recipient))
         return Refused(core.record(notification, identity, now, refused=(status, reason)), reason)
 
-    def _over_cap(self, core: JournalCore, notification: Notification, now: float) -> str | None:
+    def _over_cap(self, core: AdmissionStore, notification: Notification, now: float) -> str | None:
         for span, scope, cap, what in self._caps.scopes(notification.to):
             count = core.count(span, scope, Caps.bucket(span, now)[1])
             if count >= cap:
                 return what.format(count) + f" (limit {cap})"
         return None
 
-    def _count(self, core: JournalCore, notification: Notification, now: float) -> None:
+    def _count(self, core: AdmissionStore, notification: Notification, now: float) -> None:
         for span, scope, _, _ in self._caps.scopes(notification.to):
             core.bump(span, scope, Caps.bucket(span, now)[0])
