@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,14 +23,15 @@ from conftest import (
     sms,
     wait_until,
 )
-from twilio_connector.contract import Kind, Notification
+from twilio_connector.contract import Kind, Notification, SendResult
 from twilio_connector.intake import Accepted, Admission
 from twilio_connector.lifecycle import lookup_offsets, next_lookup
 from twilio_connector.policy import Limits
-from twilio_connector.simulator import Fault
+from twilio_connector.secrets import Secret
+from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Fault
 from twilio_connector.store import Duplicate, JournalCore
 from twilio_connector.storms import StormRule
-from twilio_connector.twilio import TRIAL_PREFIX, same_body
+from twilio_connector.twilio import TRIAL_PREFIX, TwilioClient, same_body
 
 
 def stored_bodies(simulator: SimulatorHandle) -> Counter[str]:
@@ -93,14 +96,27 @@ async def test_the_lookup_walks_every_page(broker: Broker, simulator: SimulatorH
     assert stored_bodies(simulator)["the first alarm"] == 1
 
 
+async def test_a_lookup_reads_past_the_first_page(simulator: SimulatorHandle) -> None:
+    """120 newer messages to the same number: the one looked for is on the third page of 50."""
+    client = TwilioClient(simulator.url, DEFAULT_ACCOUNT_SID, DEFAULT_ACCOUNT_SID, Secret(DEFAULT_AUTH_TOKEN))
+    first = Notification("first", Kind.SMS, "+12345000000", "+15005550006", "D", "the first alarm", 0)
+    async with client:
+        since = time.time() - 1
+        created = await client.create(first)
+        for n in range(120):
+            await client.create(replace(first, id=f"later{n}", content=f"later alarm {n}"))
+        found = await client.find(first, since)
+    assert isinstance(created, SendResult) and found == [created]
+
+
 async def test_identical_alerts_never_share_one_message(
     broker: Broker, simulator: SimulatorHandle, probe: MqttProbe
 ) -> None:
-    """Two alerts with the same To, From and Body, both answers lost, only one of them created at Twilio: one
-    claims the message; the other finds none left for it, and is sent."""
+    """Two alerts with the same To, From and Body at Twilio at once, both answered 500, only one of them
+    created: one claims the message; the other finds none left for it, and is sent."""
     running = await connect(broker, simulator)
     simulator.sim.latency = 0.2  # both creates are at Twilio at once
-    simulator.sim.faults.extend([Fault(status=0, store=True, drop=True), Fault(status=502, message="Bad Gateway")])
+    simulator.sim.faults.extend([Fault(status=500, message="Internal Server Error", store=True), Fault(status=500)])
     for request_id in ("twin1", "twin2"):
         await probe.publish("twilio/txt", sms(request_id, message="freezer 3 above -5 C", retries=1))
     statuses = {s["id"]: s["response"] for s in await probe.wait_for_ids({"twin1", "twin2"}, timeout=15)}

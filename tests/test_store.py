@@ -13,6 +13,7 @@ import pytest
 from twilio_connector import store
 from twilio_connector.contract import Kind, Notification
 from twilio_connector.journal import Journal
+from twilio_connector.ports import SidClaimed
 from twilio_connector.store import Duplicate, JournalCore
 
 
@@ -164,3 +165,16 @@ async def test_a_failing_operation_does_not_sink_its_batch(journal: Journal) -> 
     good, bad = await asyncio.gather(journal.accept(note(), window=600), journal.write(broken), return_exceptions=True)
     assert isinstance(good, int) and isinstance(bad, sqlite3.Error)
     assert journal.core.unfinished() == 1
+
+
+async def test_a_sid_is_claimed_by_one_request_only(journal: Journal) -> None:
+    """Two identical alerts that both found the same message at Twilio: the journal lets one claim it."""
+    first = await journal.accept(note("twin1"), window=600)
+    second = await journal.accept(note("twin2"), window=600)
+    assert isinstance(first, int) and isinstance(second, int)
+    await journal.finish(first, "sent", b"status 1", "SM1", None)
+    with pytest.raises(SidClaimed):
+        await journal.finish(second, "sent", b"status 2", "SM1", None)
+    rows = journal.core.db.execute("SELECT seq, state, sid FROM requests ORDER BY seq").fetchall()
+    assert rows == [(first, "sent", "SM1"), (second, "accepted", None)]  # the refused claim changed nothing
+    assert journal.writable  # and sank nothing else
