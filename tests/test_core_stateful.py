@@ -98,7 +98,7 @@ class ModelTwilio:
             return TwilioFailure(FailureKind.REJECTED, "Permission denied", 403, 20003)
         now = self.clock()
         return [
-            SendResult(message["sid"], "queued", message["to"], message["from"])
+            SendResult(message["sid"], "queued", message["to"], message["from"], message["created"])
             for message in reversed(self.messages)
             if message["listed"] <= now
             and message["to"] == notification.to
@@ -282,11 +282,11 @@ class DeliveryCore(RuleBasedStateMachine):
             for (status,) in self.journal.core.db.execute("SELECT status FROM requests WHERE request_id = ?", (n.id,))
             if orjson.loads(status)["response"].get("error") == "OutcomeUnknown"
         )
-        unclaimed = Counter(
-            (m["to"], m["body"]) for m in self.twilio.messages if m["sid"] not in claimed and m["lag"] <= WINDOW
-        )
+        unclaimed = Counter((m["to"], m["body"]) for m in self.twilio.messages if m["sid"] not in claimed)
+        late = Counter((m["to"], m["body"]) for m in self.twilio.messages if m["lag"] > WINDOW)
         for group, count in unclaimed.items():
-            assert count <= unknown[group], f"{group}: {count} message(s) sent but reported not sent"
+            # A message listed too late may be what an identical alert claimed, leaving another unclaimed.
+            assert count <= unknown[group] + late[group], f"{group}: {count} message(s) sent but reported not sent"
 
 
 DeliveryCore.TestCase.settings = settings(

@@ -137,6 +137,7 @@ class SendResult:
     status: str
     to: str
     from_: str
+    created: float | None = None  # when Twilio created it (epoch seconds), as its list says
 
 
 class ContractViolation(Exception):

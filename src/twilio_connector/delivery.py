@@ -108,7 +108,7 @@ class Delivery:
         since = entry.attempt_started_at or self._clock()
         found = await self._sender.find(notification, since)
         if not isinstance(found, TwilioFailure):
-            for candidate in reversed(found):  # the oldest first: identical alerts claim their messages in order
+            for candidate in likeliest_first(found, since):
                 if await self._claim(entry, candidate, started):
                     self._metrics.reconciliations.labels("yes").inc()
                     log.info("request id=%s: Twilio had created it, as %s", notification.id, candidate.sid)
@@ -208,6 +208,15 @@ class Delivery:
             self._succeeded.inc(count)
         else:
             self._metrics.statuses.labels("fail", result).inc(count)
+
+
+def likeliest_first(candidates: list[SendResult], since: float) -> list[SendResult]:
+    """Matches in the order to claim them: those Twilio created after the attempt began, oldest first (identical
+    alerts claim their messages in order), then those a little before it (clocks differ), newest first. A
+    message created well before the attempt more likely belongs to an earlier identical alert."""
+    after = sorted((c for c in candidates if (c.created or since) >= since), key=lambda c: c.created or since)
+    before = sorted((c for c in candidates if (c.created or since) < since), key=lambda c: -(c.created or 0.0))
+    return after + before
 
 
 def final(

@@ -241,7 +241,13 @@ class TwilioClient:
                 return page
             items, url = page
             found.extend(
-                SendResult(str(item["sid"]), str(item.get("status") or ""), str(item.get("to")), str(item.get("from")))
+                SendResult(
+                    str(item["sid"]),
+                    str(item.get("status") or ""),
+                    str(item.get("to")),
+                    str(item.get("from")),
+                    _created_at(item),
+                )
                 for item in items
                 if _matches(item, notification, since)
             )
