@@ -21,7 +21,7 @@ from pathlib import Path
 
 import gmqtt
 import orjson
-from throughput import CLI, free_port, rss_mb, start_broker
+from throughput import CLI, connector_command, free_port, rss_mb, start_broker
 
 
 async def soak(args: argparse.Namespace, mqtt_port: int, command: list[str], env: dict[str, str]) -> list[str]:
@@ -85,20 +85,7 @@ def main() -> None:
             "TWILIO_CONNECTOR_PER_MINUTE": "1000000",
             "TWILIO_CONNECTOR_PER_DAY": "100000000",
         }
-        command = [
-            *CLI,
-            "run",
-            "--broker",
-            f"mqtt://127.0.0.1:{mqtt_port}",
-            "--twilio-api-url",
-            f"http://127.0.0.1:{sim_port}",
-            "--default-from",
-            "+15005550006",
-            "--log-level",
-            "WARNING",
-            "--journal-path",
-            str(Path(tmp) / "journal.db"),
-        ]
+        command = connector_command(mqtt_port, sim_port, str(Path(tmp) / "journal.db"))
         try:
             lines = asyncio.run(soak(args, mqtt_port, command, env))
         finally:

@@ -217,6 +217,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def connector_command(mqtt_port: int, sim_port: int, journal: str, *options: str) -> list[str]:
+    """`twilio-connector run` against the bench's broker and simulator, logging warnings only."""
+    return [
+        *CLI,
+        "run",
+        *("--broker", f"mqtt://127.0.0.1:{mqtt_port}", "--twilio-api-url", f"http://127.0.0.1:{sim_port}"),
+        *("--default-from", "+15005550006", "--log-level", "WARNING", "--journal-path", journal),
+        *options,
+    ]
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run one scenario with its own broker and simulator; the figures `scenario` reports, and the simulator's
     CPU seconds and the journal's size."""
@@ -233,26 +244,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             env["TWILIO_CONNECTOR_FOLD_THRESHOLD"] = "0"  # one recipient, many requests: every one really sent
         journal = Path(tmp) / "journal.db"
         metrics_port: int | None = free_port()
-        command = [
-            *CLI,
-            "run",
-            "--broker",
-            f"mqtt://127.0.0.1:{mqtt_port}",
-            "--twilio-api-url",
-            f"http://127.0.0.1:{sim_port}",
-            "--default-from",
-            "+15005550006",
-            "--log-level",
-            "WARNING",
-            "--max-in-flight",
-            str(args.max_in_flight),
-            "--journal-path",
+        command = connector_command(
+            mqtt_port,
+            sim_port,
             str(journal) if args.journal == "file" else ":memory:",
-            "--journal-sync",
-            args.sync,
-            "--metrics-listen",
-            f"127.0.0.1:{metrics_port}",
-        ]
+            *("--max-in-flight", str(args.max_in_flight), "--journal-sync", args.sync),
+            *("--metrics-listen", f"127.0.0.1:{metrics_port}"),
+        )
         if args.reference:
             reference = str(Path(__file__).with_name("reference.py"))
             command = [

@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,10 @@ def test_every_form_matches_the_request_schema(shape: str) -> None:
 
 @pytest.mark.parametrize("shape", ["sms", "sms-messaging-service", "call-url"])
 async def test_reconciliation_lists_conform(prism_client: TwilioClient, shape: str) -> None:
-    result = await prism_client.find(SHAPES[shape], since=0)
+    # Prism answers with the spec's example page, from 2019: a lookup for what began now stops after the first
+    # page, the request we build (the next ones follow Twilio's own next_page_uri, whose Calls example Prism's
+    # own validation refuses: its StartTime is a date, not the date-time the spec asks for).
+    result = await prism_client.find(SHAPES[shape], since=time.time())
     assert not isinstance(result, TwilioFailure), f"Prism refused the {shape} list request: {result}"
 
 
