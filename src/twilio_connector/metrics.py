@@ -54,8 +54,11 @@ class Metrics:
             "twilio_connector_broker_connected", "1 when connected and subscribed", registry=registry
         )
 
-    def app(self, readiness: Callable[[], dict[str, bool]]) -> web.Application:
-        """`readiness()` names each condition of readiness and whether it holds."""
+    def app(
+        self, readiness: Callable[[], dict[str, bool]], problems: Callable[[], list[str]] = list
+    ) -> web.Application:
+        """`readiness()` names each condition of readiness and whether it holds; `problems()` says, in words, what
+        keeps the connector from being ready."""
 
         async def metrics(request: web.Request) -> web.Response:
             return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -66,7 +69,10 @@ class Metrics:
         async def readyz(request: web.Request) -> web.Response:
             checks = readiness()
             ready = all(checks.values())
-            body = orjson.dumps({"status": "ready" if ready else "not ready", "checks": checks})
+            document: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": checks}
+            if not ready:
+                document["problems"] = problems()
+            body = orjson.dumps(document)
             return web.Response(body=body, status=200 if ready else 503, content_type="application/json")
 
         app = web.Application()
@@ -75,9 +81,11 @@ class Metrics:
         app.router.add_get("/readyz", readyz)
         return app
 
-    async def serve(self, listen: str, readiness: Callable[[], dict[str, bool]]) -> web.AppRunner:
+    async def serve(
+        self, listen: str, readiness: Callable[[], dict[str, bool]], problems: Callable[[], list[str]] = list
+    ) -> web.AppRunner:
         host, _, port = listen.rpartition(":")
-        runner = web.AppRunner(self.app(readiness), access_log=None, handle_signals=False)
+        runner = web.AppRunner(self.app(readiness, problems), access_log=None, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, host, int(port)).start()
         return runner

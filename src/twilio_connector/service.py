@@ -88,11 +88,19 @@ async def run(
                 def readiness() -> dict[str, bool]:
                     return {
                         "broker_connected": connected.is_set(),
+                        "subscribed": connected.is_set() and not transport.refused,
                         "journal_writable": journal.writable,
                         "credentials_loaded": True,
                     }
 
-                operations = await metrics.serve(settings.metrics_listen, readiness)
+                def problems() -> list[str]:
+                    found = [] if connected.is_set() else [f"not connected to the broker at {settings.broker_url}"]
+                    found += [f"the broker refused the subscription to {refused}" for refused in transport.refused]
+                    if not journal.writable:
+                        found.append(f"the journal at {settings.journal_path} cannot be written")
+                    return found
+
+                operations = await metrics.serve(settings.metrics_listen, readiness, problems)
             await engine.start()
             for line in describe_limits(settings.limits, settings.fold_threshold, settings.fold_window):
                 log.info("guard: %s", line)

@@ -35,6 +35,19 @@ Handler = Callable[[str, bytes, bool], Awaitable[None]]
 READ_SIZE = 16 * 1024
 RECONNECT_BASE = 0.25
 RECONNECT_CAP = 30.0
+SUBSCRIBE_RETRY_BASE, SUBSCRIBE_RETRY_CAP = 2.0, 60.0
+#: SUBACK reason codes (MQTT 5; 3.1.1 knows only 0x80) worth naming in a log line.
+_SUBACK_REASONS = {
+    0x80: "refused",
+    0x83: "implementation specific error",
+    0x87: "not authorized",
+    0x8F: "topic filter invalid",
+    0x91: "packet identifier in use",
+    0x97: "quota exceeded",
+    0x9E: "shared subscriptions not supported",
+    0xA1: "subscription identifiers not supported",
+    0xA2: "wildcard subscriptions not supported",
+}
 
 
 class BrokerError(Exception):
@@ -113,6 +126,10 @@ class MqttTransport:
         self._pending = 0  # messages being handled, not yet acknowledged
         self._high_water = max(2, settings.max_in_flight)
         self._paused: asyncio.Transport | None = None
+        #: Subscriptions the broker refused, each with its reason: the connector is not ready while any is.
+        self.refused: list[str] = []
+        self._resubscriber: asyncio.TimerHandle | None = None
+        self._subscribe_delay = SUBSCRIBE_RETRY_BASE
         properties: dict[str, Any] = {}
         if settings.mqtt_version == "5":
             properties = {
@@ -186,11 +203,29 @@ class MqttTransport:
         return bool(len(ids._used_ids) < ids._max - 1)
 
     def _on_subscribe(self, client: Any, mid: int, granted: Sequence[int], properties: Any) -> None:
-        refused = [topic for topic, qos in zip(self._topics, granted, strict=False) if qos >= 0x80]
-        if refused:
-            log.error("the broker refused subscriptions to %s", ", ".join(refused))
+        # Connected either way: statuses still go out, and granted topics are served.
         self.connected.set()
-        self._on_state(True)
+        self.refused = [
+            f"{topic} ({_SUBACK_REASONS.get(code, f'reason 0x{code:02x}')})"
+            for topic, code in zip(self._topics, granted, strict=False)
+            if code >= 0x80
+        ]
+        self._on_state(not self.refused)
+        if not self.refused:
+            self._subscribe_delay = SUBSCRIBE_RETRY_BASE
+            return
+        log.error(
+            "the broker refused the subscription to %s: not ready; subscribing again in %.0f s",
+            ", ".join(self.refused),
+            self._subscribe_delay,
+        )
+        self._resubscriber = asyncio.get_running_loop().call_later(self._subscribe_delay, self._resubscribe)
+        self._subscribe_delay = min(SUBSCRIBE_RETRY_CAP, self._subscribe_delay * 2)
+
+    def _resubscribe(self) -> None:
+        self._resubscriber = None
+        if self.connected.is_set() and not self._closing:
+            self._subscriber = asyncio.get_running_loop().create_task(self._subscribe())
 
     def _on_disconnect(self, client: Any, packet: Any, exc: BaseException | None = None) -> None:
         if self.connected.is_set() and not self._closing:
@@ -274,6 +309,8 @@ class MqttTransport:
         not read yet (statuses, PUBACKs): so wait for the broker's PUBACKs before closing.
         """
         self._closing = True
+        if self._resubscriber is not None:
+            self._resubscriber.cancel()
         await asyncio.sleep(0)  # gmqtt sends the PUBACK of a handler that just returned from a done-callback
         try:
             await asyncio.wait_for(self._outbox.wait_empty(), grace)

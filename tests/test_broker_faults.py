@@ -1,0 +1,134 @@
+"""Broker faults the connector must survive and report: a subscription the broker refuses.
+
+Mosquitto's ACLs do not refuse a SUBSCRIBE (they filter what is delivered; only an auth plugin can refuse), so a
+minimal MQTT 5 broker stands in for one that does (EMQX, HiveMQ and AWS IoT Core answer 0x87 Not authorized).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import aiohttp
+
+from conftest import RunningConnector, SimulatorHandle, free_port, make_settings
+
+
+class RefusingBroker:
+    """Speaks just enough MQTT 5 to connect, and refuses subscriptions to the topics in `deny` (0x87)."""
+
+    def __init__(self) -> None:
+        self.deny: set[str] = set()
+        self.subscribes = 0
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                kind, body = await _packet(reader)
+                if kind == 1:  # CONNECT -> CONNACK: no session present, success, no properties
+                    writer.write(bytes([0x20, 3, 0, 0, 0]))
+                elif kind == 8:  # SUBSCRIBE -> SUBACK with a reason code per topic
+                    self.subscribes += 1
+                    writer.write(self._suback(body))
+                elif kind == 12:  # PINGREQ
+                    writer.write(bytes([0xD0, 0]))
+                elif kind == 14:  # DISCONNECT
+                    break
+                await writer.drain()
+        writer.close()
+
+    def _suback(self, body: bytes) -> bytes:
+        packet_id, (length, offset) = body[:2], _varint(body, 2)
+        position, codes = offset + length, []
+        while position < len(body):
+            size = int.from_bytes(body[position : position + 2], "big")
+            topic = body[position + 2 : position + 2 + size].decode()
+            codes.append(0x87 if topic in self.deny else 0x01)
+            position += 2 + size + 1  # the topic, then its options byte
+        payload = packet_id + b"\x00" + bytes(codes)
+        return bytes([0x90, len(payload)]) + payload
+
+
+def _varint(data: bytes, offset: int) -> tuple[int, int]:
+    """A variable byte integer at `offset`: its value, and the offset after it."""
+    value, shift = 0, 0
+    while True:
+        byte = data[offset]
+        value |= (byte & 0x7F) << shift
+        offset += 1
+        if not byte & 0x80:
+            return value, offset
+        shift += 7
+
+
+async def _packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    header = (await reader.readexactly(1))[0]
+    length, shift = 0, 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+        shift += 7
+    return header >> 4, await reader.readexactly(length)
+
+
+async def readyz(port: int) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/readyz") as response:
+        return response.status, await response.json()
+
+
+async def until_ready_is(port: int, status: int, timeout: float = 20.0, problem: str = "") -> dict[str, object]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    got, document = 0, {}
+    while True:
+        with contextlib.suppress(aiohttp.ClientConnectorError):  # not listening yet
+            got, document = await readyz(port)
+            if got == status and problem in str(document.get("problems", "")):
+                return document
+        assert asyncio.get_running_loop().time() < deadline, f"/readyz stayed {got}: {document}"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_refused_subscription_is_reported_and_retried(
+    tmp_path: Path, simulator: SimulatorHandle, caplog: object
+) -> None:
+    """The broker refuses the call topic: the connector says it is not ready and why (in /readyz and the log),
+    and subscribes again, with backoff, until the broker allows it."""
+    broker = RefusingBroker()
+    broker.deny.add("twilio/call")
+    await broker.start()
+    port = free_port()
+    settings = make_settings(broker, simulator, metrics_listen=f"127.0.0.1:{port}")  # type: ignore[arg-type]
+    running = RunningConnector(settings)
+    try:
+        document = await until_ready_is(port, 503, problem="subscription")
+        assert document["checks"] == {
+            "broker_connected": True,
+            "subscribed": False,
+            "journal_writable": True,
+            "credentials_loaded": True,
+        }
+        assert document["problems"] == ["the broker refused the subscription to twilio/call (not authorized)"]
+        broker.deny.clear()
+        await until_ready_is(port, 200, timeout=15)  # the next attempt, 2 s later, is granted
+        assert broker.subscribes >= 2
+    finally:
+        await running.stop()
+        await broker.stop()
+    log = str(caplog.text)  # type: ignore[attr-defined]
+    assert "the broker refused the subscription to twilio/call (not authorized): not ready; subscribing again" in log
