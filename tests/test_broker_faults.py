@@ -1,4 +1,5 @@
-"""Broker faults the connector must survive and report: a subscription the broker refuses.
+"""Broker faults the connector must survive and report: a subscription the broker refuses; a broker that takes
+the connection and never answers it.
 
 Mosquitto's ACLs do not refuse a SUBSCRIBE (they filter what is delivered; only an auth plugin can refuse), so a
 minimal MQTT 5 broker stands in for one that does (EMQX, HiveMQ and AWS IoT Core answer 0x87 Not authorized).
@@ -11,8 +12,10 @@ import contextlib
 from pathlib import Path
 
 import aiohttp
+import pytest
 
-from conftest import RunningConnector, SimulatorHandle, free_port, make_settings
+from conftest import RunningConnector, SimulatorHandle, free_port, make_settings, wait_until
+from twilio_connector import transport
 
 
 class RefusingBroker:
@@ -20,6 +23,8 @@ class RefusingBroker:
 
     def __init__(self) -> None:
         self.deny: set[str] = set()
+        self.silent = False  # take connections, answer nothing (no CONNACK)
+        self.connects = 0
         self.subscribes = 0
         self.port = free_port()
         self._server: asyncio.Server | None = None
@@ -40,6 +45,9 @@ class RefusingBroker:
             while True:
                 kind, body = await _packet(reader)
                 if kind == 1:  # CONNECT -> CONNACK: no session present, success, no properties
+                    self.connects += 1
+                    if self.silent:
+                        continue
                     writer.write(bytes([0x20, 3, 0, 0, 0]))
                 elif kind == 8:  # SUBSCRIBE -> SUBACK with a reason code per topic
                     self.subscribes += 1
@@ -132,3 +140,22 @@ async def test_a_refused_subscription_is_reported_and_retried(
         await broker.stop()
     log = str(caplog.text)  # type: ignore[attr-defined]
     assert "the broker refused the subscription to twilio/call (not authorized): not ready; subscribing again" in log
+
+
+async def test_a_broker_that_never_answers_connect_is_retried(
+    simulator: SimulatorHandle, monkeypatch: pytest.MonkeyPatch, caplog: object
+) -> None:
+    monkeypatch.setattr(transport, "CONNACK_TIMEOUT", 0.5)
+    broker = RefusingBroker()
+    broker.silent = True
+    await broker.start()
+    running = RunningConnector(make_settings(broker, simulator))  # type: ignore[arg-type]
+    try:
+        await wait_until(lambda: broker.connects >= 2, timeout=15)  # gave up on the first, tried again
+        assert not running.ready.is_set()
+        broker.silent = False
+        await running.wait_ready()
+    finally:
+        await running.stop()
+        await broker.stop()
+    assert "took the connection but sent no CONNACK within 0.5 s" in str(caplog.text)  # type: ignore[attr-defined]

@@ -36,6 +36,8 @@ READ_SIZE = 16 * 1024
 RECONNECT_BASE = 0.25
 RECONNECT_CAP = 30.0
 SUBSCRIBE_RETRY_BASE, SUBSCRIBE_RETRY_CAP = 2.0, 60.0
+#: Seconds to wait for the broker's CONNACK: a broker (or a proxy) may take the TCP connection and never answer.
+CONNACK_TIMEOUT = 10.0
 #: SUBACK reason codes (MQTT 5; 3.1.1 knows only 0x80) worth naming in a log line.
 _SUBACK_REASONS = {
     0x80: "refused",
@@ -258,9 +260,19 @@ class MqttTransport:
         delay = RECONNECT_BASE
         while True:
             try:
-                await self._client.connect(address.host, address.port, ssl=context, keepalive=30, version=version)
+                connecting = self._client.connect(
+                    address.host, address.port, ssl=context, keepalive=30, version=version
+                )
+                await asyncio.wait_for(connecting, CONNACK_TIMEOUT)
                 await self.connected.wait()
                 return
+            except TimeoutError:
+                log.warning(
+                    "broker %s took the connection but sent no CONNACK within %g s; retrying in %.1fs",
+                    *(self._settings.broker_url, CONNACK_TIMEOUT, delay),
+                )
+                with contextlib.suppress(Exception):
+                    await self._client.disconnect()
             except ssl.SSLCertVerificationError as exc:
                 raise BrokerError(f"TLS certificate check failed for {address.host}: {exc.verify_message}") from None
             except ssl.SSLError as exc:
