@@ -1,5 +1,5 @@
 """Broker faults the connector must survive and report: a subscription the broker refuses; a broker that takes
-the connection and never answers it.
+the connection and never answers it; a broker gone for longer than `broker_give_up`.
 
 Mosquitto's ACLs do not refuse a SUBSCRIBE (they filter what is delivered; only an auth plugin can refuse), so a
 minimal MQTT 5 broker stands in for one that does (EMQX, HiveMQ and AWS IoT Core answer 0x87 Not authorized).
@@ -14,7 +14,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from conftest import RunningConnector, SimulatorHandle, free_port, make_settings, wait_until
+from conftest import (
+    Broker,
+    ConnectorProcess,
+    RunningConnector,
+    SimulatorHandle,
+    free_port,
+    make_settings,
+    wait_until,
+)
 from twilio_connector import transport
 
 
@@ -159,3 +167,18 @@ async def test_a_broker_that_never_answers_connect_is_retried(
         await running.stop()
         await broker.stop()
     assert "took the connection but sent no CONNACK within 0.5 s" in str(caplog.text)  # type: ignore[attr-defined]
+
+
+async def test_broker_give_up_exits_non_zero_so_a_supervisor_can_act(
+    broker: Broker, simulator: SimulatorHandle, tmp_path: Path, spawned: list[ConnectorProcess]
+) -> None:
+    log = tmp_path / "connector.log"
+    log.write_text("run:\n")
+    connector = ConnectorProcess(broker, simulator, tmp_path / "journal.db", log, TWILIO_CONNECTOR_BROKER_GIVE_UP="1.5")
+    spawned.append(connector)
+    await connector.ready()
+    broker.stop()
+    code = await asyncio.get_running_loop().run_in_executor(None, connector.process.wait, 30)
+    assert code == 1
+    last = log.read_text().strip().splitlines()[-1]
+    assert "no connection to the broker" in last and "for 1.5 s (broker_give_up)" in last

@@ -87,6 +87,7 @@ class Settings:
     http_timeout: float = 15.0
     connect_timeout: float = 5.0
     shutdown_timeout: float = 20.0
+    broker_give_up: float = 0.0
     max_payload_bytes: int = 64 * 1024
     journal_path: str = field(default_factory=default_journal_path)
     journal_sync: str = "full"
@@ -399,6 +400,7 @@ _FIELDS: dict[str, _Field] = {
     "http_timeout": _Field(_positive_float),
     "connect_timeout": _Field(_positive_float),
     "shutdown_timeout": _Field(_positive_float),
+    "broker_give_up": _Field(_non_negative_float),
     "max_payload_bytes": _Field(_positive_int),
     "journal_path": _Field(_text),
     "journal_sync": _Field(_journal_sync),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -16,7 +17,7 @@ from .journal import Journal
 from .metrics import Metrics
 from .policy import describe_limits
 from .tracking import DeliveryTracker
-from .transport import MqttTransport
+from .transport import BrokerError, MqttTransport
 from .twilio import TwilioClient
 
 __all__ = ["run"]
@@ -35,6 +36,50 @@ async def _first(*aws: Coroutine[Any, Any, Any]) -> int:
     winner = next(task for task in tasks if task in done)
     winner.result()
     return tasks.index(winner)
+
+
+async def _serve_operations(
+    settings: Settings, metrics: Metrics, transport: MqttTransport, journal: Journal
+) -> web.AppRunner:
+    """/metrics, /healthz and /readyz on `metrics_listen`."""
+    connected = transport.connected
+
+    def readiness() -> dict[str, bool]:
+        return {
+            "broker_connected": connected.is_set(),
+            "subscribed": connected.is_set() and not transport.refused,
+            "journal_writable": journal.writable,
+            "credentials_loaded": True,
+        }
+
+    def problems() -> list[str]:
+        found = [] if connected.is_set() else [f"not connected to the broker at {settings.broker_url}"]
+        found += [f"the broker refused the subscription to {refused}" for refused in transport.refused]
+        if not journal.writable:
+            found.append(f"the journal at {settings.journal_path} cannot be written")
+        return found
+
+    assert settings.metrics_listen is not None
+    return await metrics.serve(settings.metrics_listen, readiness, problems)
+
+
+def _broker_lost(connected: asyncio.Event, give_up: float) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
+    """A watch that returns (setting `gave_up`) once the broker connection has been down `give_up` seconds in a
+    row; with `give_up` 0 it never returns."""
+
+    async def watch(gave_up: asyncio.Event) -> None:
+        if not give_up:
+            await asyncio.Future()
+        down_since: float | None = None
+        while True:
+            now = time.monotonic()
+            down_since = None if connected.is_set() else (down_since or now)
+            if down_since is not None and now - down_since >= give_up:
+                gave_up.set()
+                return
+            await asyncio.sleep(min(1.0, give_up / 4))
+
+    return watch
 
 
 async def run(
@@ -83,28 +128,13 @@ async def run(
             )
             operations: web.AppRunner | None = None
             if settings.metrics_listen:
-                connected = transport.connected
-
-                def readiness() -> dict[str, bool]:
-                    return {
-                        "broker_connected": connected.is_set(),
-                        "subscribed": connected.is_set() and not transport.refused,
-                        "journal_writable": journal.writable,
-                        "credentials_loaded": True,
-                    }
-
-                def problems() -> list[str]:
-                    found = [] if connected.is_set() else [f"not connected to the broker at {settings.broker_url}"]
-                    found += [f"the broker refused the subscription to {refused}" for refused in transport.refused]
-                    if not journal.writable:
-                        found.append(f"the journal at {settings.journal_path} cannot be written")
-                    return found
-
-                operations = await metrics.serve(settings.metrics_listen, readiness, problems)
+                operations = await _serve_operations(settings, metrics, transport, journal)
             await engine.start()
             for line in describe_limits(settings.limits, settings.fold_threshold, settings.fold_window):
                 log.info("guard: %s", line)
-            if await _first(transport.connect(), stop.wait()) == 0:  # SIGTERM works while connecting too
+            watch = _broker_lost(transport.connected, settings.broker_give_up)
+            gave_up = asyncio.Event()
+            if await _first(transport.connect(), stop.wait(), watch(gave_up)) == 0:  # SIGTERM works meanwhile too
                 if ready is not None:
                     ready.set()
                 if anonymous_and_unbounded(settings):
@@ -117,7 +147,7 @@ async def run(
                     settings.api_base_url,
                     settings.journal_path,
                 )
-                await stop.wait()
+                await _first(stop.wait(), watch(gave_up))
             log.info("stopping: finishing %d request(s) in flight", engine.in_flight)
             if not await engine.stop(settings.shutdown_timeout):
                 log.warning(
@@ -127,6 +157,11 @@ async def run(
             for runner in (callbacks, operations):
                 if runner is not None:
                     await runner.cleanup()
+            if gave_up.is_set():
+                raise BrokerError(
+                    f"no connection to the broker at {settings.broker_url} for {settings.broker_give_up:g} s "
+                    "(broker_give_up): exiting so that the supervisor can act"
+                )
     finally:
         await journal.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
