@@ -142,7 +142,7 @@ class Delivery:
             failure = decision.failure
             log.info(
                 "request id=%s attempt=%d failed (%s, HTTP %s); retrying in %.2fs",
-                *(notification.id, entry.attempts + 1, failure.message, failure.http_status),
+                *(notification.id, decision.attempt, failure.message, failure.http_status),
                 decision.at - self._clock(),
             )
             await self._journal.retry_later(entry.seq, decision.at, failure.message)

@@ -112,10 +112,9 @@ class Admission:
                     core.save_window(storm, replace(window, digest=digest))
                 return Folded(core.record(notification, identity, now, digest=digest), digest, window.closes_at)
         if self._capped:
-            reason = self._over_cap(core, notification, now)
+            reason = self._count_within_caps(core, notification, now)
             if reason is not None:
                 return self._refuse(core, notification, identity, now, reason)
-            self._count(core, notification, now)
         if window is not None:
             core.save_window(storm, window)
         begun = begin and start <= now
@@ -128,13 +127,13 @@ class Admission:
         status = encode_status(failure_status(notification.id, ErrorCode.REJECTED, reason, recipient=recipient))
         return Refused(core.record(notification, identity, now, refused=(status, reason)), reason)
 
-    def _over_cap(self, core: AdmissionStore, notification: Notification, now: float) -> str | None:
-        for span, scope, cap, what in self._caps.scopes(notification.to):
+    def _count_within_caps(self, core: AdmissionStore, notification: Notification, now: float) -> str | None:
+        """Why a cap refuses the send, or None after counting it against every cap."""
+        scopes = self._caps.scopes(notification.to)
+        for span, scope, cap, what in scopes:
             count = core.count(span, scope, Caps.bucket(span, now)[1])
             if count >= cap:
                 return what.format(count) + f" (limit {cap})"
-        return None
-
-    def _count(self, core: AdmissionStore, notification: Notification, now: float) -> None:
-        for span, scope, _, _ in self._caps.scopes(notification.to):
+        for span, scope, _, _ in scopes:
             core.bump(span, scope, Caps.bucket(span, now)[0])
+        return None

@@ -56,10 +56,11 @@ class Finish:
 
 @dataclass(frozen=True, slots=True)
 class Retry:
-    """Attempt again at `at` (epoch seconds): the failure proved nothing was created."""
+    """Attempt again at `at` (epoch seconds): attempt number `attempt` failed, and proved nothing was created."""
 
     at: float
     failure: TwilioFailure
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,5 +123,5 @@ class Lifecycle:
 
     def _retry_or_finish(self, attempt: Attempt, failure: TwilioFailure, now: float) -> Decision:
         if attempt.number <= attempt.retries and self.retry.should_retry(failure):
-            return Retry(now + self.retry.delay(max(attempt.number, 1), failure, self.rand), failure)
+            return Retry(now + self.retry.delay(max(attempt.number, 1), failure, self.rand), failure, attempt.number)
         return Finish(failure, max(attempt.number, 1))

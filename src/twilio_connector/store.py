@@ -7,8 +7,9 @@ Request states: `accepted` (waiting for its first or next attempt) -> `sending` 
 -> `sent` or `failed`; `invalid` for a request that broke the contract (kept for its status). An attempt whose
 outcome is unknown (no answer, a 5xx, or a row found in `sending` at start-up) waits in `doubt` for its next
 lookup at Twilio (`lookups` done so far, the next one due at `next_attempt_at`). A SID is claimed by at most one
-request: a unique index, so two identical alerts can never both be finished with one message. A text folded into a storm's digest waits in
-`folded` (with `digest_seq`) until its digest, a request of its own with `members` > 0, is sent or fails.
+request: a unique index, so two identical alerts can never both be finished with one message. A text folded
+into a storm's digest waits in `folded` (with `digest_seq`) until its digest, a request of its own with
+`members` > 0, is sent or fails.
 Storm windows (`windows`) and rate counts (`counters`, fixed time buckets) live here too, so a restart keeps them
 and their size is bounded by the traffic of a day, not of the process's life.
 
@@ -28,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
@@ -47,8 +48,6 @@ __all__ = [
     "Track",
     "Tracked",
 ]
-
-T = TypeVar("T")
 
 #: Requests and statuses handed to the engine in memory at most (each way); the rest waits in the journal.
 HAND_OVER_LIMIT = 1024
@@ -202,6 +201,11 @@ def _tracked(row: tuple[Any, ...]) -> Tracked:
     return Tracked(seq, sid, _entry(tuple(request)).notification, interval, deadline, last_status)
 
 
+def _options(notification: Notification) -> str:
+    """The optional fields as stored (and as they count in the dedupe key): sorted JSON."""
+    return orjson.dumps(notification.options(), option=orjson.OPT_SORT_KEYS).decode()
+
+
 def dedupe_key(notification: Notification, options: str) -> bytes:
     n = notification
     parts = (n.kind.value, n.id, n.to, n.from_, n.name, n.content, options)
@@ -258,7 +262,7 @@ class JournalCore:
 
     def duplicate(self, notification: Notification, now: float, window: float) -> tuple[Identity, Duplicate | None]:
         """The request's identity, and the request recorded with it within `window` seconds if there is one."""
-        options = orjson.dumps(notification.options(), option=orjson.OPT_SORT_KEYS).decode()
+        options = _options(notification)
         identity = Identity(dedupe_key(notification, options), options)
         row = self.db.execute(
             "SELECT seq, status FROM requests WHERE dedupe_key = ? AND accepted_at >= ? ORDER BY seq DESC LIMIT 1",
@@ -331,8 +335,7 @@ class JournalCore:
             "digest", Kind.SMS, template.to, template.from_, template.name, "", retries,
             messaging_service_sid=template.messaging_service_sid,
         )  # fmt: skip
-        options = orjson.dumps(digest.options(), option=orjson.OPT_SORT_KEYS).decode()
-        seq = self.record(digest, Identity(os.urandom(16), options), now, start_at=send_at)
+        seq = self.record(digest, Identity(os.urandom(16), _options(digest)), now, start_at=send_at)
         self.db.execute("UPDATE requests SET request_id = ? WHERE seq = ?", (f"digest-{seq}", seq))
         return seq
 
@@ -612,7 +615,7 @@ class JournalCore:
         return self.db.execute("SELECT 1 FROM requests WHERE sid = ?", (sid,)).fetchone() is not None
 
     def unfinished(self) -> int:
-        # Two counts, each over its partial index: `state IN (...)` would scan the whole table.
+        # One count per state, each over its partial index: `state IN (...)` would scan the whole table.
         return sum(
             int(self.db.execute(f"SELECT COUNT(*) FROM requests WHERE state = '{state}'").fetchone()[0])
             for state in ("accepted", "sending", "doubt", "folded")

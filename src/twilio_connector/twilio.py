@@ -160,12 +160,12 @@ def _created_at(item: dict[str, Any]) -> float | None:
         return None
 
 
-def _matches(item: dict[str, Any], notification: Notification, since: float) -> bool:
+def _matches(item: dict[str, Any], notification: Notification, created: float | None, since: float) -> bool:
+    """`item` (created at `created`, from its `date_created`) is what `notification` would have made."""
     if item.get("to") != notification.to or (notification.from_ and item.get("from") != notification.from_):
         return False
     if notification.kind is Kind.SMS and not same_body(str(item.get("body") or ""), notification.content):
         return False
-    created = _created_at(item)
     return created is not None and created >= since - CLOCK_SKEW
 
 
@@ -240,18 +240,15 @@ class TwilioClient:
             if isinstance(page, TwilioFailure):
                 return page
             items, url = page
+            created = [_created_at(item) for item in items]
             found.extend(
                 SendResult(
-                    str(item["sid"]),
-                    str(item.get("status") or ""),
-                    str(item.get("to")),
-                    str(item.get("from")),
-                    _created_at(item),
+                    str(item["sid"]), str(item.get("status") or ""), str(item.get("to")), str(item.get("from")), at
                 )
-                for item in items
-                if _matches(item, notification, since)
+                for item, at in zip(items, created, strict=True)
+                if _matches(item, notification, at, since)
             )
-            oldest = _created_at(items[-1]) if items else None
+            oldest = created[-1] if created else None
             if oldest is None or oldest < since - CLOCK_SKEW:
                 break
         return found
