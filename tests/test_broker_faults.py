@@ -139,7 +139,7 @@ async def test_a_refused_subscription_is_reported_and_retried(
             "journal_writable": True,
             "credentials_loaded": True,
         }
-        assert document["problems"] == ["the broker refused the subscription to twilio/call (not authorized)"]
+        assert document["problems"] == ["the broker refused the subscription to twilio/call (Not authorized)"]
         broker.deny.clear()
         await until_ready_is(port, 200, timeout=15)  # the next attempt, 2 s later, is granted
         assert broker.subscribes >= 2
@@ -147,7 +147,7 @@ async def test_a_refused_subscription_is_reported_and_retried(
         await running.stop()
         await broker.stop()
     log = str(caplog.text)  # type: ignore[attr-defined]
-    assert "the broker refused the subscription to twilio/call (not authorized): not ready; subscribing again" in log
+    assert "the broker refused the subscription to twilio/call (Not authorized): not ready; subscribing again" in log
 
 
 async def test_a_broker_that_never_answers_connect_is_retried(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import ssl
 import sys
 import time
 import uuid
@@ -15,8 +17,9 @@ from importlib.metadata import version
 from typing import Any, NoReturn
 
 import aiohttp
-import gmqtt
+import paho.mqtt.client as paho
 import shtab
+from paho.mqtt.enums import CallbackAPIVersion
 
 from . import logs, service
 from .config import (
@@ -289,7 +292,8 @@ async def _simulate(args: argparse.Namespace) -> None:
     await runner.cleanup()
 
 
-async def _send(args: argparse.Namespace) -> int:
+def _send(args: argparse.Namespace) -> int:
+    """Publish one request as a device would and wait for its status (paho's own blocking loop: one request)."""
     address = BrokerAddress.parse(args.broker)
     request_id = args.id or f"send-{uuid.uuid4().hex[:12]}"
     recipient: dict[str, str] = {"name": "twilio-connector send", "phone_number": args.to}
@@ -300,28 +304,46 @@ async def _send(args: argparse.Namespace) -> int:
     request: dict[str, Any] = {"recipient": recipient}
     if args.from_number:
         request["from_number"] = args.from_number
-    answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    body = json.dumps({"request": request, "id": request_id})
+    answer: list[bytes] = []
+    refused: list[str] = []
 
-    def on_message(client: Any, topic: str, payload: bytes, qos: int, properties: Any) -> int:
-        if not answer.done() and json.loads(payload).get("id") == request_id:
-            answer.set_result(payload)
-        return 0
+    def on_connect(client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            refused.append(str(reason))
+        else:
+            client.subscribe(args.topic_prefix + "twilio/message/status", qos=1)
 
-    client = gmqtt.Client(f"twilio-connector-send-{uuid.uuid4().hex[:8]}")
-    client.on_message = on_message
-    await client.connect(address.host, address.port, ssl=address.tls)
-    client.subscribe(args.topic_prefix + "twilio/message/status", qos=1)
-    await asyncio.sleep(0.2)  # let the subscription settle before the request can be answered
-    client.publish(args.topic_prefix + topic, json.dumps({"request": request, "id": request_id}), qos=1)
+    def on_subscribe(client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        client.publish(args.topic_prefix + topic, body, qos=1)  # subscribed first: the answer cannot be missed
+
+    def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        with contextlib.suppress(ValueError, AttributeError):
+            if json.loads(message.payload).get("id") == request_id:
+                answer.append(bytes(message.payload))
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"twilio-connector-send-{uuid.uuid4().hex[:8]}")
+    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+    if address.tls:
+        client.tls_set_context(ssl.create_default_context())
     try:
-        payload = await asyncio.wait_for(answer, args.timeout)
-    except TimeoutError:
-        print(f"twilio-connector: no status for {request_id} within {args.timeout:g}s", file=sys.stderr)
+        client.connect(address.host, address.port)
+        deadline = time.monotonic() + args.timeout
+        while not answer and not refused and time.monotonic() < deadline:
+            client.loop(timeout=0.1)
+    except OSError as exc:
+        print(f"twilio-connector: cannot reach the broker at {args.broker}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     finally:
-        await client.disconnect()
-    print(payload.decode())
-    return 0 if json.loads(payload)["response"]["status"] == "success" else 1
+        client.disconnect()
+    if refused:
+        print(f"twilio-connector: the broker at {args.broker} refused the connection ({refused[0]})", file=sys.stderr)
+        return 2
+    if not answer:
+        print(f"twilio-connector: no status for {request_id} within {args.timeout:g}s", file=sys.stderr)
+        return 2
+    print(answer[0].decode())
+    return 0 if json.loads(answer[0])["response"]["status"] == "success" else 1
 
 
 async def _status(args: argparse.Namespace) -> int:
@@ -346,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(shtab.complete(build_parser(), shell=args.shell))
         return 0
     if args.command == "send":
-        return asyncio.run(_send(args))
+        return _send(args)
     if args.command == "status":
         return asyncio.run(_status(args))
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:

@@ -38,5 +38,3 @@ def configure(level: str, style: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # gmqtt logs every write attempted during an outage; our transport reports connection state itself.
-    logging.getLogger("gmqtt").setLevel(logging.DEBUG if level == "DEBUG" else logging.ERROR)

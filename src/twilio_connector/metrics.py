@@ -50,6 +50,13 @@ class Metrics:
             "twilio_connector_journal_backlog", "Requests accepted and not yet finished", registry=registry
         )
         self.in_flight = Gauge("twilio_connector_in_flight", "Requests being sent now", registry=registry)
+        self.broker_faults = Counter(
+            "twilio_connector_broker_faults",
+            "What the broker refused or left unanswered: connect_refused, subscribe_refused, publish_refused, "
+            "publish_timeout",
+            ["kind"],
+            registry=registry,
+        )
         self.broker_connected = Gauge(
             "twilio_connector_broker_connected", "1 when connected and subscribed", registry=registry
         )

@@ -18,6 +18,8 @@ __all__ = ["StatusPublisher"]
 log = logging.getLogger(__name__)
 
 PUBLISH_BATCH = 256
+#: Seconds before publishing again what the broker refused or did not acknowledge, doubling while it keeps on.
+RETRY_BASE, RETRY_CAP = 1.0, 60.0
 Publish = Callable[[str, bytes], Awaitable[None]]
 
 
@@ -32,6 +34,7 @@ class StatusPublisher:
         self._delivery_topic = delivery_topic
         self._pending = asyncio.Event()  # statuses may be waiting
         self._idle = asyncio.Event()  # the last round found nothing to publish
+        self._retry_delay = RETRY_BASE
 
     def wake(self) -> None:
         self._pending.set()
@@ -74,7 +77,14 @@ class StatusPublisher:
         if done:
             mark(done)
         failed = [row for row, result in zip(rows, results, strict=True) if result is not None]
-        if failed:
-            log.warning("%d status(es) not acknowledged by the broker; publishing again", len(failed))
-            await asyncio.sleep(1.0)
+        if not failed:
+            self._retry_delay = RETRY_BASE
+            return failed
+        reasons = sorted({str(result) or result.__class__.__name__ for result in results if result is not None})
+        log.warning(
+            "%d status(es) on %s not acknowledged by the broker (%s); publishing again in %g s",
+            *(len(failed), topic, "; ".join(reasons), self._retry_delay),
+        )
+        await asyncio.sleep(self._retry_delay)
+        self._retry_delay = min(RETRY_CAP, self._retry_delay * 2)
         return failed

@@ -53,7 +53,10 @@ async def _serve_operations(
         }
 
     def problems() -> list[str]:
-        found = [] if connected.is_set() else [f"not connected to the broker at {settings.broker_url}"]
+        found = []
+        if not connected.is_set():
+            why = f": {transport.problem}" if transport.problem else ""
+            found.append(f"not connected to the broker at {settings.broker_url}{why}")
         found += [f"the broker refused the subscription to {refused}" for refused in transport.refused]
         if not journal.writable:
             found.append(f"the journal at {settings.journal_path} cannot be written")
@@ -124,7 +127,11 @@ async def run(
             metrics = Metrics()
             engine = Engine(settings, client, journal, publish, tracker=tracker, metrics=metrics)
             transport = MqttTransport(
-                settings, [settings.txt_topic, settings.call_topic], engine.handle, metrics.broker_connected.set
+                settings,
+                [settings.txt_topic, settings.call_topic],
+                engine.handle,
+                on_state=metrics.broker_connected.set,
+                on_fault=lambda kind: metrics.broker_faults.labels(kind).inc(),
             )
             operations: web.AppRunner | None = None
             if settings.metrics_listen:

@@ -1,8 +1,9 @@
-"""MQTT transport over gmqtt: persistent session, QoS 1 in and out, acknowledgement after processing.
+"""MQTT transport: persistent session, QoS 1 in and out, a request acknowledged only once it is recorded.
 
-gmqtt is used because it can hold a QoS 1 PUBACK until our handler returns
-(`optimistic_acknowledgement=False`), so a request the process dies on is redelivered by the broker;
-and because it is the cheapest Python MQTT client per message (~86 us here, against ~176 us for paho).
+Built on paho-mqtt (Eclipse's reference client) through its public API only: manual acknowledgement, MQTT 5
+reason codes on CONNACK, SUBACK and PUBACK, and its external-event-loop hooks (mqtt_loop.py). This module owns
+what paho leaves to its user: reconnecting with backoff, the broker's Receive Maximum for our publishes, a
+refused or unanswered publish, and never acknowledging on a new connection a message taken on an old one.
 """
 
 from __future__ import annotations
@@ -13,47 +14,59 @@ import logging
 import random
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, cast
 
-import gmqtt
-from gmqtt.mqtt.constants import MQTTv50, MQTTv311
-from gmqtt.storage import PersistentStorage
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .config import Settings
+from .mqtt_loop import LoopBinding
 
-__all__ = ["BrokerError", "MqttTransport"]
+__all__ = ["BrokerError", "MqttTransport", "PublishRefused"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 #: handler(topic, payload, redelivered): `redelivered` is the PUBLISH's DUP flag, set by a broker sending again a
 #: message it sent before without an acknowledgement.
 Handler = Callable[[str, bytes, bool], Awaitable[None]]
 
-READ_SIZE = 16 * 1024
 RECONNECT_BASE = 0.25
 RECONNECT_CAP = 30.0
 SUBSCRIBE_RETRY_BASE, SUBSCRIBE_RETRY_CAP = 2.0, 60.0
+KEEPALIVE = 30
 #: Seconds to wait for the broker's CONNACK: a broker (or a proxy) may take the TCP connection and never answer.
 CONNACK_TIMEOUT = 10.0
-#: SUBACK reason codes (MQTT 5; 3.1.1 knows only 0x80) worth naming in a log line.
-_SUBACK_REASONS = {
-    0x80: "refused",
-    0x83: "implementation specific error",
-    0x87: "not authorized",
-    0x8F: "topic filter invalid",
-    0x91: "packet identifier in use",
-    0x97: "quota exceeded",
-    0x9E: "shared subscriptions not supported",
-    0xA1: "subscription identifiers not supported",
-    0xA2: "wildcard subscriptions not supported",
-}
+#: Seconds a publish may wait for its PUBACK before the connection is taken for dead and opened again (the
+#: publish is then sent again: MQTT resends only on a new connection).
+PUBLISH_TIMEOUT = 20.0
+#: Our publishes in flight when the broker states no Receive Maximum (MQTT 3.1.1): Mosquitto's default.
+DEFAULT_WINDOW = 20
 
 
 class BrokerError(Exception):
     """A broker problem that retrying cannot fix (refused credentials, failed certificate check)."""
+
+
+class PublishRefused(Exception):
+    """The broker answered a publish with an MQTT 5 failure reason (not authorized, quota exceeded, ...)."""
+
+
+class _Refused(Exception):
+    """The broker refused the connection (CONNACK with a failure reason)."""
+
+
+@dataclass
+class _Flight:
+    future: asyncio.Future[None]
+    sent: float
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext:
@@ -63,52 +76,28 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
-class _Outbox(PersistentStorage):  # type: ignore[misc]
-    """gmqtt's store of unacknowledged QoS 1 publishes, resolving a future when the broker acknowledges one."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiters: dict[int, asyncio.Future[None]] = {}
-        self.id_waiters: deque[asyncio.Future[None]] = deque()  # publishes waiting for a free packet id
-
-    def remove_message_by_mid(self, mid: int) -> None:
-        super().remove_message_by_mid(mid)
-        while self.id_waiters:  # one id is free: wake one waiter, in order
-            waiting = self.id_waiters.popleft()
-            if not waiting.done():
-                waiting.set_result(None)
-                break
-        waiter = self.waiters.pop(mid, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def clear(self) -> None:
-        # The broker lost our session: what it had not acknowledged will never be; the caller publishes again.
-        super().clear()
-        for waiter in self.waiters.values():
-            if not waiter.done():
-                waiter.set_exception(ConnectionError("the broker session was lost before the acknowledgement"))
-        self.waiters.clear()
-
-
-class _Client(gmqtt.Client):  # type: ignore[misc]
-    """gmqtt waits a fixed delay between reconnect attempts; this makes it a capped, jittered backoff."""
-
-    failures = 0
-
-    async def reconnect(self, delay: bool = False) -> None:
-        if delay:
-            self.failures += 1
-            ceiling = min(RECONNECT_CAP, RECONNECT_BASE * 2**self.failures)
-            self.reconnect_delay = random.uniform(ceiling / 2, ceiling)
-        await super().reconnect(delay)
+def _describe(exc: BaseException, host: str) -> str:
+    """A connection failure in words, for the log and /readyz."""
+    if isinstance(exc, _Refused):
+        return f"the broker refused the connection ({exc})"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate check failed for {host}: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with {host} failed: {exc.reason}"
+    if isinstance(exc, TimeoutError):
+        return f"the broker took the connection but sent no CONNACK within {CONNACK_TIMEOUT:g} s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"unreachable ({exc.strerror})"
+    return f"unreachable ({exc or exc.__class__.__name__})"
 
 
 class MqttTransport:
-    """Subscribes to `topics` and calls `handler(topic, payload)` for each message.
+    """Subscribes to `topics` and calls `handler(topic, payload, redelivered)` for each message.
 
     The broker gets the PUBACK only when the handler returns, so `receive_maximum` (MQTT 5) caps how many
     requests the broker hands us at once: backpressure without an unbounded queue in this process.
+    `on_state(ready)` follows connected-and-subscribed; `on_fault(kind)` counts what the broker refused or left
+    unanswered: connect_refused, subscribe_refused, publish_refused, publish_timeout.
     """
 
     def __init__(
@@ -117,218 +106,303 @@ class MqttTransport:
         topics: Sequence[str],
         handler: Handler,
         on_state: Callable[[bool], None] | None = None,
+        on_fault: Callable[[str], None] | None = None,
     ) -> None:
         self._settings = settings
-        self._on_state = on_state or (lambda connected: None)
         self._topics = list(topics)
         self._handler = handler
+        self._on_state = on_state or (lambda ready: None)
+        self._on_fault = on_fault or (lambda kind: None)
+        self._loop = asyncio.get_running_loop()
         self.connected = asyncio.Event()  # connected and subscribed
-        self._closing = False
-        self._subscriber: asyncio.Task[None] | None = None
-        self._pending = 0  # messages being handled, not yet acknowledged
-        self._high_water = max(2, settings.max_in_flight)
-        self._paused: asyncio.Transport | None = None
         #: Subscriptions the broker refused, each with its reason: the connector is not ready while any is.
         self.refused: list[str] = []
+        #: Why the broker is not connected now, in words (None while connected).
+        self.problem: str | None = None
+        self._closing = False
+        self._up = False  # CONNACK received on the current connection
+        self._generation = 0  # connections opened so far: an acknowledgement belongs to one
+        self._lost = asyncio.Event()
+        self._connack: asyncio.Future[ReasonCode] | None = None
+        self._keeper: asyncio.Task[None] | None = None
         self._resubscriber: asyncio.TimerHandle | None = None
         self._subscribe_delay = SUBSCRIBE_RETRY_BASE
-        properties: dict[str, Any] = {}
-        if settings.mqtt_version == "5":
-            properties = {
-                "session_expiry_interval": settings.session_expiry,
-                "receive_maximum": min(settings.max_in_flight, 65535),
-            }
-        self._outbox = _Outbox()
-        self._client = _Client(
-            settings.client_id,
-            clean_session=False,
-            optimistic_acknowledgement=False,
-            persistent_storage=self._outbox,
-            **properties,
+        self._handling: set[asyncio.Task[None]] = set()
+        self._high_water = max(2, settings.max_in_flight)
+        self._paused = False
+        self._queue: deque[tuple[str, bytes, asyncio.Future[None]]] = deque()
+        self._in_flight: dict[int, _Flight] = {}
+        self._window = DEFAULT_WINDOW
+        self._settled = asyncio.Event()  # nothing queued or in flight
+        self._settled.set()
+        self._client = self._make_client(settings)
+        self._binding = LoopBinding(self._client, on_tick=self._check_publishes)
+
+    def _make_client(self, settings: Settings) -> paho.Client:
+        v5 = settings.mqtt_version == "5"
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            clean_session=None if v5 else False,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            manual_ack=True,
         )
+        if log.isEnabledFor(logging.DEBUG):
+            client.enable_logger(log)  # each packet in and out, without payloads or credentials
+        client.max_inflight_messages = 0  # the window is ours (_pump): paho would count past a lost session
         if settings.mqtt_username:
             password = settings.mqtt_password.reveal() if settings.mqtt_password else None
-            self._client.set_auth_credentials(settings.mqtt_username, password)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
+            client.username_pw_set(settings.mqtt_username, password)
+        if settings.broker.tls:
+            client.tls_set_context(tls_context(settings))
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = settings.session_expiry
+            properties.ReceiveMaximum = min(settings.max_in_flight, 65535)
+        client.connect_async(
+            settings.broker.host,
+            settings.broker.port,
+            keepalive=KEEPALIVE,
+            clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+        )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
 
-    def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
-        client.failures = 0
-        self._limit_reads(self._client._connection._transport)
-        log.info("connected to broker %s (session resumed: %s)", self._settings.broker_url, bool(flags))
-        # Subscribing again is harmless on a resumed session and essential on a lost one.
-        self._subscriber = asyncio.get_running_loop().create_task(self._subscribe())
+    # -- connection ---------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _limit_reads(socket_transport: Any) -> None:
-        """Event loops read up to 256 KiB at once: ~2,000 requests gmqtt would start handling in one go. Smaller
-        reads (a small receive buffer, and asyncio's read size) let pause_reading() (see _on_message) hold a
-        flood back at the broker, in TCP's window, instead of in this process's memory."""
-        if hasattr(socket_transport, "max_size"):
-            socket_transport.max_size = READ_SIZE
-        sock = socket_transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, READ_SIZE)
-
-    async def _subscribe(self) -> None:
-        subscriptions = [gmqtt.Subscription(topic, qos=1) for topic in self._topics]
-        await self._with_packet_id(lambda: self._client.subscribe(subscriptions))
-
-    async def _with_packet_id(self, send: Callable[[], T]) -> T:
-        """Run `send` once a packet id is free.
-
-        The broker allows only so many unacknowledged publishes (its Receive Maximum; Mosquitto's default is 20)
-        and gmqtt raises rather than queue past it; subscriptions share the same ids. Waiters queue in order and
-        each acknowledgement wakes one: waking all of them rebuilt every waiting publish at each acknowledgement
-        (five builds per status in a burst).
-        """
-        woken = False
+    async def connect(self) -> None:
+        """Connect and subscribe, retrying with capped backoff while the broker is unreachable; then keep the
+        connection up in the background. A refusal or a failed TLS check at start-up raises BrokerError: a person
+        has to fix it, and the supervisor should hear so."""
+        delay = RECONNECT_BASE
         while True:
-            if (woken or not self._outbox.id_waiters) and self._id_free():
+            try:
+                await self._attempt()
+                break
+            except (_Refused, ssl.SSLError) as exc:
+                raise BrokerError(
+                    f"{_describe(exc, self._settings.broker.host)} at {self._settings.broker_url}"
+                ) from None
+            except OSError as exc:
+                self.problem = _describe(exc, self._settings.broker.host)
+                log.warning("broker %s: %s; retrying in %.1fs", self._settings.broker_url, self.problem, delay)
+            await asyncio.sleep(delay)
+            delay = min(RECONNECT_CAP, delay * 2)
+        self._keeper = self._loop.create_task(self._keep())
+        await self.connected.wait()
+
+    async def _attempt(self) -> None:
+        """Open one connection and wait for its CONNACK; raise if it is refused, fails or never comes."""
+        self._lost.clear()
+        connack = self._connack = self._loop.create_future()
+        await self._binding.open()
+        try:
+            reason = await asyncio.wait_for(asyncio.shield(connack), CONNACK_TIMEOUT)
+        except TimeoutError:
+            self._connack = None  # what the broker does from now on answers nothing
+            self._drop()
+            raise
+        if reason.is_failure:
+            raise _Refused(str(reason))
+
+    async def _keep(self) -> None:
+        """Open the connection again whenever it is lost, with capped, jittered backoff."""
+        while not self._closing:
+            await self._lost.wait()
+            failures = 0
+            while not self._closing:
+                ceiling = min(RECONNECT_CAP, RECONNECT_BASE * 2**failures)
+                await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
+                if self._closing:
+                    return
                 try:
-                    return send()
-                except OverflowError:
-                    pass
-            waiter = asyncio.get_running_loop().create_future()
-            self._outbox.id_waiters.append(waiter)
-            # The timeout covers ids freed by a SUBACK or a reconnect, which wake no one.
-            woken = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, 1.0)
+                    await self._attempt()
+                    break
+                except (OSError, ConnectionError, _Refused) as exc:
+                    failures += 1
+                    self.problem = _describe(exc, self._settings.broker.host)
+                    if isinstance(exc, _Refused | ssl.SSLError):
+                        self._on_fault("connect_refused")
+                        log.error("broker %s: %s; trying again", self._settings.broker_url, self.problem)
+                    else:
+                        log.warning("broker %s: %s; trying again", self._settings.broker_url, self.problem)
 
-    def _id_free(self) -> bool:
-        """A packet id is free (gmqtt keeps one of its Receive Maximum in reserve), so a publish will not raise."""
-        ids = self._client._package_handler.id_generator
-        return bool(len(ids._used_ids) < ids._max - 1)
+    def _drop(self) -> None:
+        """Abandon the current connection at once (no DISCONNECT: the broker may not be listening)."""
+        sock = cast(socket.socket | None, self._client.socket())
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        self._client.loop_read()  # paho reads the end of the stream, closes the socket and calls on_disconnect
 
-    def _on_subscribe(self, client: Any, mid: int, granted: Sequence[int], properties: Any) -> None:
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: paho.ConnectFlags, reason: ReasonCode, properties: Any
+    ) -> None:
+        if not reason.is_failure:
+            self._up = True
+            self._generation += 1
+            self.problem = None
+            maximum = getattr(properties, "ReceiveMaximum", None)
+            self._window = min(maximum, 65_000) if maximum else DEFAULT_WINDOW
+            now = time.monotonic()
+            for flight in self._in_flight.values():
+                flight.sent = now  # paho sends each of them again now
+            log.info("connected to broker %s (session resumed: %s)", self._settings.broker_url, flags.session_present)
+            # Subscribing again is harmless on a resumed session and essential on a lost one.
+            self._subscribe()
+            self._pump()
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(reason)
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: paho.DisconnectFlags, reason: ReasonCode, properties: Any
+    ) -> None:
+        if self.connected.is_set() and not self._closing:
+            said = f": {reason}" if flags.is_disconnect_packet_from_server else ""
+            log.warning("lost the broker connection%s; reconnecting", said)
+        self._up = False
+        self.connected.clear()
+        self._on_state(False)
+        self._lost.set()
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(ConnectionError("the broker closed the connection before its CONNACK"))
+
+    # -- subscriptions ------------------------------------------------------------------------------------------
+
+    def _subscribe(self) -> None:
+        if self._settings.mqtt_version == "5":
+            options = SubscribeOptions(qos=1)
+            self._client.subscribe([(topic, options) for topic in self._topics])
+        else:
+            self._client.subscribe([(topic, 1) for topic in self._topics])
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Any
+    ) -> None:
         # Connected either way: statuses still go out, and granted topics are served.
         self.connected.set()
         self.refused = [
-            f"{topic} ({_SUBACK_REASONS.get(code, f'reason 0x{code:02x}')})"
-            for topic, code in zip(self._topics, granted, strict=False)
-            if code >= 0x80
+            f"{topic} ({reason})" for topic, reason in zip(self._topics, reasons, strict=False) if reason.is_failure
         ]
         self._on_state(not self.refused)
         if not self.refused:
             self._subscribe_delay = SUBSCRIBE_RETRY_BASE
             return
+        self._on_fault("subscribe_refused")
         log.error(
             "the broker refused the subscription to %s: not ready; subscribing again in %.0f s",
             ", ".join(self.refused),
             self._subscribe_delay,
         )
-        self._resubscriber = asyncio.get_running_loop().call_later(self._subscribe_delay, self._resubscribe)
+        self._resubscriber = self._loop.call_later(self._subscribe_delay, self._resubscribe)
         self._subscribe_delay = min(SUBSCRIBE_RETRY_CAP, self._subscribe_delay * 2)
 
     def _resubscribe(self) -> None:
         self._resubscriber = None
-        if self.connected.is_set() and not self._closing:
-            self._subscriber = asyncio.get_running_loop().create_task(self._subscribe())
+        if self._up and not self._closing:
+            self._subscribe()
 
-    def _on_disconnect(self, client: Any, packet: Any, exc: BaseException | None = None) -> None:
-        if self.connected.is_set() and not self._closing:
-            log.warning("lost the broker connection; reconnecting")
-        self.connected.clear()
-        self._on_state(False)
+    # -- requests in --------------------------------------------------------------------------------------------
 
-    async def _on_message(self, client: Any, topic: str, payload: bytes, qos: int, properties: Any) -> int:
-        self._pending += 1
-        if self._pending >= self._high_water and self._paused is None:
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if len(self._handling) + 1 >= self._high_water and not self._paused:
             # Some brokers send past our Receive Maximum (Mosquitto 2.0.11 does, to a resumed session): stop
             # reading the socket so the backlog stays queued at the broker, not in this process's memory.
-            self._paused = self._client._connection._transport
-            self._paused.pause_reading()
-        try:
-            await self._handler(topic, payload, bool(properties.get("dup")) if isinstance(properties, dict) else False)
-        finally:
-            self._pending -= 1
-            if self._paused is not None and self._pending <= self._high_water // 2:
-                if not self._paused.is_closing():
-                    self._paused.resume_reading()
-                self._paused = None
-        return 0  # PUBACK reason code: success
+            self._paused = True
+            self._binding.pause_reading()
+        handling = self._loop.create_task(self._handle(message, self._generation))
+        self._handling.add(handling)
+        handling.add_done_callback(self._handled)
 
-    async def connect(self) -> None:
-        """Connect, retrying with capped backoff while the broker is unreachable."""
-        address = self._settings.broker
-        context = tls_context(self._settings) if address.tls else False
-        version = MQTTv50 if self._settings.mqtt_version == "5" else MQTTv311
-        delay = RECONNECT_BASE
-        while True:
-            try:
-                connecting = self._client.connect(
-                    address.host, address.port, ssl=context, keepalive=30, version=version
-                )
-                await asyncio.wait_for(connecting, CONNACK_TIMEOUT)
-                await self.connected.wait()
-                return
-            except TimeoutError:
-                log.warning(
-                    "broker %s took the connection but sent no CONNACK within %g s; retrying in %.1fs",
-                    *(self._settings.broker_url, CONNACK_TIMEOUT, delay),
-                )
-                with contextlib.suppress(Exception):
-                    await self._client.disconnect()
-            except ssl.SSLCertVerificationError as exc:
-                raise BrokerError(f"TLS certificate check failed for {address.host}: {exc.verify_message}") from None
-            except ssl.SSLError as exc:
-                raise BrokerError(f"TLS handshake with {address.host} failed: {exc.reason}") from None
-            except gmqtt.mqtt.handler.MQTTConnectError as exc:
-                raise BrokerError(f"broker refused the connection: {exc}") from None
-            except OSError as exc:
-                log.warning(
-                    "broker %s unreachable (%s); retrying in %.1fs",
-                    self._settings.broker_url,
-                    exc.strerror or exc.__class__.__name__,
-                    delay,
-                )
-            await asyncio.sleep(delay)
-            delay = min(RECONNECT_CAP, delay * 2)
+    async def _handle(self, message: paho.MQTTMessage, generation: int) -> None:
+        try:
+            await self._handler(message.topic, cast(bytes, message.payload), message.dup)
+        except Exception:
+            log.exception("a request could not be recorded; the broker will deliver it again")
+            return
+        # On a newer connection the broker may have reused this packet id for another message: acknowledging
+        # that one unread would lose it. A resumed session delivers this message again instead.
+        if generation == self._generation and self._up:
+            self._client.ack(message.mid, 1)
+
+    def _handled(self, task: asyncio.Task[None]) -> None:
+        self._handling.discard(task)
+        if self._paused and len(self._handling) <= self._high_water // 2:
+            self._paused = False
+            self._binding.resume_reading()
+
+    # -- statuses out -------------------------------------------------------------------------------------------
 
     def publish(self, topic: str, payload: bytes) -> asyncio.Future[None]:
-        """Publish at QoS 1; the future resolves once the broker acknowledged it (PUBACK).
+        """Publish at QoS 1; the future resolves once the broker acknowledged it (PUBACK), or fails with
+        PublishRefused if the broker refused it. While disconnected it waits; one sent and not acknowledged when
+        the connection drops is sent again on the next."""
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._queue.append((topic, payload, future))
+        self._settled.clear()
+        self._pump()
+        return future
 
-        Waits while disconnected; a message already out when the connection drops is kept by gmqtt and resent on
-        reconnect. The future fails with ConnectionError if the broker lost the session meanwhile.
-        """
-        message = gmqtt.Message(topic, payload, qos=1)
-        if self.connected.is_set() and not self._outbox.id_waiters and self._id_free():
-            with contextlib.suppress(OverflowError):
-                return self._send(message)  # the common case: no task, no waiting
-        return asyncio.ensure_future(self._publish_later(message))
+    def _pump(self) -> None:
+        """Hand queued publishes to paho while the broker's Receive Maximum allows."""
+        queue, in_flight = self._queue, self._in_flight
+        while self._up and queue and len(in_flight) < self._window:
+            topic, payload, future = queue.popleft()
+            info = self._client.publish(topic, payload, qos=1)
+            if info.rc == paho.MQTT_ERR_QUEUE_SIZE:  # not kept by paho (no packet id free)
+                future.set_exception(ConnectionError("no packet id free"))
+                continue
+            in_flight[info.mid] = _Flight(future, time.monotonic())
 
-    async def _publish_later(self, message: gmqtt.Message) -> None:
-        await self.connected.wait()
-        acknowledged = await self._with_packet_id(lambda: self._send(message))
-        await acknowledged
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
+        flight = self._in_flight.pop(mid, None)
+        if flight is not None and not flight.future.done():
+            if reason.is_failure:
+                self._on_fault("publish_refused")
+                flight.future.set_exception(PublishRefused(str(reason)))
+            else:
+                flight.future.set_result(None)
+        self._pump()
+        if not self._in_flight and not self._queue:
+            self._settled.set()
 
-    def _send(self, message: gmqtt.Message) -> asyncio.Future[None]:
-        # gmqtt's Client.publish, minus hiding the packet id we need to match the PUBACK.
-        mid, package = self._client._connection.publish(message)
-        acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._outbox.waiters[mid] = acknowledged
-        self._outbox.push_message(mid, package)
-        return acknowledged
+    def _check_publishes(self) -> None:
+        """Once a second: a broker that keeps the connection but stops acknowledging has it opened again."""
+        if not self._up or not self._in_flight:
+            return
+        oldest = next(iter(self._in_flight.values()))
+        if time.monotonic() - oldest.sent > PUBLISH_TIMEOUT:
+            self._on_fault("publish_timeout")
+            log.warning(
+                "the broker acknowledged no status for %g s; connecting again to send %d status(es) again",
+                *(PUBLISH_TIMEOUT, len(self._in_flight)),
+            )
+            self._drop()
 
     async def disconnect(self, grace: float = 5.0) -> None:
-        """Leave cleanly: acknowledgements out, statuses acknowledged, then DISCONNECT.
-
-        Closing a socket with unread data makes the kernel send RST, and the broker then drops what it had
-        not read yet (statuses, PUBACKs): so wait for the broker's PUBACKs before closing.
-        """
+        """Leave cleanly: acknowledgements out, statuses acknowledged, then DISCONNECT."""
         self._closing = True
         if self._resubscriber is not None:
             self._resubscriber.cancel()
-        await asyncio.sleep(0)  # gmqtt sends the PUBACK of a handler that just returned from a done-callback
+        if self._keeper is not None:
+            self._keeper.cancel()
         try:
-            await asyncio.wait_for(self._outbox.wait_empty(), grace)
+            await asyncio.wait_for(self._settled.wait(), grace)
         except TimeoutError:
-            log.warning("%d status(es) not acknowledged by the broker", len(self._outbox.get_all()))
-        try:
-            await self._client.disconnect()
-        except Exception:
-            log.debug("disconnect failed", exc_info=True)
+            log.warning("%d status(es) not acknowledged by the broker", len(self._in_flight) + len(self._queue))
+        for handling in list(self._handling):  # never acknowledged: the broker delivers them again
+            handling.cancel()
+        if self._up:
+            self._client.disconnect()  # queued after the acknowledgements already queued, and written after them
+            try:
+                await asyncio.wait_for(self._lost.wait(), 2.0)
+            except TimeoutError:
+                self._drop()
+        self._binding.close()

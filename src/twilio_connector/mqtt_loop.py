@@ -1,0 +1,131 @@
+"""paho-mqtt's client driven by the asyncio event loop, through paho's public "external event loop" hooks.
+
+paho does no I/O of its own here: the event loop calls `loop_read` when the socket is readable, `loop_write`
+when paho has bytes queued and the socket is writable, and `loop_misc` once a second (keepalive). Opening a
+connection (DNS, TCP connect, TLS handshake) blocks, so `open()` runs paho's `reconnect()` in a worker thread;
+paho then calls the socket hooks from that thread, which is why they hop to the loop with call_soon_threadsafe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any, cast
+
+import paho.mqtt.client as paho
+
+__all__ = ["LoopBinding"]
+
+#: Event loops read up to 256 KiB at once: thousands of requests taken in one go. A small receive buffer lets
+#: pause_reading() hold a flood back at the broker, in TCP's window, instead of in this process's memory.
+RECEIVE_BUFFER = 16 * 1024
+MISC_INTERVAL = 1.0
+
+
+class LoopBinding:
+    """Wires one paho client to the running event loop; `on_tick` runs with each keepalive check."""
+
+    def __init__(self, client: paho.Client, on_tick: Callable[[], None] = lambda: None) -> None:
+        self._client = client
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._on_tick = on_tick
+        self._fd: int | None = None  # the socket's descriptor, kept: paho closes the socket right after telling us
+        self._tls = False
+        self._reading = False
+        self._paused = False
+        self._ticker: asyncio.TimerHandle | None = None
+        client.on_socket_open = self._socket_opened
+        client.on_socket_close = self._socket_closed
+        client.on_socket_register_write = self._want_write
+        client.on_socket_unregister_write = self._written
+
+    async def open(self) -> None:
+        """Open the connection and send CONNECT (the CONNACK arrives through paho's on_connect)."""
+        await self._loop.run_in_executor(None, self._client.reconnect)
+
+    def pause_reading(self) -> None:
+        self._paused = True
+        self._set_reading(False)
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        self._set_reading(True)
+        self._drain_tls()
+
+    def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+    def _on_loop(self, function: Callable[..., Any], *args: Any) -> None:
+        if threading.get_ident() == self._thread:
+            function(*args)
+        else:
+            self._loop.call_soon_threadsafe(function, *args)
+
+    def _socket_opened(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a status or PUBACK goes out at once
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        self._on_loop(self._attach, sock.fileno(), hasattr(sock, "pending"))
+
+    def _attach(self, fd: int, tls: bool) -> None:
+        self._fd, self._tls = fd, tls
+        self._set_reading(not self._paused)
+        if self._ticker is None:
+            self._ticker = self._loop.call_later(MISC_INTERVAL, self._tick)
+
+    def _socket_closed(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._detach)
+
+    def _detach(self) -> None:
+        if self._fd is not None:
+            self._set_reading(False)
+            self._loop.remove_writer(self._fd)
+            self._fd = None
+
+    def _set_reading(self, on: bool) -> None:
+        if self._fd is None or on == self._reading:
+            return
+        if on:
+            self._loop.add_reader(self._fd, self._readable)
+        else:
+            self._loop.remove_reader(self._fd)
+        self._reading = on
+
+    def _readable(self) -> None:
+        self._client.loop_read()
+        self._drain_tls()
+
+    def _drain_tls(self) -> None:
+        """TLS may hold decrypted bytes the selector cannot see: read them now, or they wait for the next packet."""
+        while self._tls and self._reading:
+            sock = cast(ssl.SSLSocket | None, self._client.socket())
+            if sock is None or not sock.pending():
+                return
+            self._client.loop_read()
+
+    def _want_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._add_writer)
+
+    def _add_writer(self) -> None:
+        if self._fd is not None:
+            self._loop.add_writer(self._fd, self._client.loop_write)
+
+    def _written(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._remove_writer)
+
+    def _remove_writer(self) -> None:
+        if self._fd is not None:
+            self._loop.remove_writer(self._fd)
+
+    def _tick(self) -> None:
+        self._ticker = self._loop.call_later(MISC_INTERVAL, self._tick)
+        if self._fd is not None:
+            self._client.loop_misc()
+        self._on_tick()
