@@ -7,6 +7,7 @@ import base64
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -61,6 +62,7 @@ class Broker:
     directory: Path
     port: int = field(default_factory=free_port)
     extra_config: str = ""
+    persistence: bool = True
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,7 +73,7 @@ class Broker:
         config = self.directory / "mosquitto.conf"
         # `user root`: started as root, Mosquitto would switch to user mosquitto and fail to save its database.
         config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence {str(self.persistence).lower()}\n"
             f"persistence_location {self.directory}/\nmax_queued_messages 100000\nset_tcp_nodelay true\n"
             f"user root\nlog_dest file {self.directory}/mosquitto.log\n{self.extra_config}"
         )
@@ -86,6 +88,18 @@ class Broker:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+        self.process = None
+
+    def freeze(self) -> None:
+        """Stop the process where it stands (SIGSTOP): connections stay open, nothing is read or answered."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def kill(self) -> None:
+        """Crash it (SIGKILL): what it had not saved is gone."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
         self.process = None
 
     def log(self) -> str:

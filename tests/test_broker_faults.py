@@ -12,6 +12,7 @@ import contextlib
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 
 from conftest import (
@@ -21,6 +22,7 @@ from conftest import (
     SimulatorHandle,
     free_port,
     make_settings,
+    sms,
     wait_until,
 )
 from twilio_connector import transport
@@ -32,6 +34,9 @@ class RefusingBroker:
     def __init__(self) -> None:
         self.deny: set[str] = set()
         self.silent = False  # take connections, answer nothing (no CONNACK)
+        self.ack_publishes = True  # False: take publishes and never acknowledge them
+        self.requests: list[tuple[str, bytes]] = []  # delivered (QoS 1) after the next SUBACK, once
+        self.published: list[tuple[bool, str, bytes]] = []  # what the connector published: (dup, topic, payload)
         self.connects = 0
         self.subscribes = 0
         self.port = free_port()
@@ -51,15 +56,24 @@ class RefusingBroker:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
-                kind, body = await _packet(reader)
+                header, body = await _packet(reader)
+                kind = header >> 4
                 if kind == 1:  # CONNECT -> CONNACK: no session present, success, no properties
                     self.connects += 1
                     if self.silent:
                         continue
                     writer.write(bytes([0x20, 3, 0, 0, 0]))
-                elif kind == 8:  # SUBSCRIBE -> SUBACK with a reason code per topic
+                elif kind == 8:  # SUBSCRIBE -> SUBACK with a reason code per topic, then the requests
                     self.subscribes += 1
                     writer.write(self._suback(body))
+                    for packet_id, (topic, payload) in enumerate(self.requests, start=1):
+                        writer.write(_publish(topic, payload, packet_id))
+                    self.requests.clear()
+                elif kind == 3:  # PUBLISH (QoS 1) -> PUBACK, unless told otherwise
+                    dup, (topic, packet_id, payload) = bool(header & 0x08), _parse_publish(body)
+                    self.published.append((dup, topic, payload))
+                    if self.ack_publishes:
+                        writer.write(bytes([0x40, 2]) + packet_id)
                 elif kind == 12:  # PINGREQ
                     writer.write(bytes([0xD0, 0]))
                 elif kind == 14:  # DISCONNECT
@@ -100,7 +114,31 @@ async def _packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         if not byte & 0x80:
             break
         shift += 7
-    return header >> 4, await reader.readexactly(length)
+    return header, await reader.readexactly(length)
+
+
+def _publish(topic: str, payload: bytes, packet_id: int) -> bytes:
+    """A QoS 1 PUBLISH (MQTT 5, no properties)."""
+    name = topic.encode()
+    body = len(name).to_bytes(2, "big") + name + packet_id.to_bytes(2, "big") + b"\x00" + payload
+    return bytes([0x32]) + _length(len(body)) + body
+
+
+def _length(value: int) -> bytes:
+    encoded = bytearray()
+    while True:
+        value, byte = value >> 7, value & 0x7F
+        encoded.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(encoded)
+
+
+def _parse_publish(body: bytes) -> tuple[str, bytes, bytes]:
+    """A QoS 1 PUBLISH's topic, packet id (2 bytes) and payload (MQTT 5: properties skipped)."""
+    size = int.from_bytes(body[:2], "big")
+    topic, packet_id = body[2 : 2 + size].decode(), body[2 + size : 4 + size]
+    length, offset = _varint(body, 4 + size)
+    return topic, packet_id, body[offset + length :]
 
 
 async def readyz(port: int) -> tuple[int, dict[str, object]]:
@@ -167,6 +205,31 @@ async def test_a_broker_that_never_answers_connect_is_retried(
         await running.stop()
         await broker.stop()
     assert "took the connection but sent no CONNACK within 0.5 s" in str(caplog.text)  # type: ignore[attr-defined]
+
+
+async def test_a_status_never_acknowledged_is_sent_again_on_a_new_connection(
+    simulator: SimulatorHandle, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker keeps the connection (answers pings) but never acknowledges our status: after PUBLISH_TIMEOUT
+    the connection is taken for dead and opened again, and the status sent again there (DUP), once."""
+    monkeypatch.setattr(transport, "PUBLISH_TIMEOUT", 1.0)
+    broker = RefusingBroker()
+    broker.ack_publishes = False
+    broker.requests.append(("twilio/txt", orjson.dumps(sms("stuck"))))
+    await broker.start()
+    running = await RunningConnector(make_settings(broker, simulator)).wait_ready()  # type: ignore[arg-type]
+    try:
+        await wait_until(lambda: len(broker.published) == 1, timeout=10)
+        broker.ack_publishes = True
+        await wait_until(lambda: len(broker.published) == 2, timeout=10)
+    finally:
+        await running.stop()
+        await broker.stop()
+    (first_dup, topic, first), (second_dup, _, second) = broker.published
+    assert topic == "twilio/message/status" and first == second and orjson.loads(first)["id"] == "stuck"
+    assert (first_dup, second_dup) == (False, True)
+    assert broker.connects == 2 and len(simulator.created()) == 1
+    assert "the broker acknowledged no status for 1 s; connecting again" in caplog.text
 
 
 async def test_broker_give_up_exits_non_zero_so_a_supervisor_can_act(
