@@ -6,12 +6,24 @@ import asyncio
 import json
 import logging
 import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
 
-from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, free_port, make_settings, sms
+from conftest import (
+    Broker,
+    MqttProbe,
+    RunningConnector,
+    SimulatorHandle,
+    free_port,
+    make_settings,
+    sms,
+    wait_until,
+)
 from twilio_connector import logs
+
+CLI = [sys.executable, "-m", "twilio_connector"]
 
 
 def sample(text: str, name: str) -> float:
@@ -79,9 +91,8 @@ def test_json_log_lines_carry_the_outcome_fields(capsys: pytest.CaptureFixture[s
 async def test_send_and_status_commands(broker: Broker, simulator: SimulatorHandle) -> None:
     port = free_port()
     running = await RunningConnector(make_settings(broker, simulator, metrics_listen=f"127.0.0.1:{port}")).wait_ready()
-    cli = [sys.executable, "-m", "twilio_connector"]
     sent = await asyncio.create_subprocess_exec(
-        *cli,
+        *CLI,
         "send",
         "--broker",
         broker.url,
@@ -99,17 +110,42 @@ async def test_send_and_status_commands(broker: Broker, simulator: SimulatorHand
     assert status["id"] == "smoke-1" and status["response"]["status"] == "success"
     assert simulator.created()[0]["params"]["Body"] == "smoke test"
     refused = await asyncio.create_subprocess_exec(
-        *cli, "send", "--broker", broker.url, "--to", "+15005550001", "--message", "x", stdout=asyncio.subprocess.PIPE
+        *CLI, "send", "--broker", broker.url, "--to", "+15005550001", "--message", "x", stdout=asyncio.subprocess.PIPE
     )
     assert json.loads((await refused.communicate())[0])["response"]["twilio_error_code"] == 21211
     assert refused.returncode == 1
     ready = await asyncio.create_subprocess_exec(
-        *cli, "status", "--url", f"http://127.0.0.1:{port}", stdout=asyncio.subprocess.PIPE
+        *CLI, "status", "--url", f"http://127.0.0.1:{port}", stdout=asyncio.subprocess.PIPE
     )
     assert json.loads((await ready.communicate())[0])["status"] == "ready" and ready.returncode == 0
     await running.stop()
     gone = await asyncio.create_subprocess_exec(
-        *cli, "status", "--url", f"http://127.0.0.1:{port}", stderr=asyncio.subprocess.PIPE
+        *CLI, "status", "--url", f"http://127.0.0.1:{port}", stderr=asyncio.subprocess.PIPE
     )
     await gone.communicate()
     assert gone.returncode == 2
+
+
+async def test_journal_retry_is_picked_up_within_a_second(
+    broker: Broker, simulator: SimulatorHandle, probe: MqttProbe, tmp_path: Path
+) -> None:
+    """An operator retries a failed request from another process: the running connector notices the change to
+    its journal (SQLite's data_version) and sends it again within a second, not at its next minute's upkeep."""
+    journal = tmp_path / "journal.db"
+    running = await RunningConnector(make_settings(broker, simulator, journal_path=str(journal))).wait_ready()
+    try:
+        await probe.publish("twilio/txt", sms("again", to="+15005550001"))  # the simulator's invalid number
+        assert (await probe.status_of("again"))["response"]["twilio_error_code"] == 21211
+        listed = await asyncio.create_subprocess_exec(
+            *CLI, "journal", "--journal-path", str(journal), "list", "--state", "failed", stdout=asyncio.subprocess.PIPE
+        )
+        seq = json.loads((await listed.communicate())[0].splitlines()[0])["seq"]
+        retried = await asyncio.create_subprocess_exec(
+            *CLI, "journal", "--journal-path", str(journal), "retry", str(seq), stdout=asyncio.subprocess.PIPE
+        )
+        assert (await retried.communicate())[0].decode().strip() == f"request {seq} will be sent again"
+        started = asyncio.get_running_loop().time()
+        await wait_until(lambda: len(simulator.created()) == 2, timeout=5)
+        assert asyncio.get_running_loop().time() - started < 1.5
+    finally:
+        await running.stop()

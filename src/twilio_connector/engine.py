@@ -37,6 +37,7 @@ __all__ = ["Engine", "Sender"]
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 60.0
+WATCH_EVERY = 1.0
 
 
 async def _supervised(name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -120,7 +121,12 @@ class Engine:
             log.info("%d request(s) were being sent when the connector stopped: looking them up at Twilio", interrupted)
         self._unfinished = await self._journal.unfinished()
         self._update_room()
-        loops = {"dispatch": self._dispatcher.run, "publish": self._publisher.run, "prune": self._prune}
+        loops = {
+            "dispatch": self._dispatcher.run,
+            "publish": self._publisher.run,
+            "prune": self._prune,
+            "watch": self._watch,
+        }
         if self._tracker is not None:
             loops["track"] = self._tracker.run
         self._loops = [asyncio.create_task(_supervised(name, loop), name=name) for name, loop in loops.items()]
@@ -228,8 +234,14 @@ class Engine:
             removed = await self._journal.prune(time.time() - retention)
             if removed:
                 log.info("pruned %d finished request(s) from the journal", removed)
-            # An operator's `twilio-connector journal retry` changes the backlog behind our back.
-            self._unfinished = await self._journal.unfinished()
-            self._update_room()
-            self._dispatcher.rescan()
             await asyncio.sleep(PRUNE_EVERY)
+
+    async def _watch(self) -> None:
+        """An operator's `twilio-connector journal retry` changes the journal behind our back: notice it within
+        a second, count the backlog again and look for work."""
+        while True:
+            await asyncio.sleep(WATCH_EVERY)
+            if await self._journal.changed_elsewhere():
+                self._unfinished = await self._journal.unfinished()
+                self._update_room()
+                self._dispatcher.rescan()

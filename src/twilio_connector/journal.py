@@ -295,6 +295,9 @@ class Journal:
     async def republish(self, seq: int, status: bytes) -> None:
         await self.write(lambda: self.core.republish(seq, status))
 
+    async def changed_elsewhere(self) -> bool:
+        return await self.read(self.core.changed_elsewhere)
+
     async def prune(self, before: float) -> int:
         def prune() -> int:
             self.core.prune_counts(self.clock())

@@ -248,6 +248,17 @@ class JournalCore:
             if column not in present:
                 self.db.execute(f"ALTER TABLE requests ADD COLUMN {column} {declaration}")
         self.db.executescript(_INDEXES)
+        self._data_version = self._version()
+
+    def _version(self) -> int:
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
+    def changed_elsewhere(self) -> bool:
+        """Whether another connection (an operator's `twilio-connector journal retry`) committed since the last
+        call: SQLite bumps `data_version` for exactly that, so asking costs no read of the tables."""
+        version = self._version()
+        changed, self._data_version = version != self._data_version, version
+        return changed
 
     def close(self) -> None:
         self.db.close()
