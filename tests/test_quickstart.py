@@ -1,0 +1,77 @@
+"""scripts/quickstart.sh: the commands it prints work as pasted, and whatever stops it stops all it started."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+
+ROOT = Path(__file__).parent.parent
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = set(), [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.add(child)
+            queue.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["TERM", "INT", "HUP"])
+def test_quickstart_prints_working_commands_and_stops_everything(tmp_path: Path, signum: signal.Signals) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("TWILIO_", "MQTT_", "Default"))}
+    env |= {"MQTT_PORT": str(free_port()), "QUICKSTART_STATE": str(tmp_path / "state")}
+    output = tmp_path / "quickstart.log"
+    with output.open("w") as sink:
+        script = subprocess.Popen(["bash", "scripts/quickstart.sh"], cwd=ROOT, env=env, stdout=sink, stderr=sink)
+    try:
+        deadline = time.monotonic() + 30
+        while "ready:" not in output.read_text():
+            assert script.poll() is None and time.monotonic() < deadline, output.read_text()
+            time.sleep(0.05)
+        text = output.read_text()
+        send = next(line.strip() for line in text.splitlines() if "twilio-connector send" in line)
+        journal = next(line.strip() for line in text.splitlines() if "twilio-connector journal" in line)
+        sent = subprocess.run(shlex.split(send), check=False, cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert sent.returncode == 0, sent.stderr
+        assert json.loads(sent.stdout)["response"]["status"] == "success"
+        counted = subprocess.run(shlex.split(journal), check=True, cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert re.search(r"^sent: 1$", counted.stdout, re.MULTILINE), counted.stdout
+        started = descendants(script.pid)
+        assert len(started) >= 3  # mosquitto, the simulator, the connector
+        script.send_signal(signum)
+        script.wait(30)
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in started):
+            assert time.monotonic() < deadline, [pid for pid in started if alive(pid)]
+            time.sleep(0.05)
+    finally:
+        if script.poll() is None:
+            script.kill()
+    assert "stopped" in output.read_text()  # the connector shut down gracefully, not killed
