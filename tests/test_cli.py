@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,7 +55,10 @@ def test_help_everywhere() -> None:
 def test_bad_flag_is_one_clear_line() -> None:
     result = cli("run", "--brokr", "mqtt://x")
     assert result.returncode == 2
-    assert result.stderr == "twilio-connector: error: unrecognized arguments: --brokr (see --help)\n"
+    assert (
+        result.stderr
+        == "twilio-connector: error: unrecognized arguments: --brokr (did you mean --broker?) (see --help)\n"
+    )
 
 
 def test_secret_on_the_command_line_is_refused_without_echo() -> None:
@@ -69,19 +73,25 @@ def test_secret_on_the_command_line_is_refused_without_echo() -> None:
     assert "is not accepted: other users can read command lines" in cli("run", "--auth-token", "x").stderr
 
 
-def test_check_config_ok_hides_secrets() -> None:
+def test_check_config_prints_toml_that_reads_back_and_hides_secrets(tmp_path: Path) -> None:
     env = clean_env(
         TWILIO_ACCOUNT_SID=DEFAULT_ACCOUNT_SID, TWILIO_AUTH_TOKEN="tok-SECRET", DefaultFromPhoneNumber="19999999999"
     )
     result = cli("check-config", "--broker", "mqtt://127.0.0.1:1999", env=env)
     assert result.returncode == 0, result.stderr
     assert "SECRET" not in result.stdout + result.stderr
-    assert "auth_token = (set, hidden)" in result.stdout
-    assert "default_from = '+19999999999'" in result.stdout
-    assert "broker_url = 'mqtt://127.0.0.1:1999'" in result.stdout
+    assert "# auth_token: set, hidden" in result.stdout
+    assert 'default_from = "+19999999999"' in result.stdout
+    assert 'broker_url = "mqtt://127.0.0.1:1999"' in result.stdout
     assert result.stdout.endswith(
-        f"configuration OK (Twilio credentials found for {DEFAULT_ACCOUNT_SID}, user {DEFAULT_ACCOUNT_SID})\n"
+        f"# configuration OK (Twilio credentials found for {DEFAULT_ACCOUNT_SID}, user {DEFAULT_ACCOUNT_SID})\n"
     )
+    effective = tomllib.loads(result.stdout)  # valid TOML, and it reads back as the same configuration
+    assert effective["broker_url"] == "mqtt://127.0.0.1:1999" and "auth_token" not in effective
+    fed_back = tmp_path / "effective.toml"
+    fed_back.write_text(result.stdout)
+    again = cli("check-config", "--config", str(fed_back), env=env)
+    assert again.returncode == 0 and again.stdout == result.stdout
 
 
 def test_check_config_states_the_guards_and_warns_of_an_open_broker() -> None:

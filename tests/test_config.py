@@ -65,7 +65,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     )
     assert problems == [
         f"config file {config}: unknown setting 'colour'",
-        f"max_in_flight (in {config}) = 0: must be at least 1",
+        f"max_in_flight (in {config}) = 0: must be a whole number, at least 1",
         "environment variable TWILIO_CONNECTOR_BROKER_URL = 'http://x': must look like mqtt://host:port or mqtts://host:port",
         "environment variable TWILIO_ACCOUNT_SID = 'abcd12345xyz': must be AC followed by 32 hexadecimal digits",
         "--default-from = '12': is not a valid phone number: expected E.164 (+ and 8 to 15 digits, first digit not 0)",
@@ -96,7 +96,7 @@ def test_secret_values_never_appear_in_errors_or_descriptions(tmp_path: Path) ->
     assert "123456789" not in problem and "(hidden)" in problem
     settings = load_settings(env={"TWILIO_AUTH_TOKEN": "tok-SECRET", "MQTT_PASSWORD": "pw-SECRET"})
     assert "SECRET" not in repr(settings) and "SECRET" not in "\n".join(describe(settings))
-    assert "auth_token = (set, hidden)" in describe(settings)
+    assert "# auth_token: set, hidden" in describe(settings)
 
 
 def test_credentials_from_env_file_and_api_key(tmp_path: Path) -> None:

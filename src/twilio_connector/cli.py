@@ -1,30 +1,23 @@
-"""The `twilio-connector` command: run, check-config, simulator."""
+"""The `twilio-connector` command: its parser, `run` and `check-config`; the other commands are in tools.py."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
+import difflib
 import logging
 import os
-import ssl
+import sqlite3
 import sys
-import time
-import uuid
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
-import aiohttp
-import paho.mqtt.client as paho
 import shtab
-from paho.mqtt.enums import CallbackAPIVersion
 
-from . import logs, service
+from . import logs, service, tools
 from .config import (
     ANONYMOUS_WARNING,
-    BrokerAddress,
     ConfigError,
     Settings,
     anonymous_and_unbounded,
@@ -32,62 +25,33 @@ from .config import (
     load_settings,
     resolve_credentials,
 )
+from .options import OPTIONS
 from .policy import describe_limits
-from .simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simulator
-from .store import JournalCore
+from .simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 from .transport import BrokerError
 
 EXIT_CONFIG = 2
 
-# (flag, setting, help): every setting that makes sense on a command line. Secrets deliberately have none.
-_SETTING_FLAGS: list[tuple[str, str, str]] = [
-    (
-        "--broker",
-        "broker_url",
-        "broker URL, mqtt://host:port or mqtts://host:port (default mqtt://localhost:1883)",
-    ),
-    ("--mqtt-version", "mqtt_version", "MQTT protocol version: 5 (default) or 3.1.1"),
-    ("--client-id", "client_id", "MQTT client id of the persistent session (default twilio-connector)"),
-    ("--mqtt-username", "mqtt_username", "MQTT user name; the password comes from MQTT_PASSWORD"),
-    ("--ca-file", "ca_file", "CA certificate(s) to verify an mqtts:// broker"),
-    ("--cert-file", "cert_file", "client certificate for mutual TLS (AWS IoT Core)"),
-    ("--key-file", "key_file", "private key of the client certificate"),
-    ("--txt-topic", "txt_topic", "SMS request topic (default twilio/txt)"),
-    ("--call-topic", "call_topic", "call request topic (default twilio/call)"),
-    ("--status-topic", "status_topic", "status topic (default twilio/message/status)"),
-    ("--twilio-api-url", "twilio_api_url", "Twilio API base URL (default https://api.twilio.com)"),
-    ("--twilio-edge", "twilio_edge", "Twilio edge location, e.g. sydney, dublin, tokyo (or TWILIO_EDGE)"),
-    ("--twilio-region", "twilio_region", "Twilio region, e.g. au1, ie1, us1 (or TWILIO_REGION)"),
-    ("--http-connect-timeout", "connect_timeout", "seconds to connect to Twilio (default 5)"),
-    ("--account-sid", "account_sid", "Twilio account SID (or TWILIO_ACCOUNT_SID)"),
-    ("--auth-token-file", "auth_token_file", "file holding the Twilio auth token"),
-    ("--auth-token-secret-arn", "auth_token_secret_arn", "AWS Secrets Manager ARN of the auth token"),
-    ("--api-key-sid", "api_key_sid", "Twilio API key SID (SK...); the secret comes from TWILIO_API_SECRET"),
-    ("--default-from", "default_from", "default sender number (DefaultFromPhoneNumber)"),
-    ("--max-in-flight", "max_in_flight", "requests processed at once (default 64)"),
-    ("--max-retries", "max_retries", "upper bound on a request's `retries` (default 10)"),
-    ("--http-timeout", "http_timeout", "seconds to wait for Twilio's answer (default 15)"),
-    ("--shutdown-timeout", "shutdown_timeout", "seconds to finish in-flight work on SIGTERM (default 20)"),
-    (
-        "--journal-path",
-        "journal_path",
-        "journal database file (default ./twilio-connector-journal.db; :memory: for none)",
-    ),
-    ("--journal-sync", "journal_sync", "full (default: survives power loss), normal (survives crashes) or off"),
-    ("--metrics-listen", "metrics_listen", "host:port for /metrics, /healthz and /readyz (default: off)"),
-    ("--log-level", "log_level", "DEBUG, INFO (default), WARNING or ERROR"),
-    ("--log-format", "log_format", "json, text, or auto (default: json unless stderr is a terminal)"),
-]
 _SECRET_FLAGS = ("--auth-token", "--api-key-secret", "--mqtt-password")
 
 
 class _Parser(argparse.ArgumentParser):
+    #: Every flag of every command, for "did you mean" (shared: argparse reports unknown flags at the top).
+    flags: ClassVar[set[str]] = set()
+
+    def add_argument(self, *names: Any, **options: Any) -> argparse.Action:
+        self.flags.update(name for name in names if isinstance(name, str) and name.startswith("--"))
+        return super().add_argument(*names, **options)
+
     def error(self, message: str) -> NoReturn:
         # argparse echoes unrecognised arguments, which could be a secret typed on the command line: keep
         # only the option names.
         if message.startswith("unrecognized arguments:"):
             names = [word.split("=")[0] for word in message.split()[2:] if word.startswith("-")]
             message = "unrecognized arguments: " + (" ".join(names) or "(values hidden)")
+            close = [match for name in names for match in difflib.get_close_matches(name, self.flags, n=1)]
+            if close:
+                message += f" (did you mean {' '.join(close)}?)"
         self.exit(EXIT_CONFIG, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -100,8 +64,12 @@ class _SecretFlag(argparse.Action):
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
-    for flag, dest, text in _SETTING_FLAGS:
-        parser.add_argument(flag, dest=dest, help=text, metavar=dest.split("_")[-1].upper())
+    defaults = Settings()
+    for name, option in OPTIONS.items():
+        if option.flag:
+            default = getattr(defaults, name)
+            shown = f" (default {default})" if default not in (None, "", ()) and name != "journal_path" else ""
+            parser.add_argument(option.flag, dest=name, help=option.doc + shown, metavar=name.split("_")[-1].upper())
     for flag in _SECRET_FLAGS:
         parser.add_argument(flag, dest="secret_flag", nargs="?", action=_SecretFlag, help=argparse.SUPPRESS)
 
@@ -198,7 +166,7 @@ def _settings(args: argparse.Namespace) -> Settings:
                 "(TWILIO_AUTH_TOKEN, TWILIO_API_SECRET, MQTT_PASSWORD) or auth_token_file"
             ]
         )
-    flags = {dest: getattr(args, dest) for _, dest, _ in _SETTING_FLAGS}
+    flags = {name: getattr(args, name) for name, option in OPTIONS.items() if option.flag}
     return load_settings(args.config, os.environ, flags)
 
 
@@ -230,6 +198,10 @@ def _run(args: argparse.Namespace) -> int:
     except BrokerError as exc:
         logging.getLogger("twilio_connector").error("%s", exc)
         return 1
+    except (OSError, sqlite3.Error) as exc:  # a port already taken, a journal that cannot be opened
+        words = tools.os_error_words(exc) if isinstance(exc, OSError) else str(exc)
+        logging.getLogger("twilio_connector").error("cannot start: %s", words)
+        return 1
     return 0
 
 
@@ -239,141 +211,49 @@ def _check_config(args: argparse.Namespace) -> int:
         credentials = resolve_credentials(settings)
     except ConfigError as error:
         return _report(error)
+    print("# The effective settings, as TOML (secrets hidden): `--config` takes this file back.")
     for line in describe(settings):
         print(line)
     for line in describe_limits(settings.limits, settings.fold_threshold, settings.fold_window):
         print(f"# guard: {line}")
     if anonymous_and_unbounded(settings):
         print(f"twilio-connector: warning: {ANONYMOUS_WARNING}", file=sys.stderr)
-    print(f"configuration OK (Twilio credentials found for {credentials.account_sid}, user {credentials.username})")
+    print(f"# configuration OK (Twilio credentials found for {credentials.account_sid}, user {credentials.username})")
     return 0
 
 
-def _journal(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.config, os.environ, {"journal_path": args.journal_path})
-    except ConfigError as error:
-        return _report(error)
-    if not os.path.exists(settings.journal_path):
-        print(f"twilio-connector: no journal at {settings.journal_path}", file=sys.stderr)
-        return EXIT_CONFIG
-    core = JournalCore(settings.journal_path, settings.journal_sync)
-    try:
-        if args.action == "counts":
-            for state, count in sorted(core.counts().items()):
-                print(f"{state}: {count}")
-        elif args.action == "list":
-            for row in core.rows(args.state or ["accepted", "sending", "folded", "failed"], args.limit):
-                accepted = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.pop("accepted_at")))
-                print(json.dumps({**row, "accepted_at": accepted}))
-        elif core.retry_failed(args.seq):
-            print(f"request {args.seq} will be sent again")
-        else:
-            print(f"twilio-connector: request {args.seq} is not a failed request", file=sys.stderr)
-            return 1
-    finally:
-        core.close()
-    return 0
-
-
-async def _simulate(args: argparse.Namespace) -> None:
-    simulator = Simulator(args.account_sid, args.auth_token, latency=args.latency_ms / 1000)
-    runner = await simulator.serve(args.host, args.port)
-    port = runner.addresses[0][1]
-    print(
-        f"Twilio simulator listening on http://{args.host}:{port} (account SID {args.account_sid})",
-        flush=True,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (2, 15):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await runner.cleanup()
-
-
-def _send(args: argparse.Namespace) -> int:
-    """Publish one request as a device would and wait for its status (paho's own blocking loop: one request)."""
-    address = BrokerAddress.parse(args.broker)
-    request_id = args.id or f"send-{uuid.uuid4().hex[:12]}"
-    recipient: dict[str, str] = {"name": "twilio-connector send", "phone_number": args.to}
-    if args.message is not None:
-        recipient["message"], topic = args.message, "twilio/txt"
-    else:
-        recipient["voice_message_location"], topic = args.call_url, "twilio/call"
-    request: dict[str, Any] = {"recipient": recipient}
-    if args.from_number:
-        request["from_number"] = args.from_number
-    body = json.dumps({"request": request, "id": request_id})
-    answer: list[bytes] = []
-    refused: list[str] = []
-
-    def on_connect(client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        if reason.is_failure:
-            refused.append(str(reason))
-        else:
-            client.subscribe(args.topic_prefix + "twilio/message/status", qos=1)
-
-    def on_subscribe(client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
-        client.publish(args.topic_prefix + topic, body, qos=1)  # subscribed first: the answer cannot be missed
-
-    def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        with contextlib.suppress(ValueError, AttributeError):
-            if json.loads(message.payload).get("id") == request_id:
-                answer.append(bytes(message.payload))
-
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"twilio-connector-send-{uuid.uuid4().hex[:8]}")
-    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
-    if address.tls:
-        client.tls_set_context(ssl.create_default_context())
-    try:
-        client.connect(address.host, address.port)
-        deadline = time.monotonic() + args.timeout
-        while not answer and not refused and time.monotonic() < deadline:
-            client.loop(timeout=0.1)
-    except OSError as exc:
-        print(f"twilio-connector: cannot reach the broker at {args.broker}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    finally:
-        client.disconnect()
-    if refused:
-        print(f"twilio-connector: the broker at {args.broker} refused the connection ({refused[0]})", file=sys.stderr)
-        return 2
-    if not answer:
-        print(f"twilio-connector: no status for {request_id} within {args.timeout:g}s", file=sys.stderr)
-        return 2
-    print(answer[0].decode())
-    return 0 if json.loads(answer[0])["response"]["status"] == "success" else 1
-
-
-async def _status(args: argparse.Namespace) -> int:
-    try:
-        async with aiohttp.ClientSession() as http, http.get(f"{args.url.rstrip('/')}/readyz") as response:
-            print(await response.text())
-            return 0 if response.status == 200 else 1
-    except aiohttp.ClientError as exc:
-        print(f"twilio-connector: no connector answers at {args.url}: {exc.__class__.__name__}", file=sys.stderr)
-        return 2
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args: Any = build_parser().parse_args(argv)
+def _dispatch(args: Any) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "check-config":
         return _check_config(args)
     if args.command == "journal":
-        return _journal(args)
+        return tools.journal(args)
     if args.command == "completion":
         print(shtab.complete(build_parser(), shell=args.shell))
         return 0
     if args.command == "send":
-        return _send(args)
+        return tools.send(args)
     if args.command == "status":
-        return asyncio.run(_status(args))
+        return asyncio.run(tools.status(args))
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_simulate(args))
+        runner.run(tools.simulate(args))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes: 0 done; 1 a failure the command reports (a failure status, not ready, a broker that refused
+    the connector); 2 a usage or configuration error, or nothing answering. Never a traceback for either."""
+    args: Any = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as error:
+        return _report(error)
+    except tools.UserError as error:
+        print(f"twilio-connector: {error}", file=sys.stderr)
+        return error.code
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -6,25 +6,21 @@
 
 from __future__ import annotations
 
+import difflib
 import os
-import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
-from urllib.parse import urlsplit
 
-from .contract import ContractViolation, normalise_number
-from .policy import DEFAULT_REFUSED_TYPES, NUMBER_TYPES, PRESETS, Limits
-from .secrets import SECRET_ARN, Secret, SecretError, fetch_secrets_manager, read_secret_file
-from .store import SYNC_MODES
+import tomli_w
+
+from .options import OPTIONS, SECRET_OPTIONS, BrokerAddress
+from .policy import DEFAULT_REFUSED_TYPES, PRESETS, Limits
+from .secrets import Secret, SecretError, fetch_secrets_manager, read_secret_file
 from .storms import StormRule
 
 __all__ = ["BrokerAddress", "ConfigError", "Credentials", "Settings", "load_settings", "resolve_credentials"]
-
-ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
-API_KEY_SID = re.compile(r"SK[0-9a-fA-F]{32}")
-MQTT_VERSIONS = {"5": "5", "5.0": "5", "3.1.1": "3.1.1", "311": "3.1.1", "4": "3.1.1"}
 
 #: Parameters of the Greengrass v1 connector that mean nothing outside Greengrass; accepted and ignored.
 IGNORED_KEYS = frozenset({"TwilioAuthTokenSecretArn-ResourceId", "IsolationMode"})
@@ -48,7 +44,6 @@ _PRESET_GUARDS = (
     "per_day",
     "max_segments",
 )
-_LOCATION_NAME = re.compile(r"[a-z0-9-]{2,32}")
 
 
 def default_journal_path() -> str:
@@ -150,23 +145,6 @@ class Settings:
         return f"https://{host}"
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    tls: bool
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError("must look like mqtt://host:port or mqtts://host:port")
-        if parts.username or parts.password:
-            raise ValueError("must not carry credentials: use mqtt_username and MQTT_PASSWORD")
-        tls = parts.scheme == "mqtts"
-        return cls(tls, parts.hostname, parts.port or (8883 if tls else 1883))
-
-
 @dataclass(frozen=True)
 class Credentials:
     account_sid: str
@@ -175,266 +153,7 @@ class Credentials:
     auth_token: Secret | None = field(default=None, repr=False)  # what Twilio signs status callbacks with
 
 
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("must be a whole number")
-    number = int(value)
-    if number < 1:
-        raise ValueError("must be at least 1")
-    return number
-
-
-def _non_negative_int(value: Any) -> int:
-    number = int(value)
-    if number < 0 or isinstance(value, bool):
-        raise ValueError("must be a whole number >= 0")
-    return number
-
-
-def _positive_float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("must be a number")
-    number = float(value)
-    if not number > 0:
-        raise ValueError("must be greater than 0")
-    return number
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("must be a string")
-    return value
-
-
-def _optional_text(value: Any) -> str | None:
-    return _text(value) or None
-
-
-def _secret(value: Any) -> Secret | None:
-    return Secret(_text(value)) if value else None
-
-
-def _topic(value: Any) -> str:
-    topic = _text(value)
-    if not topic or "+" in topic or "#" in topic:
-        raise ValueError("must be a non-empty topic name without wildcards")
-    return topic
-
-
-def _mqtt_version(value: Any) -> str:
-    try:
-        return MQTT_VERSIONS[str(value)]
-    except KeyError:
-        raise ValueError("must be 5 or 3.1.1") from None
-
-
-def _broker_url(value: Any) -> str:
-    BrokerAddress.parse(_text(value))
-    return str(value)
-
-
-def _http_url(value: Any) -> str:
-    parts = urlsplit(_text(value))
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http(s) URL")
-    return str(value).rstrip("/")
-
-
-def _location(value: Any) -> str | None:
-    if value and not _LOCATION_NAME.fullmatch(_text(value)):
-        raise ValueError("must be a Twilio edge or region name such as sydney, dublin, au1 or ie1")
-    return value or None
-
-
-def _account_sid(value: Any) -> str:
-    if not ACCOUNT_SID.fullmatch(_text(value)):
-        raise ValueError("must be AC followed by 32 hexadecimal digits")
-    return str(value)
-
-
-def _api_key_sid(value: Any) -> str | None:
-    if value and not API_KEY_SID.fullmatch(_text(value)):
-        raise ValueError("must be SK followed by 32 hexadecimal digits")
-    return value or None
-
-
-def _secret_arn(value: Any) -> str | None:
-    if value and not SECRET_ARN.fullmatch(_text(value)):
-        raise ValueError("is not a Secrets Manager secret ARN")
-    return value or None
-
-
-def _default_from(value: Any) -> str | None:
-    if value in (None, ""):
-        return None
-    try:
-        return normalise_number(value, "value")
-    except ContractViolation as exc:
-        raise ValueError(str(exc).removeprefix("value ")) from None
-
-
-def _journal_sync(value: Any) -> str:
-    if value not in SYNC_MODES:
-        raise ValueError(f"must be one of {', '.join(SYNC_MODES)}")
-    return str(value)
-
-
-def _non_negative_float(value: Any) -> float:
-    if isinstance(value, bool) or float(value) < 0:
-        raise ValueError("must be a number >= 0")
-    return float(value)
-
-
-def _strings(value: Any) -> tuple[str, ...]:
-    """A TOML array, or a comma-separated string (from the environment or a flag)."""
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
-        raise ValueError("must be a list of strings")
-    return tuple(item.strip() for item in items if item.strip())
-
-
-def _prefixes(value: Any) -> tuple[str, ...]:
-    prefixes = _strings(value)
-    for prefix in prefixes:
-        if not re.fullmatch(r"\+[0-9]{1,15}", prefix):
-            raise ValueError(f"{prefix!r} is not a number or prefix like +1555")
-    return prefixes
-
-
-def _countries(value: Any) -> tuple[str, ...]:
-    countries = tuple(item.upper() if item not in ("sender", "*") else item for item in _strings(value))
-    for country in countries:
-        if country not in ("sender", "*") and not re.fullmatch(r"[A-Z]{2}", country):
-            raise ValueError(f"{country!r} is not an ISO country code like US, 'sender' or '*'")
-    return countries
-
-
-def _policy(value: Any) -> str:
-    if value not in PRESETS:
-        raise ValueError(f"must be one of {', '.join(PRESETS)}")
-    return str(value)
-
-
-def _number_types(value: Any) -> tuple[str, ...]:
-    types = _strings(value)
-    for kind in types:
-        if kind not in NUMBER_TYPES:
-            raise ValueError(f"{kind!r} is not one of {', '.join(NUMBER_TYPES)}")
-    return types
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise ValueError("must be true or false")
-
-
-def _tracking(value: Any) -> str:
-    if value not in ("off", "poll", "callback"):
-        raise ValueError("must be off, poll or callback")
-    return str(value)
-
-
-def _optional_url(value: Any) -> str | None:
-    return _http_url(value) if value else None
-
-
-def _listen(value: Any) -> str:
-    host, _, port = _text(value).rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("must be host:port")
-    return str(value)
-
-
-def _log_format(value: Any) -> str:
-    if value not in ("auto", "json", "text"):
-        raise ValueError("must be auto, json or text")
-    return str(value)
-
-
-def _log_level(value: Any) -> str:
-    level = _text(value).upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
-    return level
-
-
-@dataclass(frozen=True)
-class _Field:
-    parse: Callable[[Any], Any]
-    aliases: tuple[str, ...] = ()  # original Greengrass names and well-known variables, as env vars and keys
-
-
-_FIELDS: dict[str, _Field] = {
-    "broker_url": _Field(_broker_url),
-    "mqtt_version": _Field(_mqtt_version),
-    "client_id": _Field(_text),
-    "mqtt_username": _Field(_optional_text),
-    "mqtt_password": _Field(_secret, ("MQTT_PASSWORD",)),
-    "ca_file": _Field(_optional_text),
-    "cert_file": _Field(_optional_text),
-    "key_file": _Field(_optional_text),
-    "session_expiry": _Field(_non_negative_int),
-    "txt_topic": _Field(_topic),
-    "call_topic": _Field(_topic),
-    "status_topic": _Field(_topic),
-    "twilio_api_url": _Field(_http_url),
-    "twilio_edge": _Field(_location, ("TWILIO_EDGE",)),
-    "twilio_region": _Field(_location, ("TWILIO_REGION",)),
-    "account_sid": _Field(_account_sid, ("TWILIO_ACCOUNT_SID",)),
-    "auth_token": _Field(_secret, ("TWILIO_AUTH_TOKEN",)),
-    "auth_token_file": _Field(_optional_text),
-    "auth_token_secret_arn": _Field(_secret_arn, ("TwilioAuthTokenSecretArn",)),
-    "api_key_sid": _Field(_api_key_sid, ("TWILIO_API_KEY",)),
-    "api_key_secret": _Field(_secret, ("TWILIO_API_SECRET",)),
-    "default_from": _Field(_default_from, ("DefaultFromPhoneNumber",)),
-    "max_in_flight": _Field(_positive_int),
-    "max_retries": _Field(_non_negative_int),
-    "backoff_base": _Field(_positive_float),
-    "backoff_max": _Field(_positive_float),
-    "http_timeout": _Field(_positive_float),
-    "connect_timeout": _Field(_positive_float),
-    "shutdown_timeout": _Field(_positive_float),
-    "broker_give_up": _Field(_non_negative_float),
-    "max_payload_bytes": _Field(_positive_int),
-    "journal_path": _Field(_text),
-    "journal_sync": _Field(_journal_sync),
-    "journal_retention": _Field(_non_negative_float),
-    "dedupe_window": _Field(_non_negative_float),
-    "reconcile_window": _Field(_positive_float),
-    "max_backlog": _Field(_positive_int),
-    "allow_numbers": _Field(_prefixes),
-    "deny_numbers": _Field(_prefixes),
-    "policy": _Field(_policy),
-    "refused_number_types": _Field(_number_types),
-    "allowed_countries": _Field(_countries),
-    "per_recipient_per_minute": _Field(_non_negative_int),
-    "per_recipient_per_day": _Field(_non_negative_int),
-    "per_minute": _Field(_non_negative_int),
-    "per_day": _Field(_non_negative_int),
-    "max_segments": _Field(_non_negative_int),
-    "fold_threshold": _Field(_non_negative_int),
-    "fold_window": _Field(_positive_float),
-    "sender_rate": _Field(_non_negative_float),
-    "allow_http_urls": _Field(_bool),
-    "delivery_tracking": _Field(_tracking),
-    "delivery_topic": _Field(_topic),
-    "poll_interval": _Field(_positive_float),
-    "poll_interval_max": _Field(_positive_float),
-    "tracking_give_up": _Field(_positive_float),
-    "callback_url": _Field(_optional_url),
-    "callback_listen": _Field(_listen),
-    "metrics_listen": _Field(lambda value: _listen(value) if value else None),
-    "log_level": _Field(_log_level),
-    "log_format": _Field(_log_format),
-}
-_SECRET_FIELDS = frozenset(name for name, spec in _FIELDS.items() if spec.parse is _secret)
-assert set(_FIELDS) == {f.name for f in fields(Settings)}
+assert set(OPTIONS) == {f.name for f in fields(Settings)}
 
 ENV_PREFIX = "TWILIO_CONNECTOR_"
 
@@ -458,25 +177,34 @@ def _gather(
     config_file: str | None, env: Mapping[str, str], flags: Mapping[str, Any], problems: list[str]
 ) -> dict[str, tuple[str, Any]]:
     """Raw values by field name, each with a label naming where it came from (for error messages)."""
-    by_alias = {alias: name for name, spec in _FIELDS.items() for alias in spec.aliases}
+    by_alias = {alias: name for name, option in OPTIONS.items() for alias in option.aliases}
     raw: dict[str, tuple[str, Any]] = {}
     if config_file:
         for key, value in _read_toml(config_file, problems).items():
             if key in IGNORED_KEYS:
                 continue
             name = by_alias.get(key, key)
-            if name not in _FIELDS:
-                problems.append(f"config file {config_file}: unknown setting {key!r}")
+            if name not in OPTIONS:
+                problems.append(f"config file {config_file}: unknown setting {key!r}{_suggest(key, OPTIONS)}")
             else:
                 raw[name] = (f"{key} (in {config_file})", value)
-    for name, spec in _FIELDS.items():
-        for variable in (*spec.aliases, ENV_PREFIX + name.upper()):
+    for name, option in OPTIONS.items():
+        for variable in (*option.aliases, ENV_PREFIX + name.upper()):
             if env.get(variable):
                 raw[name] = (f"environment variable {variable}", env[variable])
+    known = {ENV_PREFIX + name.upper() for name in OPTIONS}
+    for variable in sorted(env):
+        if variable.startswith(ENV_PREFIX) and variable not in known:
+            problems.append(f"unknown environment variable {variable}{_suggest(variable, known)}")
     for name, value in flags.items():
         if value is not None:
-            raw[name] = (f"--{name.replace('_', '-')}", value)
+            raw[name] = (OPTIONS[name].flag or f"--{name.replace('_', '-')}", value)
     return raw
+
+
+def _suggest(word: str, choices: Collection[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.7)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def load_settings(
@@ -490,9 +218,9 @@ def load_settings(
     values: dict[str, Any] = {}
     for name, (source, value) in raw.items():
         try:
-            values[name] = _FIELDS[name].parse(value)
+            values[name] = OPTIONS[name].parse(value)
         except (ValueError, TypeError) as exc:
-            shown = "(hidden)" if name in _SECRET_FIELDS else repr(value)
+            shown = "(hidden)" if name in SECRET_OPTIONS else repr(value)
             problems.append(f"{source} = {shown}: {exc}")
     settings = Settings(**values)
     problems.extend(_cross_checks(settings))
@@ -571,15 +299,15 @@ def anonymous_and_unbounded(settings: Settings) -> bool:
 
 
 def describe(settings: Settings) -> list[str]:
-    """Human-readable `name = value` lines with every secret masked, for `check-config`."""
+    """The effective settings as TOML lines (`check-config`; it can be fed back with --config): a secret or an
+    unset setting becomes a comment, so no secret is ever shown."""
     lines = []
     for item in fields(Settings):
         value = getattr(settings, item.name)
-        if value is None:
-            shown = "(not set)"
-        elif item.name in _SECRET_FIELDS:
-            shown = "(set, hidden)"
+        if item.name in SECRET_OPTIONS:
+            lines.append(f"# {item.name}: {'set, hidden' if value else 'not set'}")
+        elif value is None:
+            lines.append(f"# {item.name}: not set")
         else:
-            shown = repr(value)
-        lines.append(f"{item.name} = {shown}")
+            lines.append(tomli_w.dumps({item.name: list(value) if isinstance(value, tuple) else value}).rstrip())
     return lines

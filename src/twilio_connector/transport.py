@@ -29,8 +29,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .config import Settings
 from .mqtt_loop import LoopBinding
+from .options import BrokerAddress
 
-__all__ = ["BrokerError", "MqttTransport", "PublishRefused"]
+__all__ = ["BrokerError", "MqttTransport", "PublishRefused", "tls_hint"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ class _Refused(Exception):
     """The broker refused the connection (CONNACK with a failure reason)."""
 
 
+class _ClosedEarly(ConnectionError):
+    """The broker closed the connection before its CONNACK."""
+
+
 @dataclass
 class _Flight:
     future: asyncio.Future[None]
@@ -76,19 +81,33 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
-def _describe(exc: BaseException, host: str) -> str:
+def tls_hint(address: BrokerAddress, exc: BaseException) -> str:
+    """A hint when a failure looks like TLS spoken to a plain listener, or plain MQTT to a TLS one."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ""
+    if address.tls and isinstance(exc, ConnectionResetError | ssl.SSLError):
+        return f" (is port {address.port} a TLS listener? mqtts:// needs one; mqtt:// is plain)"
+    if not address.tls and isinstance(exc, ConnectionResetError | _ClosedEarly):
+        return f" (if port {address.port} expects TLS, use mqtts://)"
+    return ""
+
+
+def _describe(exc: BaseException, address: BrokerAddress) -> str:
     """A connection failure in words, for the log and /readyz."""
+    hint = tls_hint(address, exc)
     if isinstance(exc, _Refused):
         return f"the broker refused the connection ({exc})"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate check failed for {host}: {exc.verify_message}"
+        return f"TLS certificate check failed for {address.host}: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake with {host} failed: {exc.reason}"
+        return f"TLS handshake with {address.host} failed: {exc.reason}{hint}"
     if isinstance(exc, TimeoutError):
         return f"the broker took the connection but sent no CONNACK within {CONNACK_TIMEOUT:g} s"
+    if isinstance(exc, _ClosedEarly):
+        return f"the broker closed the connection before answering{hint}"
     if isinstance(exc, OSError) and exc.strerror:
-        return f"unreachable ({exc.strerror})"
-    return f"unreachable ({exc or exc.__class__.__name__})"
+        return f"unreachable ({exc.strerror}){hint}"
+    return f"unreachable ({exc or exc.__class__.__name__}){hint}"
 
 
 class MqttTransport:
@@ -186,11 +205,9 @@ class MqttTransport:
                 await self._attempt()
                 break
             except (_Refused, ssl.SSLError) as exc:
-                raise BrokerError(
-                    f"{_describe(exc, self._settings.broker.host)} at {self._settings.broker_url}"
-                ) from None
+                raise BrokerError(f"{_describe(exc, self._settings.broker)} at {self._settings.broker_url}") from None
             except OSError as exc:
-                self.problem = _describe(exc, self._settings.broker.host)
+                self.problem = _describe(exc, self._settings.broker)
                 log.warning("broker %s: %s; retrying in %.1fs", self._settings.broker_url, self.problem, delay)
             await asyncio.sleep(delay)
             delay = min(RECONNECT_CAP, delay * 2)
@@ -226,7 +243,7 @@ class MqttTransport:
                     break
                 except (OSError, ConnectionError, _Refused) as exc:
                     failures += 1
-                    self.problem = _describe(exc, self._settings.broker.host)
+                    self.problem = _describe(exc, self._settings.broker)
                     if isinstance(exc, _Refused | ssl.SSLError):
                         self._on_fault("connect_refused")
                         log.error("broker %s: %s; trying again", self._settings.broker_url, self.problem)
@@ -272,7 +289,7 @@ class MqttTransport:
         self._on_state(False)
         self._lost.set()
         if self._connack is not None and not self._connack.done():
-            self._connack.set_exception(ConnectionError("the broker closed the connection before its CONNACK"))
+            self._connack.set_exception(_ClosedEarly("the broker closed the connection before its CONNACK"))
 
     # -- subscriptions ------------------------------------------------------------------------------------------
 
