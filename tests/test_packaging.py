@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,39 @@ def test_containerfile_passes_hadolint() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_sdist_and_wheel_build_pass_twine_and_install_in_a_fresh_venv(tmp_path: Path) -> None:
+    """What a release would publish: both archives build, their metadata renders on PyPI (twine check), and the
+    wheel alone, in an empty environment, gives a working command whose version is pyproject's."""
+    dist = tmp_path / "dist"
+    built = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    [sdist], [wheel] = dist.glob("*.tar.gz"), dist.glob("*.whl")
+    checked = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", str(sdist), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run(
+        [venv / "bin" / "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"), str(wheel)],
+        check=True,
+        timeout=600,
+    )
+    version = subprocess.run(
+        [venv / "bin" / "twilio-connector", "--version"], capture_output=True, text=True, check=True, timeout=60
+    )
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert version.stdout == f"twilio-connector {declared}\n"
+    assert wheel.name.startswith(f"twilio_connector-{declared}-")
