@@ -1,5 +1,5 @@
 """Every scenario of the performance targets in one command, ours against the reference design built like the
-original connector, printed as the markdown tables the README quotes.
+original connector, printed as the markdown tables docs/performance.md quotes.
 
     .venv/bin/python bench/suite.py            # about 12 minutes on a 2-core machine
     .venv/bin/python bench/suite.py --quick    # fewer requests and one run each: a smoke check (~2 minutes)

@@ -3,7 +3,7 @@ redeliveries and identical alerts, interleaved at random against the real journa
 delivery code, with a model of Twilio and a clock the test moves. Invariants:
 
 - at most one message per request, unless a full reconcile window showed nothing (a message Twilio listed
-  only after the window is the residual risk README states);
+  only after the window is the residual risk docs/guarantees.md states);
 - no success without a SID of a message to that recipient with that text, and no SID shared by two requests;
 - once a request has its status, it never changes; every status published for a request is that one;
 - in the end every request has exactly one final status, and every message Twilio listed in time belongs to a

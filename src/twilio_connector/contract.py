@@ -54,7 +54,7 @@ class Kind(enum.Enum):
 
 
 class ErrorCode(enum.StrEnum):
-    """The stable set of `error` values a `fail` status can carry (documented in the README)."""
+    """The stable set of `error` values a `fail` status can carry (documented in docs/contract.md)."""
 
     INVALID_PARAMETER = "InvalidParameter"
     """The request breaks the contract; nothing was sent."""
