@@ -4,6 +4,7 @@ never a traceback."""
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ def one_line(args: list[str], code: int, words: str, env: dict[str, str] | None 
     assert result.returncode == code, (args, result.stderr)
     assert len(lines) == 1, (args, result.stderr)
     assert "Traceback" not in result.stderr and words in lines[0], (args, lines[0])
+    assert not re.search(r"\b[A-Z][A-Za-z]+(Error|Exception)\b", lines[0]), lines[0]  # our words, not class names
     return lines[0]
 
 
@@ -48,7 +50,7 @@ def test_run_and_check_config(tmp_path: Path, taken_port: int) -> None:
     env = clean_env(TWILIO_ACCOUNT_SID=DEFAULT_ACCOUNT_SID, TWILIO_AUTH_TOKEN="token")
     one_line(["run", "--max-in-flight", "lots"], 2, "--max-in-flight = 'lots': must be a whole number", env)
     one_line(["run", "--broker-url", "mqtt://x"], 2, "(did you mean --broker?)", env)
-    one_line(["run", "--broker", "mqtt://"], 2, "must look like mqtt://host:port", env)
+    one_line(["run", "--broker", "mqtt://"], 2, "--broker = 'mqtt://': must look like mqtt://host:port", env)
     misspelt = tmp_path / "misspelt.toml"
     misspelt.write_text("max_in_flite = 3\n")
     one_line(["check-config", "--config", str(misspelt)], 2, "(did you mean 'max_in_flight'?)", env)
