@@ -65,6 +65,7 @@ class Settings:
     txt_topic: str = "twilio/txt"
     call_topic: str = "twilio/call"
     status_topic: str = "twilio/message/status"
+    share_group: str | None = None
     twilio_api_url: str = DEFAULT_API_URL
     twilio_edge: str | None = None
     twilio_region: str | None = None
@@ -119,6 +120,12 @@ class Settings:
     @property
     def broker(self) -> BrokerAddress:
         return BrokerAddress.parse(self.broker_url)
+
+    @property
+    def request_filters(self) -> list[str]:
+        """What to subscribe to for requests: the input topics, shared within `share_group` when it is set."""
+        topics = [self.txt_topic, self.call_topic]
+        return [f"$share/{self.share_group}/{topic}" for topic in topics] if self.share_group else topics
 
     @property
     def limits(self) -> Limits:

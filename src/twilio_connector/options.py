@@ -103,6 +103,14 @@ def _topic(value: Any) -> str:
     return topic
 
 
+def _share_group(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    if any(character in _text(value) for character in "/+#"):
+        raise ValueError("must be a name without '/', '+' or '#'")
+    return str(value)
+
+
 def _mqtt_version(value: Any) -> str:
     try:
         return MQTT_VERSIONS[str(value)]
@@ -306,6 +314,13 @@ OPTIONS: dict[str, Option] = {
     "txt_topic": Option(_topic, "Topic of SMS requests.", "--txt-topic", section=_BROKER),
     "call_topic": Option(_topic, "Topic of call requests.", "--call-topic", section=_BROKER),
     "status_topic": Option(_topic, "Topic the statuses are published on.", "--status-topic", section=_BROKER),
+    "share_group": Option(
+        _share_group,
+        "MQTT shared-subscription group: several connectors in one group split the requests between them "
+        "($share/<group>/<topic>); unset: this connector takes every request.",
+        "--share-group",
+        section=_BROKER,
+    ),
     "broker_give_up": Option(
         _non_negative_float,
         "Seconds without a broker connection after which the connector exits with status 1 "

@@ -128,7 +128,7 @@ async def run(
             engine = Engine(settings, client, journal, publish, tracker=tracker, metrics=metrics)
             transport = MqttTransport(
                 settings,
-                [settings.txt_topic, settings.call_topic],
+                settings.request_filters,
                 engine.handle,
                 on_state=metrics.broker_connected.set,
                 on_fault=lambda kind: metrics.broker_faults.labels(kind).inc(),
@@ -147,9 +147,8 @@ async def run(
                 if anonymous_and_unbounded(settings):
                     log.warning("%s", ANONYMOUS_WARNING)
                 log.info(
-                    "ready: listening on %s and %s, statuses on %s, Twilio at %s, journal %s",
-                    settings.txt_topic,
-                    settings.call_topic,
+                    "ready: listening on %s, statuses on %s, Twilio at %s, journal %s",
+                    " and ".join(settings.request_filters),
                     settings.status_topic,
                     settings.api_base_url,
                     settings.journal_path,
