@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -105,6 +106,65 @@ class Broker:
     def log(self) -> str:
         path = self.directory / "mosquitto.log"
         return path.read_text() if path.exists() else ""
+
+
+POSTGRES_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), Path("/usr/bin"))
+
+
+@dataclass
+class Postgres:
+    """A PostgreSQL server of its own, in a temporary directory, on a free port. PostgreSQL refuses to run as
+    root: as root, it runs as the `postgres` user."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _owner(self) -> dict[str, Any]:
+        return {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
+
+    def init(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+        initdb = [str(POSTGRES_BIN / "initdb"), "-D", str(self.directory / "data"), "-A", "trust", "-U", "postgres"]
+        subprocess.run([*initdb, "--no-sync"], check=True, capture_output=True, **self._owner())
+
+    def start(self) -> None:
+        data, socket_dir = str(self.directory / "data"), str(self.directory)
+        command = [str(POSTGRES_BIN / "postgres"), "-D", data, "-p", str(self.port), "-k", socket_dir]
+        self.process = subprocess.Popen(
+            [*command, "-c", "listen_addresses=127.0.0.1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            **self._owner(),
+        )
+        deadline = time.monotonic() + 30
+        ready = [str(POSTGRES_BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        while subprocess.run(ready, check=False).returncode != 0:
+            assert self.process.poll() is None and time.monotonic() < deadline, "PostgreSQL did not start"
+            time.sleep(0.05)
+
+    def stop(self, how: int = signal.SIGINT) -> None:
+        """SIGINT: PostgreSQL's fast shutdown; SIGKILL: a crash."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(how)
+            self.process.wait(30)
+        self.process = None
+
+
+@pytest.fixture
+def postgres() -> Iterator[Postgres]:
+    directory = Path(tempfile.mkdtemp(prefix="pg-"))  # not under pytest's tmp_path: the postgres user must reach it
+    instance = Postgres(directory)
+    instance.init()
+    instance.start()
+    yield instance
+    instance.stop()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
