@@ -167,6 +167,28 @@ def postgres() -> Iterator[Postgres]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    """One PostgreSQL for the session's journal tests; each test gets a database of its own (`pg_url`)."""
+    directory = Path(tempfile.mkdtemp(prefix="pg-"))
+    instance = Postgres(directory)
+    instance.init()
+    instance.start()
+    yield instance
+    instance.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(postgres_server: Postgres) -> str:
+    import psycopg  # noqa: PLC0415
+
+    name = f"journal_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.url, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+    return postgres_server.url.rsplit("/", 1)[0] + f"/{name}"
+
+
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     directory = tmp_path / "broker"

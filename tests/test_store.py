@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import stat
 import time
 from pathlib import Path
@@ -21,9 +20,11 @@ def note(request_id: str = "r1", content: str = "hi") -> Notification:
     return Notification(request_id, Kind.SMS, "+12345000000", "+15005550006", "Darla", content, 2)
 
 
-@pytest.fixture
-async def journal(tmp_path: Path) -> Journal:
-    opened = await Journal.open(str(tmp_path / "j.db"))
+@pytest.fixture(params=["sqlite", "postgres"])
+async def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Journal:
+    """The same tests on both journals: an SQLite file, and a PostgreSQL database of its own."""
+    where = str(tmp_path / "j.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    opened = await Journal.open(where)
     yield opened  # type: ignore[misc]
     await opened.close()
 
@@ -145,14 +146,18 @@ async def test_due_requests_come_in_order_and_skip_busy_ones(journal: Journal) -
 
 async def test_concurrent_writes_share_commits(journal: Journal) -> None:
     commits = 0
-    original = journal._commit
+    core = journal.core
+    original = core.run_batch if core.remote else journal._commit
 
-    def counting() -> None:
+    def counting(*args: object) -> object:
         nonlocal commits
         commits += 1
-        original()
+        return original(*args)  # type: ignore[arg-type]
 
-    journal._commit = counting  # type: ignore[method-assign]
+    if core.remote:
+        core.run_batch = counting  # type: ignore[method-assign,assignment]
+    else:
+        journal._commit = counting  # type: ignore[method-assign,assignment]
     results = await asyncio.gather(*(journal.accept(note(f"g{n}"), window=600) for n in range(200)))
     assert len(set(results)) == 200 and all(isinstance(r, int) for r in results)
     assert commits < 20, commits
@@ -163,7 +168,7 @@ async def test_a_failing_operation_does_not_sink_its_batch(journal: Journal) -> 
         journal.core.db.execute("INSERT INTO no_such_table VALUES (1)")
 
     good, bad = await asyncio.gather(journal.accept(note(), window=600), journal.write(broken), return_exceptions=True)
-    assert isinstance(good, int) and isinstance(bad, sqlite3.Error)
+    assert isinstance(good, int) and isinstance(bad, journal.core.Error)
     assert journal.core.unfinished() == 1
 
 

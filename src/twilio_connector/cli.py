@@ -98,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="inspect the journal: counts, pending and failed requests, retry a failed one",
         description="Inspect the journal of a connector (running or not).",
     )
-    journal.add_argument("--config", metavar="FILE", help="TOML configuration file (for journal_path)")
+    journal.add_argument("--config", metavar="FILE", help="TOML configuration file (for journal_path or journal_url)")
     journal.add_argument("--journal-path", dest="journal_path", metavar="PATH", help="journal database file")
+    journal.add_argument("--journal-url", dest="journal_url", metavar="URL", help="PostgreSQL journal")
     actions = journal.add_subparsers(dest="action", required=True, parser_class=_Parser)
     actions.add_parser("counts", help="requests by state, and statuses not yet published")
     listing = actions.add_parser("list", help="the newest requests in some states")

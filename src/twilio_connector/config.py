@@ -86,6 +86,7 @@ class Settings:
     broker_give_up: float = 0.0
     max_payload_bytes: int = 64 * 1024
     journal_path: str = field(default_factory=default_journal_path)
+    journal_url: str | None = None
     journal_sync: str = "full"
     journal_retention: float = 7 * 24 * 3600.0
     dedupe_window: float = 600.0
@@ -120,6 +121,11 @@ class Settings:
     @property
     def broker(self) -> BrokerAddress:
         return BrokerAddress.parse(self.broker_url)
+
+    @property
+    def journal(self) -> str:
+        """Where the journal is: the PostgreSQL URL when one is set, else the SQLite file."""
+        return self.journal_url or self.journal_path
 
     @property
     def request_filters(self) -> list[str]:

@@ -27,15 +27,15 @@ from .intake import Accepted, Admission, Folded, Refused
 from .ports import SidClaimed
 from .store import HAND_OVER_LIMIT, MARK_DELAY, Duplicate, Entry, JournalCore, Track, Tracked
 
-__all__ = ["Journal"]
+__all__ = ["Journal", "open_core"]
 
 T = TypeVar("T")
 
 
-def _attempt(operation: Callable[[], Any]) -> tuple[bool, Any]:
+def _attempt(operation: Callable[[], Any], error: type[Exception]) -> tuple[bool, Any]:
     try:
         return True, operation()
-    except sqlite3.Error as exc:
+    except error as exc:
         return False, exc
 
 
@@ -47,6 +47,15 @@ def _settle(outcomes: Iterable[tuple[asyncio.Future[Any], tuple[bool, Any]]]) ->
             future.set_result(value)
         else:
             future.set_exception(value)
+
+
+def open_core(path: str, sync: str = "full", *, hand_over_limit: int = 0) -> JournalCore:
+    """The journal's storage at `path`: a postgresql:// URL (PostgreSQL), else an SQLite file (blocking)."""
+    if path.startswith(("postgresql://", "postgres://")):
+        from .pg_store import PgCore  # noqa: PLC0415  (psycopg is needed only then)
+
+        return PgCore(path, sync, hand_over_limit=hand_over_limit)
+    return JournalCore(path, sync, hand_over_limit=hand_over_limit)
 
 
 class Journal:
@@ -78,21 +87,24 @@ class Journal:
         hand_over_limit: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> Journal:
-        """`hand_over_limit`: requests and statuses handed to the engine in memory at most (default
-        HAND_OVER_LIMIT; 0: none, every one found by a query)."""
+        """`path`: an SQLite file, or a postgresql:// URL. `hand_over_limit`: requests and statuses handed to the
+        engine in memory at most (default HAND_OVER_LIMIT; 0: none, every one found by a query)."""
         limit = HAND_OVER_LIMIT if hand_over_limit is None else hand_over_limit
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(max_workers=1) as opener:
-            core = await loop.run_in_executor(opener, lambda: JournalCore(path, sync, hand_over_limit=limit))
+            core = await loop.run_in_executor(opener, lambda: open_core(path, sync, hand_over_limit=limit))
         return cls(core, clock)
 
     async def close(self) -> None:
         await self.flush()
-        self.core.close()
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.core.close)
         self._executor.shutdown(wait=True)
 
     async def read(self, operation: Callable[[], T]) -> T:
-        """Run `operation` (a query) now, or right after the commit under way."""
+        """Run `operation` (a query) now, or right after the commit under way; on a remote database, on the
+        journal's thread (where the writes run too, one at a time)."""
+        if self.core.remote:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, operation)
         if not self._flushing:
             return operation()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -143,8 +155,12 @@ class Journal:
                 batch, self._batch = self._batch, []
                 marks, self._marks = self._marks, ([], [])
                 try:
-                    outcomes = self._execute(batch, marks)
-                    await loop.run_in_executor(self._executor, self._commit)
+                    if self.core.remote:
+                        operations = [operation for operation, _ in batch]
+                        outcomes = await loop.run_in_executor(self._executor, self.core.run_batch, operations, marks)
+                    else:
+                        outcomes = self._execute(batch, marks)
+                        await loop.run_in_executor(self._executor, self._commit)
                     self.core.committed()
                     self.writable = True
                 except Exception as exc:
@@ -153,7 +169,7 @@ class Journal:
                     marking.difference_update(marked)
                 _settle(zip((future for _, future in batch), outcomes, strict=True))
                 reads, self._reads = self._reads, []
-                _settle((future, _attempt(operation)) for operation, future in reads)
+                _settle((future, _attempt(operation, self.core.Error)) for operation, future in reads)
                 if not self._batch:
                     break
         finally:
@@ -169,7 +185,7 @@ class Journal:
         self.core.db.execute("BEGIN IMMEDIATE")
         # No savepoint per operation (they cost two statements each): a failing statement changes nothing by
         # itself, and one failed operation must not sink the batch.
-        outcomes = [_attempt(operation) for operation, _ in batch]
+        outcomes = [_attempt(operation, sqlite3.Error) for operation, _ in batch]
         try:
             if marks[0]:
                 self.core.mark_published(marks[0])
@@ -184,8 +200,9 @@ class Journal:
         self.core.db.execute("COMMIT")
 
     def _abandon(self, exc: Exception, size: int) -> list[tuple[bool, Any]]:
-        with contextlib.suppress(sqlite3.Error):
-            self.core.db.execute("ROLLBACK")
+        if not self.core.remote:  # a remote transaction rolled itself back
+            with contextlib.suppress(sqlite3.Error):
+                self.core.db.execute("ROLLBACK")
         self.core.rolled_back()
         self.writable = False
         return [(False, exc)] * size
@@ -220,7 +237,7 @@ class Journal:
     async def _claiming(self, sid: str | None, operation: Callable[[], None]) -> None:
         try:
             await self.write(operation)
-        except sqlite3.IntegrityError as exc:  # the unique index on SIDs: the statement changed nothing
+        except self.core.IntegrityError as exc:  # the unique index on SIDs: the statement changed nothing
             raise SidClaimed(sid) from exc
 
     async def admit(

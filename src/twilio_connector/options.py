@@ -163,6 +163,17 @@ def _default_from(value: Any) -> str | None:
         raise ValueError(str(exc).removeprefix("value ")) from None
 
 
+def _journal_url(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    parts = urlsplit(_text(value))
+    if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
+        raise ValueError("must look like postgresql://user@host:port/database")
+    if parts.password:
+        raise ValueError("must not carry a password: use PGPASSWORD or a ~/.pgpass file")
+    return str(value)
+
+
 def _journal_sync(value: Any) -> str:
     if value not in SYNC_MODES:
         raise ValueError(f"must be one of {', '.join(SYNC_MODES)}")
@@ -424,6 +435,13 @@ OPTIONS: dict[str, Option] = {
         "The journal's SQLite file; :memory: for none (nothing survives a restart). Default: "
         "$STATE_DIRECTORY/twilio-connector-journal.db, else the working directory.",
         "--journal-path",
+        section=_JOURNAL,
+    ),
+    "journal_url": Option(
+        _journal_url,
+        "A PostgreSQL database for the journal (postgresql://user@host:port/database), in place of the SQLite "
+        "file; the password comes from PGPASSWORD or ~/.pgpass.",
+        "--journal-url",
         section=_JOURNAL,
     ),
     "journal_sync": Option(

@@ -59,7 +59,7 @@ async def _serve_operations(
             found.append(f"not connected to the broker at {settings.broker_url}{why}")
         found += [f"the broker refused the subscription to {refused}" for refused in transport.refused]
         if not journal.writable:
-            found.append(f"the journal at {settings.journal_path} cannot be written")
+            found.append(f"the journal at {settings.journal} cannot be written")
         return found
 
     assert settings.metrics_listen is not None
@@ -109,7 +109,7 @@ async def run(
         connect_timeout=settings.connect_timeout,
         status_callback=settings.callback_url if settings.delivery_tracking == "callback" else None,
     )
-    journal = await Journal.open(settings.journal_path, settings.journal_sync)
+    journal = await Journal.open(settings.journal, settings.journal_sync)
     try:
         async with client:
             transport: MqttTransport | None = None
@@ -151,7 +151,7 @@ async def run(
                     " and ".join(settings.request_filters),
                     settings.status_topic,
                     settings.api_base_url,
-                    settings.journal_path,
+                    settings.journal,
                 )
                 await _first(stop.wait(), watch(gave_up))
             log.info("stopping: finishing %d request(s) in flight", engine.in_flight)

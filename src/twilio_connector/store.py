@@ -27,7 +27,7 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,20 +235,36 @@ class JournalCore:
         self._handed_statuses: set[int] = set()
         self._staged_requests: list[Entry] = []
         self._staged_statuses: list[tuple[int, bytes]] = []
+        self.db: Any = self._open(path, sync)
+        self._data_version = self._version()
+
+    #: What the connection raises; an IntegrityError is a constraint (the SID claim) refusing a statement.
+    Error: type[Exception] = sqlite3.Error
+    IntegrityError: type[Exception] = sqlite3.IntegrityError
+    #: Statements wait on a network (PostgreSQL): the async front then runs them off the event loop, each group
+    #: of writes through `run_batch`.
+    remote = False
+
+    def run_batch(self, operations: list[Callable[[], Any]], marks: tuple[list[int], list[int]]) -> list[Any]:
+        """A remote database's group of writes, in one transaction (pg_store.py). The SQLite journal runs its
+        statements on the event loop instead (journal.Journal._execute): it never calls this."""
+        raise NotImplementedError
+
+    def _open(self, path: str, sync: str) -> Any:
         if path != ":memory:":
             # 0600: the journal holds phone numbers and message texts.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA busy_timeout=5000")  # `twilio-connector journal` may write while we run
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={SYNC_MODES[sync]}")
-        self.db.executescript(_SCHEMA)
-        present = {row[1] for row in self.db.execute("PRAGMA table_info(requests)")}
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=5000")  # `twilio-connector journal` may write while we run
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={SYNC_MODES[sync]}")
+        db.executescript(_SCHEMA)
+        present = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
         for column, declaration in _ADDED_COLUMNS:
             if column not in present:
-                self.db.execute(f"ALTER TABLE requests ADD COLUMN {column} {declaration}")
-        self.db.executescript(_INDEXES)
-        self._data_version = self._version()
+                db.execute(f"ALTER TABLE requests ADD COLUMN {column} {declaration}")
+        db.executescript(_INDEXES)
+        return db
 
     def _version(self) -> int:
         return int(self.db.execute("PRAGMA data_version").fetchone()[0])
@@ -302,16 +318,17 @@ class JournalCore:
         else:
             state, attempts, started = ("sending", 1, now) if begin else ("accepted", 0, None)
             status, error = None, None
-        cursor = self.db.execute(
-            "INSERT INTO requests (dedupe_key, request_id, kind, to_number, from_number, name, content, retries, "
-            "options, state, attempts, attempt_started_at, next_attempt_at, accepted_at, updated_at, digest_seq, "
-            "status, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                *(identity.key, n.id, n.kind.value, n.to, n.from_, n.name, n.content, n.retries, identity.options),
-                *(state, attempts, started, start, now, now, digest, status, error),
-            ),
+        seq = int(
+            self.db.execute(
+                "INSERT INTO requests (dedupe_key, request_id, kind, to_number, from_number, name, content, retries, "
+                "options, state, attempts, attempt_started_at, next_attempt_at, accepted_at, updated_at, digest_seq, "
+                "status, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+                (
+                    *(identity.key, n.id, n.kind.value, n.to, n.from_, n.name, n.content, n.retries, identity.options),
+                    *(state, attempts, started, start, now, now, digest, status, error),
+                ),
+            ).fetchone()[0]
         )
-        seq = int(cursor.lastrowid or 0)
         if digest is not None:
             self.db.execute("UPDATE requests SET members = members + 1 WHERE seq = ?", (digest,))
         elif status is not None:
@@ -334,8 +351,9 @@ class JournalCore:
 
     def save_window(self, key: str, window: Window) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO windows (key, opens_at, closes_at, passed, next_at, digest_seq) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO windows (key, opens_at, closes_at, passed, next_at, digest_seq) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET opens_at = excluded.opens_at, closes_at = excluded.closes_at, "
+            "passed = excluded.passed, next_at = excluded.next_at, digest_seq = excluded.digest_seq",
             (key, window.opens_at, window.closes_at, window.passed, window.next_at, window.digest),
         )
 
@@ -360,7 +378,7 @@ class JournalCore:
     def bump(self, span: str, scope: str, bucket: int) -> None:
         self.db.execute(
             "INSERT INTO counters (span, scope, bucket, n) VALUES (?, ?, ?, 1) "
-            "ON CONFLICT (span, scope, bucket) DO UPDATE SET n = n + 1",
+            "ON CONFLICT (span, scope, bucket) DO UPDATE SET n = counters.n + 1",
             (span, scope, bucket),
         )
 
@@ -421,13 +439,14 @@ class JournalCore:
 
     def reject(self, kind: Kind, request_id: str | None, status: bytes, reason: str, now: float) -> int:
         """Record an invalid request with its failure status, so the status goes out like any other."""
-        cursor = self.db.execute(
-            "INSERT INTO requests (dedupe_key, request_id, kind, to_number, from_number, name, content, retries, "
-            "state, next_attempt_at, last_error, status, accepted_at, updated_at) "
-            "VALUES (randomblob(16), ?, ?, '', '', '', '', 0, 'invalid', 0, ?, ?, ?, ?)",
-            (request_id or "", kind.value, reason, status, now, now),
+        seq = int(
+            self.db.execute(
+                "INSERT INTO requests (dedupe_key, request_id, kind, to_number, from_number, name, content, retries, "
+                "state, next_attempt_at, last_error, status, accepted_at, updated_at) "
+                "VALUES (?, ?, ?, '', '', '', '', 0, 'invalid', 0, ?, ?, ?, ?) RETURNING seq",
+                (os.urandom(16), request_id or "", kind.value, reason, status, now, now),
+            ).fetchone()[0]
         )
-        seq = int(cursor.lastrowid or 0)
         self._stage_status(seq, status)
         return seq
 
@@ -452,12 +471,14 @@ class JournalCore:
     def doubt_interrupted(self, grace: float) -> int:
         """Attempts cut short by a stop (rows left in `sending`) are in doubt: looked up `grace` seconds after they
         began. The attempt does not count against the request's retries (the connector's stop is not its fault)."""
-        return self.db.execute(
-            "UPDATE requests SET state = 'doubt', lookups = 0, attempts = attempts - 1, "
-            "last_error = 'the connector stopped while sending it', "
-            "next_attempt_at = COALESCE(attempt_started_at, 0) + ? WHERE state = 'sending'",
-            (grace,),
-        ).rowcount
+        return int(
+            self.db.execute(
+                "UPDATE requests SET state = 'doubt', lookups = 0, attempts = attempts - 1, "
+                "last_error = 'the connector stopped while sending it', "
+                "next_attempt_at = COALESCE(attempt_started_at, 0) + ? WHERE state = 'sending'",
+                (grace,),
+            ).rowcount
+        )
 
     def retry_later(self, seq: int, at: float, error: str) -> None:
         self._handed_requests.discard(seq)
@@ -480,8 +501,10 @@ class JournalCore:
         self._stage_status(seq, status)
         if track is not None and sid:
             self.db.execute(
-                "INSERT OR REPLACE INTO tracking (seq, sid, next_check_at, interval, deadline, last_status) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                'INSERT INTO tracking (seq, sid, next_check_at, "interval", deadline, last_status) '
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (seq) DO UPDATE SET sid = excluded.sid, "
+                'next_check_at = excluded.next_check_at, "interval" = excluded."interval", '
+                "deadline = excluded.deadline, last_status = excluded.last_status",
                 (seq, sid, now + track.first_check, track.first_check, now + track.give_up_after, track.status),
             )
 
@@ -489,7 +512,7 @@ class JournalCore:
 
     def tracked_due(self, now: float, limit: int) -> list[Tracked]:
         rows = self.db.execute(
-            f"SELECT t.seq, t.sid, t.interval, t.deadline, t.last_status, {_PREFIXED} FROM tracking t "
+            f'SELECT t.seq, t.sid, t."interval", t.deadline, t.last_status, {_PREFIXED} FROM tracking t '
             "JOIN requests r ON r.seq = t.seq WHERE t.next_check_at <= ? ORDER BY t.next_check_at LIMIT ?",
             (now, limit),
         ).fetchall()
@@ -497,7 +520,7 @@ class JournalCore:
 
     def tracked_by_sid(self, sid: str) -> Tracked | None:
         row = self.db.execute(
-            f"SELECT t.seq, t.sid, t.interval, t.deadline, t.last_status, {_PREFIXED} FROM tracking t "
+            f'SELECT t.seq, t.sid, t."interval", t.deadline, t.last_status, {_PREFIXED} FROM tracking t '
             "JOIN requests r ON r.seq = t.seq WHERE t.sid = ?",
             (sid,),
         ).fetchone()
@@ -509,7 +532,7 @@ class JournalCore:
 
     def check_later(self, seq: int, at: float, interval: float, last_status: str) -> None:
         self.db.execute(
-            "UPDATE tracking SET next_check_at = ?, interval = ?, last_status = ? WHERE seq = ?",
+            'UPDATE tracking SET next_check_at = ?, "interval" = ?, last_status = ? WHERE seq = ?',
             (at, interval, last_status, seq),
         )
 
@@ -550,7 +573,7 @@ class JournalCore:
             "updated_at = ? WHERE seq = ? AND state = 'failed' AND members = 0",
             (time.time(), seq),
         )
-        return cursor.rowcount == 1
+        return bool(cursor.rowcount == 1)
 
     def prune(self, before: float) -> int:
         self.db.execute("DELETE FROM followups WHERE published = 1 AND created_at < ?", (before,))
@@ -559,7 +582,7 @@ class JournalCore:
             "AND seq NOT IN (SELECT seq FROM tracking)",
             (before,),
         )
-        return cursor.rowcount
+        return int(cursor.rowcount)
 
     def prune_counts(self, now: float) -> None:
         """Forget storm windows and rate buckets that no longer count (their memory is bounded by a day)."""
@@ -592,7 +615,7 @@ class JournalCore:
         row = self.db.execute(
             "SELECT MIN(at) FROM (SELECT MIN(next_attempt_at) AS at FROM requests WHERE state = 'accepted' "
             "AND next_attempt_at > ? UNION ALL SELECT MIN(next_attempt_at) FROM requests WHERE state = 'doubt' "
-            "AND next_attempt_at > ?)",
+            "AND next_attempt_at > ?) AS waiting",
             (now, now),
         ).fetchone()
         return entries, None if row[0] is None else float(row[0])

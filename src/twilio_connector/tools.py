@@ -22,6 +22,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from .config import ConfigError, load_settings
+from .journal import open_core
 from .options import BrokerAddress
 from .simulator import Simulator
 from .store import JournalCore
@@ -141,25 +142,32 @@ async def status(args: argparse.Namespace) -> int:
 
 def journal(args: argparse.Namespace) -> int:
     """Inspect a journal, or retry one failed request. Exit 1: the request is not a failed one."""
+    flags = {"journal_path": args.journal_path, "journal_url": args.journal_url}
     try:
-        settings = load_settings(args.config, os.environ, {"journal_path": args.journal_path})
+        settings = load_settings(args.config, os.environ, flags)
     except ConfigError as error:
         raise UserError("; ".join(error.problems)) from None
-    path = settings.journal_path
-    if not os.path.isfile(path):
+    path = settings.journal
+    if not settings.journal_url and not os.path.isfile(path):
         raise UserError(f"no journal at {path}" + (" (that is a directory)" if os.path.isdir(path) else ""))
     try:
-        core = JournalCore(path, settings.journal_sync)
+        core = open_core(path, settings.journal_sync)
     except sqlite3.DatabaseError:
         raise UserError(f"{path} is not a connector journal (not an SQLite database)") from None
     except OSError as exc:
         raise UserError(f"cannot open the journal at {path}: {os_error_words(exc)}") from None
+    except Exception as exc:  # the PostgreSQL driver's errors (psycopg is imported only for a URL)
+        raise UserError(f"cannot open the journal at {path}: {_first_line(exc)}") from None
     try:
         return _journal_action(core, args)
-    except sqlite3.DatabaseError as exc:
-        raise UserError(f"{path} is not a connector journal ({exc})") from None
+    except core.Error as exc:
+        raise UserError(f"{path} is not a connector journal ({_first_line(exc)})") from None
     finally:
         core.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
 
 
 def _journal_action(core: JournalCore, args: argparse.Namespace) -> int:
