@@ -87,6 +87,7 @@ class Settings:
     max_payload_bytes: int = 64 * 1024
     journal_path: str = field(default_factory=default_journal_path)
     journal_url: str | None = None
+    journal_lease: float = 30.0
     journal_sync: str = "full"
     journal_retention: float = 7 * 24 * 3600.0
     dedupe_window: float = 600.0

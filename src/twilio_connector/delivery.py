@@ -87,6 +87,11 @@ class Delivery:
         except asyncio.CancelledError:
             raise
         except Exception:
+            if not self._journal.writable:
+                # Not a defect: the journal is away (a database restarting). The request stays in it as it was
+                # and is taken up again (an attempt that may have left is looked up first).
+                log.warning("request id=%s: the journal cannot be written; leaving it there", entry.notification.id)
+                return
             await self._internal_error(entry)
 
     async def _attempt(self, entry: Entry, begun: bool, started: float) -> None:

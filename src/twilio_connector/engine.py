@@ -185,15 +185,35 @@ class Engine:
             begin = journal.hand_requests and not journal.ready and dispatcher.free_slots() > 0
             dispatcher.starting += begin
             try:
-                admitted = await journal.admit(self._admission, notification, begin=begin, redelivered=redelivered)
+                admitted = await self._admit(notification, begin, redelivered)
             finally:
                 dispatcher.starting -= begin
-            await self._admitted(notification, admitted)
+            await self._admitted(notification, admitted, redelivered)
 
-    async def _admitted(self, notification: Notification, admitted: Accepted | Folded | Refused | Duplicate) -> None:
+    async def _admit(
+        self, notification: Notification, begin: bool, redelivered: bool
+    ) -> Accepted | Folded | Refused | Duplicate:
+        """Admit, waiting out a journal that cannot be written (a database restarting): the request is not
+        acknowledged meanwhile, so the broker keeps it, and holds back the rest."""
+        delay = 0.5
+        while True:
+            try:
+                return await self._journal.admit(self._admission, notification, begin=begin, redelivered=redelivered)
+            except Exception:
+                if self._journal.writable:
+                    raise
+                log.warning("the journal cannot be written: holding request id=%s, trying again", notification.id)
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2)
+
+    async def _admitted(
+        self, notification: Notification, admitted: Accepted | Folded | Refused | Duplicate, redelivered: bool
+    ) -> None:
         if isinstance(admitted, Duplicate):
             log.info("request id=%s result=duplicate (already recorded; nothing sent again)", notification.id)
-            if admitted.status is not None:
+            # Its status goes out again for a broker's redelivery, or a device's resend; on a shared journal a
+            # fresh copy is most likely another connector's copy of the same publish, already answered.
+            if admitted.status is not None and (redelivered or not self._journal.shared):
                 await self._journal.republish(admitted.seq, admitted.status)
                 self._publisher.wake()
             return
@@ -237,11 +257,14 @@ class Engine:
             await asyncio.sleep(PRUNE_EVERY)
 
     async def _watch(self) -> None:
-        """An operator's `twilio-connector journal retry` changes the journal behind our back: notice it within
-        a second, count the backlog again and look for work."""
+        """Tend the journal once a second. Another connector or an operator's `twilio-connector journal retry`
+        changes it behind our back: notice it within a second, count the backlog again and look for work."""
         while True:
             await asyncio.sleep(WATCH_EVERY)
-            if await self._journal.changed_elsewhere():
+            held = [*self._dispatcher.active, *(entry.seq for entry in self._journal.ready)]
+            if await self._journal.tend(held):
                 self._unfinished = await self._journal.unfinished()
                 self._update_room()
                 self._dispatcher.rescan()
+                self._journal.hand_statuses = False  # statuses may be waiting that were not handed to us
+                self._publisher.wake()

@@ -49,12 +49,14 @@ def _settle(outcomes: Iterable[tuple[asyncio.Future[Any], tuple[bool, Any]]]) ->
             future.set_exception(value)
 
 
-def open_core(path: str, sync: str = "full", *, hand_over_limit: int = 0) -> JournalCore:
+def open_core(
+    path: str, sync: str = "full", *, hand_over_limit: int = 0, node: str | None = None, lease: float = 30.0
+) -> JournalCore:
     """The journal's storage at `path`: a postgresql:// URL (PostgreSQL), else an SQLite file (blocking)."""
     if path.startswith(("postgresql://", "postgres://")):
         from .pg_store import PgCore  # noqa: PLC0415  (psycopg is needed only then)
 
-        return PgCore(path, sync, hand_over_limit=hand_over_limit)
+        return PgCore(path, sync, hand_over_limit=hand_over_limit, node=node, lease=lease)
     return JournalCore(path, sync, hand_over_limit=hand_over_limit)
 
 
@@ -86,13 +88,19 @@ class Journal:
         *,
         hand_over_limit: int | None = None,
         clock: Callable[[], float] = time.time,
+        node: str | None = None,
+        lease: float = 30.0,
     ) -> Journal:
         """`path`: an SQLite file, or a postgresql:// URL. `hand_over_limit`: requests and statuses handed to the
-        engine in memory at most (default HAND_OVER_LIMIT; 0: none, every one found by a query)."""
+        engine in memory at most (default HAND_OVER_LIMIT; 0: none, every one found by a query). `node`: this
+        connector's name among those sharing a PostgreSQL journal (its MQTT client id), and `lease` how long its
+        claims last unless renewed."""
         limit = HAND_OVER_LIMIT if hand_over_limit is None else hand_over_limit
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(max_workers=1) as opener:
-            core = await loop.run_in_executor(opener, lambda: open_core(path, sync, hand_over_limit=limit))
+            core = await loop.run_in_executor(
+                opener, lambda: open_core(path, sync, hand_over_limit=limit, node=node, lease=lease)
+            )
         return cls(core, clock)
 
     async def close(self) -> None:
@@ -100,16 +108,24 @@ class Journal:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.core.close)
         self._executor.shutdown(wait=True)
 
+    @property
+    def shared(self) -> bool:
+        return self.core.remote
+
     async def read(self, operation: Callable[[], T]) -> T:
         """Run `operation` (a query) now, or right after the commit under way; on a remote database, on the
         journal's thread (where the writes run too, one at a time)."""
         if self.core.remote:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, operation)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._remote, operation)
         if not self._flushing:
             return operation()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._reads.append((operation, future))
         return await future
+
+    def _remote(self, operation: Callable[[], T]) -> T:
+        self.core.revive()
+        return operation()
 
     async def write(self, operation: Callable[[], T]) -> T:
         """Run `operation` in the next group commit; return once it is committed."""
@@ -162,7 +178,7 @@ class Journal:
                         outcomes = self._execute(batch, marks)
                         await loop.run_in_executor(self._executor, self._commit)
                     self.core.committed()
-                    self.writable = True
+                    self.writable = self.core.healthy()
                 except Exception as exc:
                     outcomes = self._abandon(exc, len(batch))
                 for marking, marked in zip(self._marking, marks, strict=True):
@@ -312,8 +328,9 @@ class Journal:
     async def republish(self, seq: int, status: bytes) -> None:
         await self.write(lambda: self.core.republish(seq, status))
 
-    async def changed_elsewhere(self) -> bool:
-        return await self.read(self.core.changed_elsewhere)
+    async def tend(self, held: Collection[int] = ()) -> bool:
+        held = list(held)
+        return await self.read(lambda: self.core.tend(held))
 
     async def prune(self, before: float) -> int:
         def prune() -> int:

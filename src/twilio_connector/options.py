@@ -444,6 +444,12 @@ OPTIONS: dict[str, Option] = {
         "--journal-url",
         section=_JOURNAL,
     ),
+    "journal_lease": Option(
+        _positive_float,
+        "With a PostgreSQL journal shared by several connectors: seconds a connector's claim on its work lasts "
+        "unless renewed, so how long a dead connector's work waits before another takes it over.",
+        section=_JOURNAL,
+    ),
     "journal_sync": Option(
         _journal_sync,
         "full: survives power loss; normal: survives a crash of the process; off.",

@@ -34,6 +34,11 @@ class JournalPort(Protocol):
     writable: bool  # the last write was committed (readiness)
 
     @property
+    def shared(self) -> bool:
+        """Several connectors may use this journal at once (PostgreSQL)."""
+        ...
+
+    @property
     def ready(self) -> deque[Entry]: ...
 
     @property
@@ -105,8 +110,10 @@ class JournalPort(Protocol):
     async def delivered(self, seq: int, payload: bytes) -> bool: ...
 
     # -- upkeep --------------------------------------------------------------------------------------
-    async def changed_elsewhere(self) -> bool:
-        """Whether someone else (an operator's command) changed the journal since the last call."""
+    async def tend(self, held: Collection[int] = ()) -> bool:
+        """Called once a second: keep alive the claims on what this process holds (`held`: the requests at work;
+        a shared journal), and say whether someone else (another connector, an operator's command) changed the
+        journal since the last call."""
         ...
 
     async def prune(self, before: float) -> int: ...

@@ -109,7 +109,9 @@ async def run(
         connect_timeout=settings.connect_timeout,
         status_callback=settings.callback_url if settings.delivery_tracking == "callback" else None,
     )
-    journal = await Journal.open(settings.journal, settings.journal_sync)
+    journal = await Journal.open(
+        settings.journal, settings.journal_sync, node=settings.client_id, lease=settings.journal_lease
+    )
     try:
         async with client:
             transport: MqttTransport | None = None

@@ -245,6 +245,9 @@ class JournalCore:
     #: of writes through `run_batch`.
     remote = False
 
+    def revive(self) -> None:
+        """Reconnect if the connection was lost (a remote database; SQLite's cannot be)."""
+
     def run_batch(self, operations: list[Callable[[], Any]], marks: tuple[list[int], list[int]]) -> list[Any]:
         """A remote database's group of writes, in one transaction (pg_store.py). The SQLite journal runs its
         statements on the event loop instead (journal.Journal._execute): it never calls this."""
@@ -269,9 +272,14 @@ class JournalCore:
     def _version(self) -> int:
         return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
-    def changed_elsewhere(self) -> bool:
+    def healthy(self) -> bool:
+        """The connection still works (a remote database's may be lost)."""
+        return True
+
+    def tend(self, held: Collection[int] = ()) -> bool:
         """Whether another connection (an operator's `twilio-connector journal retry`) committed since the last
-        call: SQLite bumps `data_version` for exactly that, so asking costs no read of the tables."""
+        call: SQLite bumps `data_version` for exactly that, so asking costs no read of the tables. (Nothing to
+        keep alive: one process uses an SQLite journal.)"""
         version = self._version()
         changed, self._data_version = version != self._data_version, version
         return changed
