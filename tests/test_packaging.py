@@ -158,3 +158,16 @@ def test_sdist_and_wheel_build_pass_twine_and_install_in_a_fresh_venv(tmp_path: 
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert version.stdout == f"twilio-connector {declared}\n"
     assert wheel.name.startswith(f"twilio_connector-{declared}-")
+
+
+def test_ha_compose_example_runs_three_connectors_on_one_journal() -> None:
+    services = yaml.safe_load((PACKAGING / "container" / "compose-ha.yaml").read_text())["services"]
+    connectors = {name: spec for name, spec in services.items() if name.startswith("connector")}
+    assert len(connectors) == 3 and {"mosquitto", "postgres", "simulator"} <= set(services)
+    environments = [spec["environment"] for spec in connectors.values()]
+    assert len({env["TWILIO_CONNECTOR_CLIENT_ID"] for env in environments}) == 3  # a session each
+    assert len({env["TWILIO_CONNECTOR_JOURNAL_URL"] for env in environments}) == 1  # one journal
+    # With compose's ${VAR:-default} substitutions applied, the environment is a valid configuration.
+    resolved = {key: re.sub(r"\$\{[A-Za-z_]+:-([^}]*)\}", r"\1", value) for key, value in environments[0].items()}
+    settings = load_settings(env=resolved)
+    assert settings.journal_url == "postgresql://connector@postgres:5432/journal" and settings.client_id == "connector1"
