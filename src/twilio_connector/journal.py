@@ -30,6 +30,8 @@ from .store import HAND_OVER_LIMIT, MARK_DELAY, Duplicate, Entry, JournalCore, T
 __all__ = ["Journal", "open_core"]
 
 T = TypeVar("T")
+#: Writes run per group on a remote database (each is its own transaction there).
+REMOTE_GROUP = 16
 
 
 def _attempt(operation: Callable[[], Any], error: type[Exception]) -> tuple[bool, Any]:
@@ -110,7 +112,7 @@ class Journal:
 
     @property
     def shared(self) -> bool:
-        return self.core.remote
+        return self.core.shared
 
     async def read(self, operation: Callable[[], T]) -> T:
         """Run `operation` (a query) now, or right after the commit under way; on a remote database, on the
@@ -146,7 +148,11 @@ class Journal:
         keys = list(keys)  # read twice below: a generator would leave the second empty
         self._marks[which].extend(keys)
         self._marking[which].update(keys)
-        if not self._flushing and self._mark_timer is None:
+        if self.core.shared:
+            # Another connector publishes again what is not recorded as published once our claim lapses: record
+            # it at once, to shrink the window in which our death would have a status go out twice.
+            self._start_flush()
+        elif not self._flushing and self._mark_timer is None:
             self._mark_timer = asyncio.get_running_loop().call_later(MARK_DELAY, self._start_flush)
 
     async def flush(self) -> None:
@@ -168,7 +174,10 @@ class Journal:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                batch, self._batch = self._batch, []
+                # A remote database runs each write as a transaction of its own: a short group lets published
+                # marks (recorded first in each group) wait behind less.
+                size = REMOTE_GROUP if self.core.remote else len(self._batch)
+                batch, self._batch = self._batch[:size], self._batch[size:]
                 marks, self._marks = self._marks, ([], [])
                 try:
                     if self.core.remote:

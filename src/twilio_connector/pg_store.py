@@ -177,6 +177,7 @@ class PgCore(JournalCore):
     Error = psycopg.Error
     IntegrityError = psycopg.IntegrityError
     remote = True
+    shared = True
 
     def __init__(
         self,
@@ -212,6 +213,13 @@ class PgCore(JournalCore):
         exception); then record the published marks. Those that ran before the connection was lost stand."""
         self.revive()
         connection = self.db.connection
+        # Published marks first: until one is recorded, another connector would publish that status again
+        # should this one die. Left unmarked if this fails, they are published again: better than failing.
+        with contextlib.suppress(psycopg.Error), connection.transaction():
+            if marks[0]:
+                self.mark_published(marks[0])
+            if marks[1]:
+                self.mark_followups_published(marks[1])
         outcomes: list[tuple[bool, Any]] = []
         for operation in operations:
             try:
@@ -219,12 +227,6 @@ class PgCore(JournalCore):
                     outcomes.append((True, operation()))
             except psycopg.Error as exc:
                 outcomes.append((False, exc))
-        # Left unmarked if this fails, they are published again: better than failing the group.
-        with contextlib.suppress(psycopg.Error), connection.transaction():
-            if marks[0]:
-                self.mark_published(marks[0])
-            if marks[1]:
-                self.mark_followups_published(marks[1])
         return outcomes
 
     def healthy(self) -> bool:
@@ -338,10 +340,11 @@ class PgCore(JournalCore):
                 "AND state IN ('accepted', 'sending', 'doubt')",
                 (now + self.lease, self.node, holding),
             )
+            # Every status this connector claimed and has not published yet is in its publisher's hands.
             self.db.execute(
-                "UPDATE requests SET publish_lease = ? WHERE publisher = ? AND seq = ANY(?) "
-                "AND status IS NOT NULL AND status_published = 0",
-                (now + self.lease, self.node, sorted(self._handed_statuses)),
+                "UPDATE requests SET publish_lease = ? WHERE publisher = ? AND status IS NOT NULL "
+                "AND status_published = 0",
+                (now + self.lease, self.node),
             )
             taken = self._take_over(mine=False)
             if taken:

@@ -244,6 +244,8 @@ class JournalCore:
     #: Statements wait on a network (PostgreSQL): the async front then runs them off the event loop, each group
     #: of writes through `run_batch`.
     remote = False
+    #: Several connectors may use the journal at once.
+    shared = False
 
     def revive(self) -> None:
         """Reconnect if the connection was lost (a remote database; SQLite's cannot be)."""
@@ -501,11 +503,13 @@ class JournalCore:
     ) -> None:
         now = time.time()
         self._handed_requests.discard(seq)  # a lookup's request is finished without a new attempt
-        self.db.execute(
+        finished = self.db.execute(
             "UPDATE requests SET state = ?, status = ?, sid = ?, last_error = ?, status_published = 0, "
-            "updated_at = ? WHERE seq = ?",
+            "updated_at = ? WHERE seq = ? AND state IN ('accepted', 'sending', 'doubt')",
             (state, status, sid, error, now, seq),
-        )
+        ).rowcount
+        if not finished:
+            return  # already finished (by another connector that took it over): its status stands
         self._stage_status(seq, status)
         if track is not None and sid:
             self.db.execute(
