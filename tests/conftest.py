@@ -156,27 +156,31 @@ class Postgres:
         self.process = None
 
 
-@pytest.fixture
-def postgres() -> Iterator[Postgres]:
+@contextlib.contextmanager
+def running_postgres() -> Iterator[Postgres]:
     directory = Path(tempfile.mkdtemp(prefix="pg-"))  # not under pytest's tmp_path: the postgres user must reach it
     instance = Postgres(directory)
     instance.init()
     instance.start()
-    yield instance
-    instance.stop()
-    shutil.rmtree(directory, ignore_errors=True)
+    try:
+        yield instance
+    finally:
+        instance.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL of the test's own, to stop and start."""
+    with running_postgres() as instance:
+        yield instance
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[Postgres]:
     """One PostgreSQL for the session's journal tests; each test gets a database of its own (`pg_url`)."""
-    directory = Path(tempfile.mkdtemp(prefix="pg-"))
-    instance = Postgres(directory)
-    instance.init()
-    instance.start()
-    yield instance
-    instance.stop()
-    shutil.rmtree(directory, ignore_errors=True)
+    with running_postgres() as instance:
+        yield instance
 
 
 @pytest.fixture
