@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from twilio_connector.concurrency import ConcurrencyWindow
 from twilio_connector.config import Settings
 from twilio_connector.contract import Kind, Notification, SendResult
 from twilio_connector.delivery import Delivery
@@ -108,7 +109,9 @@ class ModelTwilio:
 
 
 class NoScheduler:
-    def answered(self, seq: int) -> None:
+    window = ConcurrencyWindow(1)
+
+    def answered(self, seq: int, throttled: bool = False) -> None:
         pass
 
     def due_at(self, when: float) -> None:

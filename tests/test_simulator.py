@@ -119,7 +119,13 @@ async def test_fault_injection_and_record(http: aiohttp.ClientSession, simulator
 
 async def test_latency_is_configurable(http: aiohttp.ClientSession, simulator: SimulatorHandle) -> None:
     async with http.post("/_sim/config", json={"latency_ms": 50}) as response:
-        assert (await response.json()) == {"latency_ms": 50, "delivery": {}, "list_lag_ms": 0, "trial": False}
+        assert (await response.json()) == {
+            "latency_ms": 50,
+            "delivery": {},
+            "list_lag_ms": 0,
+            "trial": False,
+            "concurrency_limit": 0,
+        }
     assert simulator.sim.latency == 0.05
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
+from .concurrency import ConcurrencyWindow
 from .config import Settings
 from .contract import ErrorCode, Notification, SendResult, encode_status, failure_status, success_status
 from .lifecycle import Attempt, Decision, Lifecycle, LookUp, Retry
@@ -32,12 +33,16 @@ __all__ = ["Delivery", "Scheduler", "Sender"]
 log = logging.getLogger(__name__)
 
 DIGEST_TEXTS = 400  # texts read to write a digest: more never fit in its ten segments
+HTTP_TOO_MANY = 429
 
 
 class Scheduler(Protocol):
-    """What delivery tells the dispatcher: a slot is free again; something falls due at `when`."""
+    """What delivery tells the dispatcher: a slot is free again (Twilio answered, perhaps with a 429); something
+    falls due at `when`."""
 
-    def answered(self, seq: int) -> None: ...
+    window: ConcurrencyWindow
+
+    def answered(self, seq: int, throttled: bool = False) -> None: ...
 
     def due_at(self, when: float) -> None: ...
 
@@ -104,7 +109,11 @@ class Delivery:
         began = self._clock()
         with self._metrics.twilio_seconds.time():
             outcome = await self._sender.create(notification)
-        self._dispatcher.answered(entry.seq)
+        throttled = isinstance(outcome, TwilioFailure) and outcome.http_status == HTTP_TOO_MANY
+        self._dispatcher.answered(entry.seq, throttled)
+        self._metrics.window.set(self._dispatcher.window.size)
+        if throttled:
+            self._metrics.throttled.inc()
         attempt = Attempt(entry.attempts + 1, notification.retries, began)
         await self._apply(entry, self._lifecycle.after_attempt(attempt, outcome, self._clock()), started)
 

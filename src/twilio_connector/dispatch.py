@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from .concurrency import ConcurrencyWindow
 from .ports import JournalPort
 from .store import Entry
 
@@ -25,9 +26,11 @@ Work = Callable[[Entry, bool], Coroutine[Any, Any, None]]
 
 class Dispatcher:
     def __init__(self, journal: JournalPort, max_in_flight: int, work: Work, closing: asyncio.Event) -> None:
-        """`work(entry, begun)` takes a request to its next wait or its end; `begun`: its attempt is recorded."""
+        """`work(entry, begun)` takes a request to its next wait or its end; `begun`: its attempt is recorded.
+        `max_in_flight`: the most requests at Twilio at once; within it, the window adapts to Twilio's 429s."""
         self._journal = journal
         self._max_in_flight = max_in_flight
+        self.window = ConcurrencyWindow(max_in_flight)
         self._work = work
         self._closing = closing
         self.active: dict[int, asyncio.Task[None]] = {}
@@ -42,16 +45,18 @@ class Dispatcher:
         return len(self.active) - len(self._answered)
 
     def free_slots(self) -> int:
-        return self._max_in_flight - len(self.active) + len(self._answered) - self.starting
+        return self.window.size - len(self.active) + len(self._answered) - self.starting
 
     def spawn(self, entry: Entry, *, begun: bool = False) -> None:
         task = asyncio.create_task(self._work(entry, begun))
         self.active[entry.seq] = task
         task.add_done_callback(lambda _: self._done(entry.seq))
 
-    def answered(self, seq: int) -> None:
-        """`seq` has Twilio's answer: its slot is free while the outcome is recorded."""
+    def answered(self, seq: int, throttled: bool = False) -> None:
+        """`seq` has Twilio's answer (`throttled`: a 429, too many concurrent requests): its slot is free while
+        the outcome is recorded, and the window learns from it."""
         self._answered.add(seq)
+        self.window.answered(throttled)
         self._wake.set()
 
     def due_at(self, when: float) -> None:

@@ -19,6 +19,10 @@ from .contract import SendResult
 from .retry import RetryPolicy
 from .twilio import FailureKind, TwilioFailure
 
+#: Attempts a request may spend on 429s (too many concurrent requests) beyond its own `retries`.
+THROTTLED_RETRIES = 20
+HTTP_TOO_MANY = 429
+
 __all__ = [
     "LOOKUP_AFTER",
     "Attempt",
@@ -122,6 +126,9 @@ class Lifecycle:
         return self._retry_or_finish(attempt, not_created, now)
 
     def _retry_or_finish(self, attempt: Attempt, failure: TwilioFailure, now: float) -> Decision:
-        if attempt.number <= attempt.retries and self.retry.should_retry(failure):
+        # A 429 was never processed, and may be the connector's own doing (its concurrency window probing the
+        # account's limit): retried beyond the request's own `retries`, which are for failures of Twilio's.
+        budget = attempt.retries + (THROTTLED_RETRIES if failure.http_status == HTTP_TOO_MANY else 0)
+        if attempt.number <= budget and self.retry.should_retry(failure):
             return Retry(now + self.retry.delay(max(attempt.number, 1), failure, self.rand), failure, attempt.number)
         return Finish(failure, max(attempt.number, 1))

@@ -50,6 +50,14 @@ class Metrics:
             "twilio_connector_journal_backlog", "Requests accepted and not yet finished", registry=registry
         )
         self.in_flight = Gauge("twilio_connector_in_flight", "Requests being sent now", registry=registry)
+        self.window = Gauge(
+            "twilio_connector_concurrency_window",
+            "Requests allowed at Twilio at once now (adapts to 429s, within max_in_flight)",
+            registry=registry,
+        )
+        self.throttled = Counter(
+            "twilio_connector_throttled", "Answers 429 (too many concurrent requests) from Twilio", registry=registry
+        )
         self.broker_faults = Counter(
             "twilio_connector_broker_faults",
             "What the broker refused or left unanswered: connect_refused, subscribe_refused, publish_refused, "

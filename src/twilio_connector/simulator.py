@@ -11,6 +11,7 @@ record of what it received:
     POST   /_sim/faults     {"status": 0, "store": true, "drop": true}     (acted, then the connection dropped)
     POST   /_sim/faults     {"status": 403, "code": 20003, "count": 100, "list": true}      (lookups refused)
     POST   /_sim/config     {"latency_ms": 100, "delivery": {"Messages": "delivered", "after_ms": 50}}
+    POST   /_sim/config     {"concurrency_limit": 100}      (429, 20429 past 100 concurrent creates)
     POST   /_sim/config     {"list_lag_ms": 5000, "trial": true}
     GET    /_sim/requests   every create request received, in order, with its outcome
     DELETE /_sim/requests   forget everything (resources, record, faults)
@@ -141,6 +142,11 @@ class Simulator:
         self.list_lag = 0.0
         #: A trial account: Twilio prefixes every message body with TRIAL_PREFIX.
         self.trial = False
+        #: The account's limit on concurrent API requests: past it, creates are refused with 429 (20429), never
+        #: processed, as Twilio does (0: no limit). `most_concurrent` is the most seen at once.
+        self.concurrency_limit = 0
+        self.most_concurrent = 0
+        self._concurrent = 0
         self._created_at: dict[str, float] = {}  # sid -> monotonic time of creation, for list_lag
         self._auth_token = auth_token
         #: Delivery simulation, e.g. {"Messages": "delivered", "Calls": "completed", "after_ms": 50}: created
@@ -200,6 +206,20 @@ class Simulator:
         if media:
             entry["media"] = media
         self.received.append(entry)
+        self._concurrent += 1
+        try:
+            self.most_concurrent = max(self.most_concurrent, self._concurrent)
+            if self.concurrency_limit and self._concurrent > self.concurrency_limit:
+                entry["outcome"] = 20429
+                headers = {"Twilio-Concurrent-Requests": str(self._concurrent)}
+                return _error(429, 20429, "Too Many Requests", headers)
+            return await self._answer(resource, form, media, entry, request)
+        finally:
+            self._concurrent -= 1
+
+    async def _answer(
+        self, resource: _Resource, form: dict[str, str], media: list[str], entry: dict[str, Any], request: web.Request
+    ) -> web.Response:
         if self.latency:
             await asyncio.sleep(self.latency)
         fault = self._take_fault(resource.name, listing=False)
@@ -407,9 +427,10 @@ class Simulator:
         self.delivery = document.get("delivery", self.delivery)
         self.list_lag = float(document.get("list_lag_ms", self.list_lag * 1000)) / 1000
         self.trial = bool(document.get("trial", self.trial))
+        self.concurrency_limit = int(document.get("concurrency_limit", self.concurrency_limit))
         return _json(
             {"latency_ms": self.latency * 1000, "delivery": self.delivery, "list_lag_ms": self.list_lag * 1000}
-            | {"trial": self.trial}
+            | {"trial": self.trial, "concurrency_limit": self.concurrency_limit}
         )
 
     async def _get_received(self, request: web.Request) -> web.Response:
