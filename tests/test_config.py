@@ -31,7 +31,7 @@ def test_defaults_match_the_original_topics() -> None:
         "twilio/call",
         "twilio/message/status",
     )
-    assert settings.broker_url == "mqtt://localhost:1883" and settings.max_in_flight == 64
+    assert settings.broker_url == "mqtt://localhost:1883" and settings.max_in_flight == 128
     assert settings.twilio_api_url == "https://api.twilio.com"
 
 
@@ -167,7 +167,7 @@ def test_missing_secret_is_a_clear_error(aws_env: str) -> None:
 
 def test_env_is_not_read_when_given(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TWILIO_CONNECTOR_MAX_IN_FLIGHT", "5")
-    assert load_settings(env={}).max_in_flight == 64
+    assert load_settings(env={}).max_in_flight == 128
     assert load_settings().max_in_flight == 5
     assert os.environ["TWILIO_CONNECTOR_MAX_IN_FLIGHT"] == "5"
 

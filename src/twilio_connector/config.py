@@ -76,7 +76,7 @@ class Settings:
     api_key_sid: str | None = None
     api_key_secret: Secret | None = field(default=None, repr=False)
     default_from: str | None = None
-    max_in_flight: int = 64
+    max_in_flight: int = 128
     max_retries: int = 10
     backoff_base: float = 0.5
     backoff_max: float = 30.0

@@ -406,7 +406,8 @@ OPTIONS: dict[str, Option] = {
     ),
     "max_in_flight": Option(
         _positive_int,
-        "Requests at Twilio at once, and the Receive Maximum announced to the broker.",
+        "The most requests at Twilio at once (the adaptive window stays within it; it halves on Twilio's 429s), "
+        "and the Receive Maximum announced to the broker.",
         "--max-in-flight",
         section=_SENDING,
     ),
