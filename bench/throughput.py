@@ -69,11 +69,13 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
-def start_broker(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_broker(directory: Path, stock: bool = False) -> tuple[subprocess.Popen[bytes], int]:
+    """Mosquitto with a large queue; tuned (`set_tcp_nodelay true`) unless `stock` (as Debian ships it)."""
     port = free_port()
     config = directory / "mosquitto.conf"
+    tuning = "" if stock else "set_tcp_nodelay true\n"
     config.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nuser root\nset_tcp_nodelay true\n"
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nuser root\n{tuning}"
     )
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     process = subprocess.Popen([mosquitto, "-c", str(config)], stderr=subprocess.DEVNULL)
@@ -209,6 +211,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--reference", action="store_true", help="measure bench/reference.py (built like the original) instead"
     )
     parser.add_argument(
+        "--stock-broker", action="store_true", help="Mosquitto as shipped (no set_tcp_nodelay), not tuned"
+    )
+    parser.add_argument(
         "--profile",
         metavar="SVG",
         help="record the connector with py-spy: a flame graph (.svg) or collapsed stacks (.txt)",
@@ -232,7 +237,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run one scenario with its own broker and simulator; the figures `scenario` reports, and the simulator's
     CPU seconds and the journal's size."""
     with tempfile.TemporaryDirectory() as tmp:
-        broker, mqtt_port = start_broker(Path(tmp))
+        broker, mqtt_port = start_broker(Path(tmp), args.stock_broker)
         sim_port = free_port()
         simulator = subprocess.Popen(
             [*CLI, "simulator", "--port", str(sim_port), "--latency-ms", str(args.latency_ms)], stdout=subprocess.PIPE
