@@ -194,7 +194,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--max-in-flight", type=int, default=64)
+    parser.add_argument("--max-in-flight", type=int, help="default: the connector's own")
     parser.add_argument("--journal", choices=["file", "memory"], default="file", help="durable journal or none")
     parser.add_argument("--sync", choices=["full", "normal", "off"], default="full", help="journal fsync policy")
     parser.add_argument("--backlog", action="store_true", help="queue every request while the connector is stopped")
@@ -253,7 +253,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             mqtt_port,
             sim_port,
             str(journal) if args.journal == "file" else ":memory:",
-            *("--max-in-flight", str(args.max_in_flight), "--journal-sync", args.sync),
+            *(("--max-in-flight", str(args.max_in_flight)) if args.max_in_flight else ()),
+            *("--journal-sync", args.sync),
             *("--metrics-listen", f"127.0.0.1:{metrics_port}"),
         )
         if args.reference:
