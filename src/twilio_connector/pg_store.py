@@ -3,9 +3,9 @@
 
 The statements are store.py's own, written in the SQL both engines share; `_Connection` only turns SQLite's `?`
 placeholders into psycopg's `%s` and drops SQLite's index hints. What differs is said here: the schema's types,
-its versioned creation (under an advisory lock, as several connectors may start at once), and transactions: a
-group of writes runs in one transaction with a savepoint per operation, because PostgreSQL aborts a whole
-transaction on a failed statement (a SID claim refused) where SQLite fails only that statement.
+its versioned creation (under an advisory lock, as several connectors may start at once), and transactions:
+each write is a transaction of its own (SQLite's journal groups them), so that a failed statement (a SID claim
+refused), which aborts a whole PostgreSQL transaction, sinks only its own write.
 
 Several connectors may share one database. What keeps them from doing the same work twice is the database's:
 - a connector claims the requests it works on (`owner`, `lease_until`) and the statuses it publishes
@@ -16,8 +16,7 @@ Several connectors may share one database. What keeps them from doing the same w
   storm window, each rate scope), so two connectors given the same request, or texts to the same number, are
   admitted one after the other and see each other's records, windows and counts;
 - a SID is claimed once (the unique index), and pruning is done by whoever holds the prune lock.
-Each write runs in a transaction of its own: batching admissions that take advisory locks could deadlock two
-connectors.
+One transaction per write also keeps two connectors' admissions, which take advisory locks, from deadlocking.
 """
 
 from __future__ import annotations
@@ -137,7 +136,7 @@ _INDEX_HINT = re.compile(r"\s+INDEXED BY \w+")
 
 class _Connection:
     """store.py's statements on a psycopg connection: `?` placeholders become `%s`, index hints go. A connection
-    the server dropped (a restart, a failover) is replaced at the next statement outside a transaction."""
+    the server dropped (a restart, a failover) is replaced before the next read or group of writes (`revive`)."""
 
     def __init__(self, url: str, sync: str) -> None:
         self._url, self._sync = url, sync
