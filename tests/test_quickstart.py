@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -49,7 +50,9 @@ def test_quickstart_prints_working_commands_and_stops_everything(tmp_path: Path,
     env |= {"MQTT_PORT": str(free_port()), "QUICKSTART_STATE": str(tmp_path / "state")}
     output = tmp_path / "quickstart.log"
     with output.open("w") as sink:
-        script = subprocess.Popen(["bash", "scripts/quickstart.sh"], cwd=ROOT, env=env, stdout=sink, stderr=sink)
+        script = subprocess.Popen(
+            ["bash", "scripts/quickstart.sh"], cwd=ROOT, env=env, stdout=sink, stderr=sink, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 30
         while "ready:" not in output.read_text():
@@ -72,6 +75,6 @@ def test_quickstart_prints_working_commands_and_stops_everything(tmp_path: Path,
             assert time.monotonic() < deadline, [pid for pid in started if alive(pid)]
             time.sleep(0.05)
     finally:
-        if script.poll() is None:
-            script.kill()
+        with contextlib.suppress(ProcessLookupError):  # a failed test leaves nothing behind either
+            os.killpg(script.pid, signal.SIGKILL)
     assert "stopped" in output.read_text()  # the connector shut down gracefully, not killed
