@@ -70,10 +70,11 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 def start_broker(directory: Path, stock: bool = False) -> tuple[subprocess.Popen[bytes], int]:
-    """Mosquitto with a large queue; tuned (`set_tcp_nodelay true`) unless `stock` (as Debian ships it)."""
+    """Mosquitto with a large queue; tuned (`set_tcp_nodelay true`) unless `stock` (as Debian ships it); more
+    settings from $BENCH_MOSQUITTO_EXTRA."""
     port = free_port()
     config = directory / "mosquitto.conf"
-    tuning = "" if stock else "set_tcp_nodelay true\n"
+    tuning = ("" if stock else "set_tcp_nodelay true\n") + os.environ.get("BENCH_MOSQUITTO_EXTRA", "")
     config.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nuser root\n{tuning}"
     )
