@@ -13,6 +13,8 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from conftest import Broker, ConnectorProcess, MqttProbe, Postgres, SimulatorHandle, sms, wait_until
 
 BURST = int(os.environ.get("HA_BURST", "3000"))
@@ -30,6 +32,12 @@ def node(broker: Broker, simulator: SimulatorHandle, tmp_path: Path, url: str, n
         *("--client-id", name, "--journal-url", url, "--max-in-flight", "32"),
         TWILIO_CONNECTOR_JOURNAL_LEASE=LEASE,
     )
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The end of a connector's log, its routine lines left out, for a failure's message."""
+    kept = [line for line in path.read_text().splitlines() if "result=success" not in line]
+    return "\n".join(line[:300] for line in kept[-lines:])
 
 
 def sent_counts(simulator: SimulatorHandle) -> Counter[str]:
@@ -95,6 +103,7 @@ async def test_the_same_request_on_two_connectors_is_sent_once(
     assert all("result=duplicate" in log for log in logs)  # each saw some of the other's requests
 
 
+@pytest.mark.timeout(180)
 async def test_the_database_restarted_mid_burst(
     broker: Broker, simulator: SimulatorHandle, postgres: Postgres, tmp_path: Path, spawned: list[ConnectorProcess]
 ) -> None:
@@ -115,7 +124,11 @@ async def test_the_database_restarted_mid_burst(
         await probe.publish("twilio/txt", sms(f"d{n}", to=f"+1234502{n:04d}", message=f"text d{n}"))
     await asyncio.sleep(1.0)  # the database stays away a while (a restart, a failover)
     postgres.start()
-    await probe.wait_for_ids(ids, timeout=120)
+    try:
+        await probe.wait_for_ids(ids, timeout=100)
+    except TimeoutError:
+        missing = sorted(ids - {s["id"] for s in probe.statuses})
+        raise AssertionError(f"no status for {missing[:10]}...; log tail:\n{log_tail(tmp_path / 'solo.log')}") from None
     await probe.stop()
     connector.process.send_signal(signal.SIGTERM)
     assert connector.process.wait(30) == 0

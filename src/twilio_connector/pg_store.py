@@ -221,10 +221,12 @@ class PgCore(JournalCore):
                 self.mark_followups_published(marks[1])
         outcomes: list[tuple[bool, Any]] = []
         for operation in operations:
+            mark = self.staged()
             try:
                 with connection.transaction():
                     outcomes.append((True, operation()))
             except psycopg.Error as exc:
+                self.rolled_back(mark)  # what it staged for hand-over was not committed
                 outcomes.append((False, exc))
         return outcomes
 

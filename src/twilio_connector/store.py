@@ -441,11 +441,18 @@ class JournalCore:
         self._staged_requests.clear()
         self._staged_statuses.clear()
 
-    def rolled_back(self) -> None:
-        self._handed_requests.difference_update(entry.seq for entry in self._staged_requests)
-        self._handed_statuses.difference_update(seq for seq, _ in self._staged_statuses)
-        self._staged_requests.clear()
-        self._staged_statuses.clear()
+    def rolled_back(self, since: tuple[int, int] = (0, 0)) -> None:
+        """Forget what was staged for hand-over since `since` (see `staged`; default: all of it): its
+        transaction did not commit."""
+        requests, statuses = self._staged_requests[since[0] :], self._staged_statuses[since[1] :]
+        self._handed_requests.difference_update(entry.seq for entry in requests)
+        self._handed_statuses.difference_update(seq for seq, _ in statuses)
+        del self._staged_requests[since[0] :]
+        del self._staged_statuses[since[1] :]
+
+    def staged(self) -> tuple[int, int]:
+        """A mark of what is staged for hand-over now, for `rolled_back`."""
+        return len(self._staged_requests), len(self._staged_statuses)
 
     def reject(self, kind: Kind, request_id: str | None, status: bytes, reason: str, now: float) -> int:
         """Record an invalid request with its failure status, so the status goes out like any other."""
