@@ -271,14 +271,11 @@ class PgCore(JournalCore):
 
     def _take_over(self, *, mine: bool) -> int:
         mine_too = "owner = ? OR " if mine else ""
-        return int(
-            self.db.execute(
-                "UPDATE requests SET state = 'doubt', lookups = 0, attempts = attempts - 1, owner = NULL, "
-                "last_error = 'the connector stopped while sending it', "
-                "next_attempt_at = COALESCE(attempt_started_at, 0) + ? "
-                f"WHERE state = 'sending' AND ({mine_too}owner IS NULL OR lease_until < ?)",
-                (self._grace, *((self.node,) if mine else ()), time.time()),
-            ).rowcount
+        return self._doubt_sending(
+            self._grace,
+            also=", owner = NULL",
+            where=f" AND ({mine_too}owner IS NULL OR lease_until < ?)",
+            parameters=(*((self.node,) if mine else ()), time.time()),
         )
 
     def due(self, now: float, limit: int, busy: Collection[int]) -> tuple[list[Entry], float | None]:

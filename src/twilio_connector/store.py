@@ -488,12 +488,17 @@ class JournalCore:
     def doubt_interrupted(self, grace: float) -> int:
         """Attempts cut short by a stop (rows left in `sending`) are in doubt: looked up `grace` seconds after they
         began. The attempt does not count against the request's retries (the connector's stop is not its fault)."""
+        return self._doubt_sending(grace)
+
+    def _doubt_sending(self, grace: float, also: str = "", where: str = "", parameters: tuple[Any, ...] = ()) -> int:
+        """Put rows left in `sending` in doubt (see `doubt_interrupted`); `also`: more assignments, `where`: more
+        conditions, their `parameters` following `grace`."""
         return int(
             self.db.execute(
                 "UPDATE requests SET state = 'doubt', lookups = 0, attempts = attempts - 1, "
-                "last_error = 'the connector stopped while sending it', "
-                "next_attempt_at = COALESCE(attempt_started_at, 0) + ? WHERE state = 'sending'",
-                (grace,),
+                f"last_error = 'the connector stopped while sending it'{also}, "
+                f"next_attempt_at = COALESCE(attempt_started_at, 0) + ? WHERE state = 'sending'{where}",
+                (grace, *parameters),
             ).rowcount
         )
 

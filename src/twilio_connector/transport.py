@@ -241,7 +241,7 @@ class MqttTransport:
                 try:
                     await self._attempt()
                     break
-                except (OSError, ConnectionError, _Refused) as exc:
+                except (OSError, _Refused) as exc:  # ConnectionError, TimeoutError and SSLError are OSErrors
                     failures += 1
                     self.problem = _describe(exc, self._settings.broker)
                     if isinstance(exc, _Refused | ssl.SSLError):
