@@ -163,6 +163,7 @@ async def scenario(
         probe.sent = dict.fromkeys(probe.sent, started - 1.5)
     else:
         await probe.publish_all(args.rate)
+    published = time.perf_counter() - started
     peak = 0.0
     while not probe.done.is_set():
         peak = max(peak, rss_mb(connector.pid))
@@ -188,6 +189,8 @@ async def scenario(
         "peak_rss": peak,
         "threads": threads,
         "ready_s": ready_s,
+        "published_s": published if not args.backlog else float("nan"),
+        "elapsed_s": elapsed,
     }
 
 
@@ -277,9 +280,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         try:
             if args.backlog:  # register the connector's persistent session first
                 subprocess.run(["timeout", "-s", "TERM", "2", *command], env=env, check=False)
-            sim_cpu = cpu_seconds(simulator.pid)
+            sim_cpu, broker_cpu = cpu_seconds(simulator.pid), cpu_seconds(broker.pid)
             result = asyncio.run(scenario(args, mqtt_port, command, env, metrics_port))
             result["sim_cpu"] = cpu_seconds(simulator.pid) - sim_cpu
+            result["broker_cpu"] = cpu_seconds(broker.pid) - broker_cpu
             result["journal_mb"] = sum(p.stat().st_size for p in Path(tmp).glob("journal.db*")) / 2**20
         finally:
             for process in (simulator, broker):
@@ -317,6 +321,10 @@ def main() -> None:
     print(row(args, result))
     threads = ", ".join(f"{name} {seconds:.2f}" for name, seconds in sorted(result["threads"].items()))
     print(f"\nconnector CPU seconds by thread, whole run: {threads}; ready {result['ready_s']:.2f} s after launch")
+    print(
+        f"the load generator published in {result['published_s']:.2f} s, the last status came after "
+        f"{result['elapsed_s']:.2f} s; CPU seconds: simulator {result['sim_cpu']:.2f}, broker {result['broker_cpu']:.2f}"
+    )
 
 
 if __name__ == "__main__":
