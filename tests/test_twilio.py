@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
-import aiohttp
 import pytest
 
 from conftest import DEFAULT_FROM, SimulatorHandle, free_port
@@ -109,11 +108,3 @@ async def test_non_json_gateway_page_keeps_the_http_status() -> None:
     async with server, client_for(f"http://127.0.0.1:{port}") as client:
         result = await client.create(SMS)
     assert result == TwilioFailure(FailureKind.AMBIGUOUS, "HTTP 502", 502, None, None)  # Twilio may have acted
-
-
-async def test_requests_reuse_pooled_connections(simulator: SimulatorHandle) -> None:
-    async with client_for(simulator.url) as client:
-        results = await asyncio.gather(*(client.create(SMS) for _ in range(20)))
-        assert all(isinstance(r, SendResult) for r in results)
-        connector = client._session.connector  # type: ignore[union-attr]
-        assert isinstance(connector, aiohttp.TCPConnector) and connector.limit == 64
