@@ -23,16 +23,20 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 import uvloop
 
+from twilio_connector.http1 import Http1Pool
+
 ACCOUNT = "AC" + "0" * 32
 AUTH = "Basic " + base64.b64encode(f"{ACCOUNT}:simulator-token".encode()).decode()
 BODY = b"To=%2B12345000000&From=%2B15005550006&Body=alert+from+the+bench"
 FORM = "application/x-www-form-urlencoded"
-HEADERS = {"Authorization": AUTH, "User-Agent": "twilio-connector", "Content-Type": FORM}
+HEADERS_NO_TYPE = {"Authorization": AUTH, "User-Agent": "twilio-connector"}
+HEADERS = {**HEADERS_NO_TYPE, "Content-Type": FORM}
 
 Post = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -153,7 +157,20 @@ async def httptools_client(url: str, concurrency: int) -> tuple[Post, Callable[[
     return post, close
 
 
+async def http1_client(url: str, concurrency: int) -> tuple[Post, Callable[[], Awaitable[None]]]:
+    """The connector's own (twilio_connector.http1): the floor above, with timeouts, TLS, limits and checks."""
+    parts = urlsplit(url)
+    pool = Http1Pool(f"{parts.scheme}://{parts.netloc}", headers=HEADERS_NO_TYPE, max_connections=concurrency)
+
+    async def post() -> dict[str, Any]:
+        answer = await pool.request("POST", parts.path, BODY, FORM)
+        return orjson.loads(answer.body)  # type: ignore[no-any-return]
+
+    return post, pool.close
+
+
 CLIENTS = {
+    "http1 (ours)": ("twilio_connector", http1_client),
     "aiohttp": ("aiohttp", aiohttp_client),
     "pyreqwest": ("pyreqwest", pyreqwest_client),
     "curl-cffi": ("curl_cffi", curl_cffi_client),
