@@ -250,34 +250,35 @@ class TwilioClient:
 
     async def _page(self, url: URL, kind: Kind) -> tuple[list[dict[str, Any]], URL | None] | TwilioFailure:
         """One page of a list: its resources, and the next page's URL (None on the last page)."""
+        document = await self._get_json(url, "cannot list Twilio resources")
+        if isinstance(document, TwilioFailure):
+            return document
         try:
-            answer = await self._send("GET", url)
-        except HttpError as exc:
-            return TwilioFailure(FailureKind.NOT_SENT, f"cannot list Twilio resources: {exc}")
-        if answer.status != 200:
-            return _rejection(answer)
-        try:
-            document = orjson.loads(answer.body)
             items = [item for item in document["messages" if kind is Kind.SMS else "calls"] if isinstance(item, dict)]
             following = document.get("next_page_uri")
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        except (KeyError, TypeError, AttributeError):
             return TwilioFailure(FailureKind.AMBIGUOUS, "unreadable list answer from Twilio")
         return items, url.join(URL(following)) if isinstance(following, str) and following else None
 
     async def fetch(self, kind: Kind, sid: str) -> dict[str, Any] | TwilioFailure:
         """The current state of a message or call (for delivery tracking)."""
-        url = self._urls[kind].with_suffix("") / f"{sid}.json"
+        document = await self._get_json(self._urls[kind].with_suffix("") / f"{sid}.json", f"cannot fetch {sid}")
+        if isinstance(document, dict | TwilioFailure):
+            return document
+        return TwilioFailure(FailureKind.AMBIGUOUS, f"cannot fetch {sid}: not an object")
+
+    async def _get_json(self, url: URL, failing: str) -> Any:
+        """The JSON document at `url`, or a `TwilioFailure` (`failing` says what could not be done)."""
         try:
             answer = await self._send("GET", url)
         except HttpError as exc:
-            return TwilioFailure(FailureKind.NOT_SENT, f"cannot fetch {sid}: {exc}")
+            return TwilioFailure(FailureKind.NOT_SENT, f"{failing}: {exc}")
         if answer.status != 200:
             return _rejection(answer)
         try:
-            document = orjson.loads(answer.body)
+            return orjson.loads(answer.body)
         except orjson.JSONDecodeError:
-            return TwilioFailure(FailureKind.AMBIGUOUS, f"unreadable answer fetching {sid}")
-        return document if isinstance(document, dict) else TwilioFailure(FailureKind.AMBIGUOUS, "not an object")
+            return TwilioFailure(FailureKind.AMBIGUOUS, f"{failing}: an unreadable answer")
 
     async def create(self, notification: Notification) -> SendResult | TwilioFailure:
         """Send one SMS or place one call. Never raises for network or API errors."""
