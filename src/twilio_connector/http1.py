@@ -1,8 +1,8 @@
 """A small HTTP/1.1 client for one origin: kept-alive connections, llhttp's parser (httptools), asyncio's TLS.
 
 Why not aiohttp's client, which the connector used before: on the connector's own request it spends about three
-times the CPU (bench/http_clients.py: 173 us per request against 50-60 us for this design on the same machine;
-pyreqwest 102 us but 15 MB more memory; curl-cffi and httpr slower still). What is hard in HTTP stays in
+times the CPU (bench/http_clients.py: 171 us per request against 58 us for this one on the same machine;
+pyreqwest 92 us but 15 MB more memory; httpr 186 us, curl-cffi 367 us). What is hard in HTTP stays in
 libraries: httptools parses the answers (lengths, chunked bodies, keep-alive), `ssl` verifies the server. What is
 left here is what Twilio's API needs: one origin, requests written whole, one at a time per connection.
 
