@@ -232,6 +232,33 @@ async def test_a_status_never_acknowledged_is_sent_again_on_a_new_connection(
     assert "the broker acknowledged no status for 1 s; connecting again" in caplog.text
 
 
+async def test_a_status_acknowledged_behind_a_flood_of_requests_is_not_taken_for_a_dead_broker(
+    simulator: SimulatorHandle, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker resuming a session floods us with requests, and its PUBACKs for our statuses come behind them in
+    the stream: while we are still reading what it sent, an unacknowledged status proves nothing. (Seen with
+    Mosquitto draining a 100,000-request backlog: reconnections in the middle of the drain.)"""
+    monkeypatch.setattr(transport, "PUBLISH_TIMEOUT", 1.0)
+    simulator.sim.latency = 0.1
+    broker = RefusingBroker()
+    broker.requests.extend(("twilio/txt", orjson.dumps(sms(f"flood-{n}"))) for n in range(60))
+    await broker.start()
+    # Two at a time and a backlog of two: reading stops while they are sent, so the whole flood takes ~3 s to
+    # read, and the PUBACK of the first status (published after ~0.1 s) is read only after it.
+    settings = make_settings(broker, simulator, max_in_flight=2, max_backlog=2)  # type: ignore[arg-type]
+    running = await RunningConnector(settings).wait_ready()
+    try:
+        await wait_until(lambda: len(broker.published) >= 60, timeout=30)
+    finally:
+        await running.stop()
+        await broker.stop()
+    assert broker.connects == 1
+    assert sorted(orjson.loads(payload)["id"] for _, _, payload in broker.published) == sorted(
+        f"flood-{n}" for n in range(60)
+    )
+    assert "acknowledged no status" not in caplog.text
+
+
 async def test_broker_give_up_exits_non_zero_so_a_supervisor_can_act(
     broker: Broker, simulator: SimulatorHandle, tmp_path: Path, spawned: list[ConnectorProcess]
 ) -> None:

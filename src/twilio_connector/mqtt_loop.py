@@ -114,6 +114,16 @@ class LoopBinding:
         self._quick_ack()
         self._drain_tls()
 
+    def behind(self) -> bool:
+        """Whether the broker has sent what we have not read yet (reading paused, or bytes waiting)."""
+        sock = self._client.socket()
+        if sock is None or self._fd is None:
+            return False
+        if self._paused:
+            return True
+        pending = self._tls and cast(ssl.SSLSocket, sock).pending()
+        return bool(pending or select.select([sock], [], [], 0)[0])
+
     def _quick_ack(self) -> None:
         """Acknowledge at once what was read (Linux's TCP_QUICKACK, which lapses, so set after each read): a
         broker that keeps Nagle's algorithm (Mosquitto's default) holds its next packet to us until our ACK,

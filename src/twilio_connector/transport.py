@@ -48,6 +48,7 @@ CONNACK_TIMEOUT = 10.0
 #: Seconds a publish may wait for its PUBACK before the connection is taken for dead and opened again (the
 #: publish is then sent again: MQTT resends only on a new connection).
 PUBLISH_TIMEOUT = 20.0
+BEHIND_LIMIT = 10
 #: Our publishes in flight when the broker states no Receive Maximum (MQTT 3.1.1): Mosquitto's default.
 DEFAULT_WINDOW = 20
 
@@ -391,11 +392,16 @@ class MqttTransport:
             self._settled.set()
 
     def _check_publishes(self) -> None:
-        """Once a second: a broker that keeps the connection but stops acknowledging has it opened again."""
+        """Once a second: a broker that keeps the connection but stops acknowledging has it opened again.
+
+        Not while we are behind on reading: a broker resuming a session writes its whole backlog of requests to
+        us at once, and its PUBACKs for our statuses come behind them in the stream, however long we take to
+        read them. Once we have read all it sent, a missing PUBACK is missing (and after BEHIND_LIMIT times the
+        timeout, a broker that only ever sends is left too)."""
         if not self._up or not self._in_flight:
             return
-        oldest = next(iter(self._in_flight.values()))
-        if time.monotonic() - oldest.sent > PUBLISH_TIMEOUT:
+        waited = time.monotonic() - next(iter(self._in_flight.values())).sent
+        if waited > PUBLISH_TIMEOUT and (waited > BEHIND_LIMIT * PUBLISH_TIMEOUT or not self._binding.behind()):
             self._on_fault("publish_timeout")
             log.warning(
                 "the broker acknowledged no status for %g s; connecting again to send %d status(es) again",
