@@ -158,8 +158,9 @@ class Http1Pool:
             head += b"Content-Length: %d\r\n" % len(body)
         loop = asyncio.get_running_loop()
         async with self._slots:
-            deadline = loop.time() + self._timeout
-            connection = self._reuse(loop.time()) or await self._connect(min(self._connect_timeout, self._timeout))
+            now = loop.time()
+            deadline = now + self._timeout
+            connection = self._reuse(now) or await self._connect(min(self._connect_timeout, self._timeout))
             try:
                 async with asyncio.timeout_at(deadline):
                     answer = await connection.exchange(head + b"\r\n" + body)
