@@ -28,6 +28,7 @@ from conftest import (
     wait_until,
 )
 from test_broker_faults import until_ready_is
+from twilio_connector import transport
 from twilio_connector.secrets import Secret
 
 PASSWORD = "s3cret-pass"
@@ -243,3 +244,28 @@ async def test_a_broker_allowing_one_message_in_flight(broker: Broker, simulator
     finally:
         await running.stop()
     assert sorted(entry["params"]["Body"] for entry in simulator.created()) == sorted(f"text {n}" for n in range(60))
+
+
+async def test_a_resumed_backlog_drains_on_one_connection(
+    broker: Broker, simulator: SimulatorHandle, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Mosquitto resuming our session with a backlog writes it to us ahead of its PUBACKs for our statuses: while
+    we are still reading it, a status waiting for its PUBACK must not be taken for a dead broker. (Before: the
+    connection was reopened in the middle of the drain.)"""
+    monkeypatch.setattr(transport, "PUBLISH_TIMEOUT", 1.0)
+    count = 20_000
+    settings = make_settings(broker, simulator, client_id="drain")
+    await (await RunningConnector(settings).wait_ready()).stop()  # the session now queues for us
+    probe = MqttProbe(broker.url)
+    await probe.start()
+    for n in range(count):
+        await probe.publish("twilio/txt", sms(f"d{n}"))
+    running = await RunningConnector(settings).wait_ready()
+    try:
+        statuses = await probe.wait_for(count, timeout=120)
+    finally:
+        await running.stop()
+        await probe.stop()
+    assert {s["id"] for s in statuses} == {f"d{n}" for n in range(count)}
+    assert len(simulator.created()) == count
+    assert "acknowledged no status" not in caplog.text
