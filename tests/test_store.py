@@ -163,6 +163,37 @@ async def test_concurrent_writes_share_commits(journal: Journal) -> None:
     assert commits < 20, commits
 
 
+async def test_a_write_whose_commit_fails_gets_that_failure(pg_url: str) -> None:
+    """A PostgreSQL write can fail at COMMIT, after its statements ran (here a deferred constraint; in production
+    a server shutting down): its caller gets the error, the writes around it their results, and the journal
+    keeps working. (Counted as succeeded and failed at once, the batch once lost its callers for good.)"""
+    journal = await Journal.open(pg_url)
+    try:
+        journal.core.db.execute(
+            "CREATE TABLE once (n INTEGER, CONSTRAINT unique_n UNIQUE (n) DEFERRABLE INITIALLY DEFERRED)"
+        )
+
+        def fails_at_commit() -> str:
+            journal.core.db.execute("INSERT INTO once VALUES (1), (1)")  # checked only at COMMIT
+            return "ran"
+
+        before, failed, after = await asyncio.wait_for(
+            asyncio.gather(
+                journal.accept(note("a"), window=600),
+                journal.write(fails_at_commit),
+                journal.accept(note("b"), window=600),
+                return_exceptions=True,
+            ),
+            timeout=10,
+        )
+        assert isinstance(before, int) and isinstance(after, int)
+        assert isinstance(failed, journal.core.IntegrityError)
+        assert isinstance(await journal.accept(note("c"), window=600), int)
+        assert journal.core.unfinished() == 3
+    finally:
+        await journal.close()
+
+
 async def test_a_failing_operation_does_not_sink_its_batch(journal: Journal) -> None:
     def broken() -> None:
         journal.core.db.execute("INSERT INTO no_such_table VALUES (1)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import time
 from collections import deque
@@ -30,6 +31,7 @@ from .store import HAND_OVER_LIMIT, MARK_DELAY, Duplicate, Entry, JournalCore, T
 __all__ = ["Journal", "open_core"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 #: Writes run per group on a remote database (each is its own transaction there).
 REMOTE_GROUP = 16
 
@@ -192,9 +194,15 @@ class Journal:
                     outcomes = self._abandon(exc, len(batch))
                 for marking, marked in zip(self._marking, marks, strict=True):
                     marking.difference_update(marked)
-                _settle(zip((future for _, future in batch), outcomes, strict=True))
                 reads, self._reads = self._reads, []
-                _settle((future, _attempt(operation, self.core.Error)) for operation, future in reads)
+                try:
+                    _settle(zip((future for _, future in batch), outcomes, strict=True))
+                    _settle((future, _attempt(operation, self.core.Error)) for operation, future in reads)
+                except Exception as exc:
+                    # A defect. A caller left waiting would hold its request forever, unacknowledged: each one
+                    # still waiting gets the error instead, and the journal goes on.
+                    log.exception("the journal could not hand out its outcomes")
+                    _settle((future, (False, exc)) for _, future in (*batch, *reads))
                 if not self._batch:
                     break
         finally:

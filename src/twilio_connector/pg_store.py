@@ -224,10 +224,12 @@ class PgCore(JournalCore):
             mark = self.staged()
             try:
                 with connection.transaction():
-                    outcomes.append((True, operation()))
-            except psycopg.Error as exc:
+                    result = operation()
+            except psycopg.Error as exc:  # from a statement, or from the COMMIT (a server shutting down)
                 self.rolled_back(mark)  # what it staged for hand-over was not committed
                 outcomes.append((False, exc))
+            else:
+                outcomes.append((True, result))
         return outcomes
 
     def healthy(self) -> bool:

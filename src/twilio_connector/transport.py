@@ -343,7 +343,9 @@ class MqttTransport:
         try:
             await self._handler(message.topic, cast(bytes, message.payload), message.dup)
         except Exception:
-            log.exception("a request could not be recorded; the broker will deliver it again")
+            log.exception(
+                "a request could not be handled; left unacknowledged, the broker delivers it again on reconnecting"
+            )
             return
         # On a newer connection the broker may have reused this packet id for another message: acknowledging
         # that one unread would lose it. A resumed session delivers this message again instead.
