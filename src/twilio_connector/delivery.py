@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any, Protocol
 
 from .concurrency import ConcurrencyWindow
@@ -21,7 +22,7 @@ from .contract import ErrorCode, Notification, SendResult, encode_status, failur
 from .lifecycle import Attempt, Decision, Lifecycle, LookUp, Retry
 from .metrics import Metrics
 from .policy import Pacer
-from .ports import JournalPort, SidClaimed
+from .ports import JournalPort, SidClaimed, until_written
 from .retry import error_code_for
 from .store import Entry
 from .storms import DIGEST_SEGMENTS, digest_body
@@ -93,8 +94,8 @@ class Delivery:
             raise
         except Exception:
             if not self._journal.writable:
-                # Not a defect: the journal is away (a database restarting). The request stays in it as it was
-                # and is taken up again (an attempt that may have left is looked up first).
+                # Not a defect: the journal was away before anything was sent (an attempt's start, a lookup's
+                # reads). The request stays in it as it was, and is taken up again from there.
                 log.warning("request id=%s: the journal cannot be written; leaving it there", entry.notification.id)
                 return
             await self._internal_error(entry)
@@ -104,8 +105,9 @@ class Delivery:
         pause = self._pacer.reserve(notification.from_, self._clock())
         if pause:
             await asyncio.sleep(pause)  # queue behind the sender's earlier messages rather than fail
-        if not begun:
-            await self._journal.begin_attempt(entry.seq)  # durable before anything leaves
+        if not begun and not await self._journal.begin_attempt(entry.seq):  # durable before anything leaves
+            log.info("request id=%s: finished meanwhile by another connector; not sent", notification.id)
+            return
         began = self._clock()
         with self._metrics.twilio_seconds.time():
             outcome = await self._sender.create(notification)
@@ -145,12 +147,19 @@ class Delivery:
             return False  # claimed meanwhile by an identical request: the unique index said no
         return True
 
+    async def _recorded(self, notification: Notification, write: Callable[[], Awaitable[None]]) -> None:
+        """Record what Twilio said, once the journal can take it: left unrecorded, the request would wait as
+        being sent until a restart (or, shared, another connector) looked it up at Twilio."""
+        await until_written(self._journal, write, f"request id={notification.id}'s outcome")
+
     async def _apply(self, entry: Entry, decision: Decision, started: float) -> None:
-        notification = entry.notification
+        notification, journal = entry.notification, self._journal
         if isinstance(decision, LookUp):
             if decision.why is not None:
                 log.info("request id=%s: %s; looking it up at Twilio first", notification.id, decision.why)
-            await self._journal.doubt(entry.seq, decision.at, decision.lookups, decision.why)
+            await self._recorded(
+                notification, partial(journal.doubt, entry.seq, decision.at, decision.lookups, decision.why)
+            )
             self._dispatcher.due_at(decision.at)
         elif isinstance(decision, Retry):
             failure = decision.failure
@@ -159,7 +168,7 @@ class Delivery:
                 *(notification.id, decision.attempt, failure.message, failure.http_status),
                 decision.at - self._clock(),
             )
-            await self._journal.retry_later(entry.seq, decision.at, failure.message)
+            await self._recorded(notification, partial(journal.retry_later, entry.seq, decision.at, failure.message))
             self._dispatcher.due_at(decision.at)
             self._metrics.retries.inc()
         else:
@@ -174,12 +183,15 @@ class Delivery:
         state, status, result = final(notification, outcome, attempt)
         if isinstance(outcome, SendResult):
             track = self.tracker.track(outcome.status) if self.tracker else None
-            await self._journal.finish(entry.seq, state, status, outcome.sid, None, track=track)
+            finish = partial(self._journal.finish, entry.seq, state, status, outcome.sid, None, track=track)
+            await self._recorded(notification, finish)
             _log_outcome(notification, result, attempt, started, sid=outcome.sid)
             if self.tracker is not None:
                 self.tracker.wake()
         else:
-            await self._journal.finish(entry.seq, state, status, None, outcome.message)
+            await self._recorded(
+                notification, partial(self._journal.finish, entry.seq, state, status, None, outcome.message)
+            )
             _log_outcome(notification, result, attempt, started, code=outcome.code)
         self._count(result)
         self._finished(1)
@@ -193,7 +205,9 @@ class Delivery:
         sid = outcome.sid if isinstance(outcome, SendResult) else None
         error = outcome.message if isinstance(outcome, TwilioFailure) else None
         state, _, result = final(entry.notification, outcome, attempt)
-        await self._journal.finish_digest(entry.seq, state, sid, error, rows)
+        await self._recorded(
+            entry.notification, partial(self._journal.finish_digest, entry.seq, state, sid, error, rows)
+        )
         self._count(result, len(members))
         self._metrics.digests.labels(result).inc()
         _log_outcome(entry.notification, result, attempt, started, sid=sid, folded=len(members))

@@ -17,7 +17,8 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any
 
 from .config import Settings
 from .contract import ErrorCode, InvalidRequest, Kind, Notification, encode_status, failure_status, parse_request
@@ -26,7 +27,7 @@ from .dispatch import Dispatcher
 from .intake import Accepted, Admission, Folded, Refused
 from .lifecycle import Lifecycle, lookup_offsets
 from .metrics import Metrics
-from .ports import JournalPort
+from .ports import JournalPort, until_written
 from .publisher import StatusPublisher
 from .retry import RetryPolicy
 from .store import Duplicate, Entry
@@ -35,7 +36,6 @@ from .tracking import DeliveryTracker
 __all__ = ["Engine", "Sender"]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 PRUNE_EVERY = 60.0
 WATCH_EVERY = 1.0
@@ -174,7 +174,8 @@ class Engine:
         if isinstance(parsed, InvalidRequest):
             log.info("request id=%s kind=%s result=invalid reason=%r", parsed.id, kind.value, parsed.message)
             status = encode_status(failure_status(parsed.id, ErrorCode.INVALID_PARAMETER, parsed.message))
-            await self._written(parsed.id, lambda: self._journal.reject(kind, parsed.id, status, parsed.message))
+            reject = partial(self._journal.reject, kind, parsed.id, status, parsed.message)
+            await until_written(self._journal, reject, f"request id={parsed.id}", defects_too=True)
             self.metrics.statuses.labels("fail", ErrorCode.INVALID_PARAMETER.value).inc()
             self._publisher.wake()
             return
@@ -194,26 +195,16 @@ class Engine:
     async def _admit(
         self, notification: Notification, begin: bool, redelivered: bool
     ) -> Accepted | Folded | Refused | Duplicate:
+        """Admit; the request is not acknowledged until it is recorded, so the broker keeps it meanwhile (and holds
+        back the rest). Given up, it would be lost: on a live connection a broker never delivers an unacknowledged
+        message again."""
         journal = self._journal
-        return await self._written(
-            notification.id, lambda: journal.admit(self._admission, notification, begin=begin, redelivered=redelivered)
+        return await until_written(
+            journal,
+            lambda: journal.admit(self._admission, notification, begin=begin, redelivered=redelivered),
+            f"request id={notification.id}",
+            defects_too=True,
         )
-
-    async def _written(self, request_id: str | None, write: Callable[[], Awaitable[T]]) -> T:
-        """Run a request's write, waiting out a journal that cannot be written (a database restarting). The
-        request is not acknowledged meanwhile, so the broker keeps it, and holds back the rest. Given up, it
-        would be lost: on a live connection a broker never delivers an unacknowledged message again."""
-        delay = 0.5
-        while True:
-            try:
-                return await write()
-            except Exception:
-                if self._journal.writable:
-                    log.exception("request id=%s could not be recorded; trying again", request_id)
-                else:
-                    log.warning("the journal cannot be written: holding request id=%s, trying again", request_id)
-                await asyncio.sleep(delay)
-                delay = min(10.0, delay * 2)
 
     async def _admitted(
         self, notification: Notification, admitted: Accepted | Folded | Refused | Duplicate, redelivered: bool
@@ -223,8 +214,8 @@ class Engine:
             # Its status goes out again for a broker's redelivery, or a device's resend; on a shared journal a
             # fresh copy is most likely another connector's copy of the same publish, already answered.
             if admitted.status is not None and (redelivered or not self._journal.shared):
-                seq, status = admitted.seq, admitted.status
-                await self._written(notification.id, lambda: self._journal.republish(seq, status))
+                republish = partial(self._journal.republish, admitted.seq, admitted.status)
+                await until_written(self._journal, republish, f"request id={notification.id}", defects_too=True)
                 self._publisher.wake()
             return
         if isinstance(admitted, Refused):

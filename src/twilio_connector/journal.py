@@ -248,8 +248,8 @@ class Journal:
     async def reject(self, kind: Kind, request_id: str | None, status: bytes, reason: str) -> int:
         return await self.write(lambda: self.core.reject(kind, request_id, status, reason, self.clock()))
 
-    async def begin_attempt(self, seq: int) -> None:
-        await self.write(lambda: self.core.begin_attempt(seq, self.clock()))
+    async def begin_attempt(self, seq: int) -> bool:
+        return await self.write(lambda: self.core.begin_attempt(seq, self.clock()))
 
     async def retry_later(self, seq: int, at: float, error: str) -> None:
         await self.write(lambda: self.core.retry_later(seq, at, error))

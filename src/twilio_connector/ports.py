@@ -12,9 +12,11 @@ without it leaves both queues empty and both flags false, and the engine queries
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from .contract import Kind, Notification
 
@@ -22,7 +24,12 @@ if TYPE_CHECKING:
     from .intake import Accepted, Admission, Folded, Refused
     from .store import Duplicate, Entry, Track, Tracked
 
-__all__ = ["JournalPort", "SidClaimed"]
+__all__ = ["JournalPort", "SidClaimed", "until_written"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+#: Seconds between tries of a write the journal could not take, doubling up to the cap.
+WAIT_FIRST, WAIT_CAP = 0.5, 10.0
 
 
 class SidClaimed(Exception):
@@ -65,7 +72,9 @@ class JournalPort(Protocol):
     # -- attempts and lookups ------------------------------------------------------------------------
     async def refill(self, now: float, limit: int, busy: Collection[int]) -> float | None: ...
 
-    async def begin_attempt(self, seq: int) -> None: ...
+    async def begin_attempt(self, seq: int) -> bool:
+        """False if the request no longer waits for an attempt (finished meanwhile): nothing must be sent."""
+        ...
 
     async def doubt(self, seq: int, at: float, lookups: int, error: str | None = None) -> None: ...
 
@@ -121,3 +130,26 @@ class JournalPort(Protocol):
     async def flush(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+async def until_written(
+    journal: JournalPort, write: Callable[[], Awaitable[T]], what: str, *, defects_too: bool = False
+) -> T:
+    """Run `write`, trying it again while the journal cannot be written (a database restarting, a full disk)
+    rather than drop what it records; `what` names it in the log. A failure with the journal writable is a
+    defect: raised, or also tried again if `defects_too`. `SidClaimed` is an answer, never tried again."""
+    delay = WAIT_FIRST
+    while True:
+        try:
+            return await write()
+        except SidClaimed:
+            raise
+        except Exception:
+            if journal.writable and not defects_too:
+                raise
+            if journal.writable:
+                log.exception("%s could not be recorded; trying again in %g s", what, delay)
+            else:
+                log.warning("the journal cannot be written: holding %s, trying again in %g s", what, delay)
+        await asyncio.sleep(delay)
+        delay = min(WAIT_CAP, delay * 2)

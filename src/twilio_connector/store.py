@@ -467,12 +467,16 @@ class JournalCore:
         self._stage_status(seq, status)
         return seq
 
-    def begin_attempt(self, seq: int, now: float) -> None:
+    def begin_attempt(self, seq: int, now: float) -> bool:
+        """Record an attempt as begun; False if the request no longer waits for one (another connector, its
+        claim on it lapsed meanwhile, finished it): then nothing must be sent."""
         self._handed_requests.discard(seq)
-        self.db.execute(
-            "UPDATE requests SET state = 'sending', attempts = attempts + 1, attempt_started_at = ?, updated_at = ? "
-            "WHERE seq = ?",
-            (now, now, seq),
+        return bool(
+            self.db.execute(
+                "UPDATE requests SET state = 'sending', attempts = attempts + 1, attempt_started_at = ?, "
+                "updated_at = ? WHERE seq = ? AND state = 'accepted'",
+                (now, now, seq),
+            ).rowcount
         )
 
     def doubt(self, seq: int, at: float, lookups: int, error: str | None = None) -> None:
@@ -481,7 +485,7 @@ class JournalCore:
         self._handed_requests.discard(seq)  # handed over for its lookup: it waits in the journal again
         self.db.execute(
             "UPDATE requests SET state = 'doubt', next_attempt_at = ?, lookups = ?, "
-            "last_error = COALESCE(?, last_error), updated_at = ? WHERE seq = ?",
+            "last_error = COALESCE(?, last_error), updated_at = ? WHERE seq = ? AND state IN ('sending', 'doubt')",
             (at, lookups, error, time.time(), seq),
         )
 
@@ -506,7 +510,7 @@ class JournalCore:
         self._handed_requests.discard(seq)
         self.db.execute(
             "UPDATE requests SET state = 'accepted', next_attempt_at = ?, last_error = ?, lookups = 0, updated_at = ? "
-            "WHERE seq = ?",
+            "WHERE seq = ? AND state IN ('sending', 'doubt')",  # never a finished request back to its start
             (at, error, time.time(), seq),
         )
 

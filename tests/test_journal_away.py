@@ -1,0 +1,125 @@
+"""Delivery when the journal is away or was changed behind its back: an outcome Twilio gave is recorded once the
+journal takes writes again (not left as "being sent" until a restart), and a request another connector finished
+meanwhile is neither sent nor brought back to life."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from twilio_connector import ports
+from twilio_connector.concurrency import ConcurrencyWindow
+from twilio_connector.config import Settings
+from twilio_connector.contract import Kind, Notification, SendResult
+from twilio_connector.delivery import Delivery
+from twilio_connector.journal import Journal
+from twilio_connector.lifecycle import Lifecycle
+from twilio_connector.metrics import Metrics
+from twilio_connector.retry import RetryPolicy
+from twilio_connector.store import Entry
+from twilio_connector.twilio import TwilioFailure
+
+NOTE = Notification("a1", Kind.SMS, "+12345000000", "+15005550006", "Darla", "freezer 3 above -5 C", 2)
+
+
+class Twilio:
+    """Creates every message it is asked for."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    async def create(self, notification: Notification) -> SendResult | TwilioFailure:
+        self.created.append(notification.id)
+        return SendResult(f"SM{len(self.created):032x}", "queued", notification.to, notification.from_)
+
+    async def find(self, notification: Notification, since: float) -> list[SendResult] | TwilioFailure:
+        return []
+
+
+class Slots:
+    window = ConcurrencyWindow(1)
+
+    def answered(self, seq: int, throttled: bool = False) -> None:
+        pass
+
+    def due_at(self, when: float) -> None:
+        pass
+
+
+def delivery(journal: Journal, twilio: Twilio) -> Delivery:
+    lifecycle = Lifecycle(RetryPolicy(0.5, 4.0), 10.0, rand=lambda: 0.5)
+    return Delivery(Settings(), twilio, journal, lifecycle, Slots(), finished=lambda _: None, metrics=Metrics())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Journal:
+    where = str(tmp_path / "j.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    opened = await Journal.open(where, hand_over_limit=0)
+    yield opened  # type: ignore[misc]
+    await opened.close()
+
+
+async def due(journal: Journal) -> Entry:
+    entries, _ = await journal.read(lambda: journal.core.due(time.time(), 1, ()))
+    return entries[0]
+
+
+async def test_an_outcome_is_recorded_once_the_journal_takes_writes_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk refuses the commits that would record Twilio's answer (full, failing): the answer is kept and
+    recorded when the disk takes writes again, without sending anything twice. It used to be left as "being
+    sent" until the next restart looked it up."""
+    monkeypatch.setattr(ports, "WAIT_FIRST", 0.01)
+    journal = await Journal.open(str(tmp_path / "j.db"), hand_over_limit=0)
+    twilio = Twilio()
+    try:
+        await journal.accept(NOTE, window=600)
+        entry = await due(journal)
+        commit, refusals = journal._commit, []
+
+        def refusing() -> None:
+            if twilio.created and len(refusals) < 3:
+                refusals.append(1)
+                raise sqlite3.OperationalError("database or disk is full")
+            commit()
+
+        monkeypatch.setattr(journal, "_commit", refusing)
+        await asyncio.wait_for(delivery(journal, twilio).run(entry), timeout=10)
+        assert len(refusals) == 3 and journal.writable
+        state, sid, status = journal.core.db.execute("SELECT state, sid, status FROM requests").fetchone()
+        assert (state, sid) == ("sent", "SM" + "1".zfill(32)) and status is not None
+        assert twilio.created == ["a1"]
+    finally:
+        await journal.close()
+
+
+async def test_a_request_finished_elsewhere_is_not_sent(journal: Journal) -> None:
+    """Another connector (its claim on the request lapsed here) finished it between our query and our attempt."""
+    await journal.accept(NOTE, window=600)
+    stale = await due(journal)
+    await journal.finish(stale.seq, "sent", b'{"id": "a1"}', "SM" + "e" * 32, None)
+    twilio = Twilio()
+    await delivery(journal, twilio).run(stale)
+    assert twilio.created == []
+    rows = await journal.read(lambda: journal.core.rows(["sent", "accepted", "sending"], 5))
+    assert [(row["state"], row["sid"]) for row in rows] == [("sent", "SM" + "e" * 32)]
+
+
+async def test_a_finished_request_never_goes_back_to_waiting(journal: Journal) -> None:
+    """A late decision about a request finished meanwhile (a retry, a lookup) changes nothing."""
+    seq = await journal.accept(NOTE, window=600)
+    assert isinstance(seq, int)
+    assert await journal.begin_attempt(seq)
+    await journal.finish(seq, "sent", b'{"id": "a1"}', "SM" + "f" * 32, None)
+    await journal.retry_later(seq, time.time(), "Bad Gateway")
+    await journal.doubt(seq, time.time(), 1, "Bad Gateway")
+    assert not await journal.begin_attempt(seq)
+    rows = await journal.read(lambda: journal.core.rows(["sent", "accepted", "sending", "doubt"], 5))
+    assert [row["state"] for row in rows] == ["sent"]
+    entries, _ = await journal.read(lambda: journal.core.due(time.time() + 60, 5, ()))
+    assert entries == []
