@@ -7,20 +7,25 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
+from conftest import sms
 from twilio_connector import ports
 from twilio_connector.concurrency import ConcurrencyWindow
 from twilio_connector.config import Settings
 from twilio_connector.contract import Kind, Notification, SendResult
 from twilio_connector.delivery import Delivery
+from twilio_connector.engine import Engine
 from twilio_connector.journal import Journal
 from twilio_connector.lifecycle import Lifecycle
 from twilio_connector.metrics import Metrics
 from twilio_connector.retry import RetryPolicy
-from twilio_connector.store import Entry
+from twilio_connector.store import Entry, JournalCore
 from twilio_connector.twilio import TwilioFailure
 
 NOTE = Notification("a1", Kind.SMS, "+12345000000", "+15005550006", "Darla", "freezer 3 above -5 C", 2)
@@ -123,3 +128,77 @@ async def test_a_finished_request_never_goes_back_to_waiting(journal: Journal) -
     assert [row["state"] for row in rows] == ["sent"]
     entries, _ = await journal.read(lambda: journal.core.due(time.time() + 60, 5, ()))
     assert entries == []
+
+
+class Away:
+    """A journal's `writable` flag, as `until_written` reads it."""
+
+    def __init__(self, writable: bool) -> None:
+        self.writable = writable
+
+
+def failing(times: int, journal: Away, *, back: bool = True) -> tuple[list[int], Callable[[], Awaitable[str]]]:
+    calls: list[int] = []
+
+    async def write() -> str:
+        calls.append(1)
+        if len(calls) <= times:
+            raise sqlite3.OperationalError("disk I/O error")
+        journal.writable = back
+        return "done"
+
+    return calls, write
+
+
+async def test_a_write_is_tried_again_while_the_journal_is_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ports, "WAIT_FIRST", 0.001)
+    journal = Away(writable=False)
+    calls, write = failing(5, journal)
+    assert await ports.until_written(journal, write, "request id=a1") == "done"  # type: ignore[arg-type]
+    assert len(calls) == 6
+
+
+async def test_a_defect_is_raised_after_its_tries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ports, "WAIT_FIRST", 0.001)
+    calls, write = failing(10, Away(writable=True))
+    with pytest.raises(sqlite3.OperationalError):
+        await ports.until_written(Away(writable=True), write, "request id=a1", defect_tries=3)  # type: ignore[arg-type]
+    assert len(calls) == 3
+    claimed: list[int] = []
+
+    async def claim() -> None:
+        claimed.append(1)
+        raise ports.SidClaimed("SM1")
+
+    with pytest.raises(ports.SidClaimed):  # an answer, not a failure: never tried again
+        await ports.until_written(Away(writable=False), claim, "request id=a1")  # type: ignore[arg-type]
+    assert claimed == [1]
+
+
+class Defective(Journal):
+    """A journal whose admission of one request always fails, the journal otherwise well (a defect)."""
+
+    async def admit(self, admission: Any, notification: Notification, **how: Any) -> Any:
+        if notification.id == "poison":
+            raise ValueError("a defect")
+        return await super().admit(admission, notification, **how)
+
+
+async def test_a_request_that_cannot_be_admitted_gets_a_failure_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not left unacknowledged for good (a broker never redelivers on a live connection): after a few tries it
+    is failed with `InternalError`, and the requests after it go on."""
+    monkeypatch.setattr(ports, "WAIT_FIRST", 0.001)
+    journal = Defective(JournalCore(str(tmp_path / "j.db"), hand_over_limit=0))
+    engine = Engine(Settings(default_from="+15005550006"), Twilio(), journal, lambda topic, payload: asyncio.sleep(0))
+    try:
+        for request_id in ("poison", "fine"):
+            payload = orjson.dumps(sms(request_id))
+            await asyncio.wait_for(engine.handle("twilio/txt", payload), timeout=10)
+        rows = journal.core.db.execute("SELECT request_id, state, status FROM requests ORDER BY seq").fetchall()
+        assert [(row[0], row[1]) for row in rows] == [("poison", "invalid"), ("fine", "accepted")]
+        status = orjson.loads(rows[0][2])
+        assert status["id"] == "poison" and status["response"]["error"] == "InternalError"
+    finally:
+        await journal.close()

@@ -38,6 +38,8 @@ __all__ = ["Engine", "Sender"]
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 60.0
+#: Tries of an admission that fails with the journal writable (a defect) before the request is failed.
+DEFECT_TRIES = 3
 WATCH_EVERY = 1.0
 
 
@@ -173,11 +175,7 @@ class Engine:
         )
         if isinstance(parsed, InvalidRequest):
             log.info("request id=%s kind=%s result=invalid reason=%r", parsed.id, kind.value, parsed.message)
-            status = encode_status(failure_status(parsed.id, ErrorCode.INVALID_PARAMETER, parsed.message))
-            reject = partial(self._journal.reject, kind, parsed.id, status, parsed.message)
-            await until_written(self._journal, reject, f"request id={parsed.id}", defects_too=True)
-            self.metrics.statuses.labels("fail", ErrorCode.INVALID_PARAMETER.value).inc()
-            self._publisher.wake()
+            await self._fail(kind, parsed.id, ErrorCode.INVALID_PARAMETER, parsed.message)
             return
         for notification in parsed:
             await self._room.wait()  # backpressure: stop reading from the broker rather than grow without bound
@@ -188,6 +186,12 @@ class Engine:
             dispatcher.starting += begin
             try:
                 admitted = await self._admit(notification, begin, redelivered)
+            except Exception:
+                # A defect, met again on every try: the request gets a failure status rather than hang
+                # unacknowledged (holding a slot of the broker's Receive Maximum for good).
+                log.exception("request id=%s could not be admitted (an internal error): failing it", notification.id)
+                await self._fail(kind, notification.id, ErrorCode.INTERNAL_ERROR, "internal error")
+                continue
             finally:
                 dispatcher.starting -= begin
             await self._admitted(notification, admitted, redelivered)
@@ -203,8 +207,16 @@ class Engine:
             journal,
             lambda: journal.admit(self._admission, notification, begin=begin, redelivered=redelivered),
             f"request id={notification.id}",
-            defects_too=True,
+            defect_tries=DEFECT_TRIES,
         )
+
+    async def _fail(self, kind: Kind, request_id: str | None, error: ErrorCode, message: str) -> None:
+        """Record a request that cannot be admitted with its failure status, which goes out like any other."""
+        status = encode_status(failure_status(request_id, error, message))
+        reject = partial(self._journal.reject, kind, request_id, status, message)
+        await until_written(self._journal, reject, f"request id={request_id}")
+        self.metrics.statuses.labels("fail", error.value).inc()
+        self._publisher.wake()
 
     async def _admitted(
         self, notification: Notification, admitted: Accepted | Folded | Refused | Duplicate, redelivered: bool
@@ -215,7 +227,12 @@ class Engine:
             # fresh copy is most likely another connector's copy of the same publish, already answered.
             if admitted.status is not None and (redelivered or not self._journal.shared):
                 republish = partial(self._journal.republish, admitted.seq, admitted.status)
-                await until_written(self._journal, republish, f"request id={notification.id}", defects_too=True)
+                try:
+                    await until_written(
+                        self._journal, republish, f"request id={notification.id}", defect_tries=DEFECT_TRIES
+                    )
+                except Exception:  # its status went out once already: acknowledge it all the same
+                    log.exception("request id=%s: its status could not be queued again", notification.id)
                 self._publisher.wake()
             return
         if isinstance(admitted, Refused):

@@ -133,21 +133,22 @@ class JournalPort(Protocol):
 
 
 async def until_written(
-    journal: JournalPort, write: Callable[[], Awaitable[T]], what: str, *, defects_too: bool = False
+    journal: JournalPort, write: Callable[[], Awaitable[T]], what: str, *, defect_tries: int = 1
 ) -> T:
     """Run `write`, trying it again while the journal cannot be written (a database restarting, a full disk)
     rather than drop what it records; `what` names it in the log. A failure with the journal writable is a
-    defect: raised, or also tried again if `defects_too`. `SidClaimed` is an answer, never tried again."""
-    delay = WAIT_FIRST
+    defect: raised once it happened `defect_tries` times. `SidClaimed` is an answer, never tried again."""
+    delay, defects = WAIT_FIRST, 0
     while True:
         try:
             return await write()
         except SidClaimed:
             raise
         except Exception:
-            if journal.writable and not defects_too:
-                raise
             if journal.writable:
+                defects += 1
+                if defects >= defect_tries:
+                    raise
                 log.exception("%s could not be recorded; trying again in %g s", what, delay)
             else:
                 log.warning("the journal cannot be written: holding %s, trying again in %g s", what, delay)
