@@ -24,6 +24,7 @@ import orjson
 import pytest
 
 from twilio_connector import service
+from twilio_connector.concurrency import ConcurrencyWindow
 from twilio_connector.config import Credentials, Settings
 from twilio_connector.secrets import Secret
 from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simulator
@@ -363,6 +364,18 @@ class ConnectorProcess:
             assert self.process.poll() is None, self.log.read_text()
             assert asyncio.get_running_loop().time() < deadline, "connector not ready"
             await asyncio.sleep(0.05)
+
+
+class NoScheduler:
+    """Delivery's dispatcher for tests that drive one request at a time: nothing to schedule."""
+
+    window = ConcurrencyWindow(1)
+
+    def answered(self, seq: int, throttled: bool = False) -> None:
+        pass
+
+    def due_at(self, when: float) -> None:
+        pass
 
 
 async def wait_until(condition: object, timeout: float = 30.0) -> None:

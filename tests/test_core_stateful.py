@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from twilio_connector.concurrency import ConcurrencyWindow
+from conftest import NoScheduler
 from twilio_connector.config import Settings
 from twilio_connector.contract import Kind, Notification, SendResult
 from twilio_connector.delivery import Delivery
@@ -106,16 +106,6 @@ class ModelTwilio:
             and same_body(message["body"], notification.content)
             and message["created"] >= since - 120
         ]
-
-
-class NoScheduler:
-    window = ConcurrencyWindow(1)
-
-    def answered(self, seq: int, throttled: bool = False) -> None:
-        pass
-
-    def due_at(self, when: float) -> None:
-        pass
 
 
 class DeliveryCore(RuleBasedStateMachine):

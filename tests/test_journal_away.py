@@ -14,9 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from conftest import sms
+from conftest import NoScheduler, sms
 from twilio_connector import ports
-from twilio_connector.concurrency import ConcurrencyWindow
 from twilio_connector.config import Settings
 from twilio_connector.contract import Kind, Notification, SendResult
 from twilio_connector.delivery import Delivery
@@ -45,19 +44,9 @@ class Twilio:
         return []
 
 
-class Slots:
-    window = ConcurrencyWindow(1)
-
-    def answered(self, seq: int, throttled: bool = False) -> None:
-        pass
-
-    def due_at(self, when: float) -> None:
-        pass
-
-
 def delivery(journal: Journal, twilio: Twilio) -> Delivery:
     lifecycle = Lifecycle(RetryPolicy(0.5, 4.0), 10.0, rand=lambda: 0.5)
-    return Delivery(Settings(), twilio, journal, lifecycle, Slots(), finished=lambda _: None, metrics=Metrics())
+    return Delivery(Settings(), twilio, journal, lifecycle, NoScheduler(), finished=lambda _: None, metrics=Metrics())
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

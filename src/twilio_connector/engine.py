@@ -38,9 +38,9 @@ __all__ = ["Engine", "Sender"]
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 60.0
+WATCH_EVERY = 1.0
 #: Tries of an admission that fails with the journal writable (a defect) before the request is failed.
 DEFECT_TRIES = 3
-WATCH_EVERY = 1.0
 
 
 async def _supervised(name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
