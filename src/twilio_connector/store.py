@@ -54,6 +54,9 @@ HAND_OVER_LIMIT = 1024
 #: Seconds a published status may wait for another commit to record it before it gets one of its own.
 MARK_DELAY = 0.2
 
+#: The SQLite journal's schema version (`PRAGMA user_version`): 1 keys requests holding a NUL unambiguously.
+SCHEMA_VERSION = 1
+
 #: journal_sync setting -> SQLite `synchronous` pragma. In WAL mode, NORMAL survives a killed process but may
 #: lose the last commits on power loss; FULL fsyncs every commit (one per group) and survives both.
 SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -208,8 +211,33 @@ def _options(notification: Notification) -> str:
 
 def dedupe_key(notification: Notification, options: str) -> bytes:
     n = notification
-    parts = (n.kind.value, n.id, n.to, n.from_, n.name, n.content, options)
-    return hashlib.blake2b("\x00".join(parts).encode(), digest_size=16).digest()
+    return key_of((n.kind.value, n.id, n.to, n.from_, n.name, n.content, options))
+
+
+def key_of(parts: tuple[str, ...]) -> bytes:
+    """A digest of `parts` that no other tuple of as many parts shares (short of a 128-bit hash collision).
+
+    Parts free of NUL are joined with NUL, as every key was before (so a journal's existing keys stay valid,
+    and no upgrade has to re-key it). A part holding a NUL would make that join ambiguous (`b\\0c`+`d` and
+    `b`+`c\\0d`): such tuples are written length-prefixed instead, behind a leading NUL, which no joined
+    form has (its first part, the kind, is never empty and never holds one)."""
+    if any("\x00" in part for part in parts):
+        encoded = b"\x00" + b"".join(len(raw).to_bytes(8, "big") + raw for raw in (part.encode() for part in parts))
+    else:
+        encoded = "\x00".join(parts).encode()
+    return hashlib.blake2b(encoded, digest_size=16).digest()
+
+
+def _rekey_nul_rows(db: sqlite3.Connection) -> None:
+    """Journals before version 1 keyed requests holding a NUL ambiguously: key those few again (`key_of`)."""
+    nul = " OR ".join(f"instr({column}, char(0)) > 0" for column in ("request_id", "name", "content"))
+    rows = db.execute(
+        "SELECT seq, kind, request_id, to_number, from_number, name, content, options FROM requests "
+        f"WHERE state != 'invalid' AND members = 0 AND ({nul})"
+    ).fetchall()
+    db.executemany(
+        "UPDATE requests SET dedupe_key = ? WHERE seq = ?", [(key_of(tuple(row[1:])), row[0]) for row in rows]
+    )
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
@@ -269,6 +297,11 @@ class JournalCore:
             if column not in present:
                 db.execute(f"ALTER TABLE requests ADD COLUMN {column} {declaration}")
         db.executescript(_INDEXES)
+        if int(db.execute("PRAGMA user_version").fetchone()[0]) < SCHEMA_VERSION:
+            db.execute("BEGIN IMMEDIATE")
+            _rekey_nul_rows(db)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
         return db
 
     def _version(self) -> int:
