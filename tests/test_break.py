@@ -3,13 +3,16 @@ simulator over real sockets, the connector's own process or event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import MqttProbe, SimulatorHandle, sms
+from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, make_settings, sms, wait_until
 from twilio_connector.contract import Kind, Notification
 from twilio_connector.store import JournalCore, dedupe_key, key_of
 
@@ -62,3 +65,41 @@ def test_a_journal_of_the_previous_version_is_keyed_again(tmp_path: Path) -> Non
     finally:
         reopened.close()
     assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+CLI = [sys.executable, "-m", "twilio_connector"]
+
+
+async def cli(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_a_retry_goes_through_the_guards_again(
+    broker: Broker, simulator: SimulatorHandle, probe: MqttProbe, tmp_path: Path
+) -> None:
+    """`journal retry` on a request the guards refused sent it to Twilio and said so. The running connector now
+    admits a retry as it would a new request: refused, it stays failed, and only `--force` sends it."""
+    journal = str(tmp_path / "journal.db")
+    running = await RunningConnector(make_settings(broker, simulator, journal_path=journal)).wait_ready()
+    try:
+        await probe.publish("twilio/txt", sms("premium", to="+19005550100"))
+        assert (await probe.status_of("premium"))["response"]["error"] == "Rejected"
+        code, out, _ = await cli("journal", "--journal-path", journal, "list", "--state", "failed")
+        seq = json.loads(out.splitlines()[0])["seq"]
+        code, out, err = await cli("journal", "--journal-path", journal, "retry", str(seq))
+        assert code == 1 and "refused again" in err and "premium-rate" in err and "--force" in err, (out, err)
+        assert simulator.created() == []
+        code, out, err = await cli("journal", "--journal-path", journal, "retry", str(seq))
+        assert code == 1 and "refused again" in err  # still failed, and still refused
+        code, out, err = await cli("journal", "--journal-path", journal, "retry", "--force", str(seq))
+        assert code == 0 and "--force" in err, (out, err)
+        await wait_until(lambda: len(simulator.created()) == 1, timeout=10)
+        assert simulator.created()[0]["params"]["To"] == "+19005550100"
+        assert len(await probe.wait_for(2)) >= 2  # the refusal's status, then the forced send's
+    finally:
+        await running.stop()

@@ -225,9 +225,10 @@ def test_journal_command(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in cli("journal", "--journal-path", path, "list").stdout.splitlines()]
     assert [(r["request_id"], r["state"]) for r in rows] == [("r2", "accepted"), ("r1", "failed")]
     assert rows[1]["last_error"] == "The 'To' number is not valid"
-    assert cli("journal", "--journal-path", path, "retry", str(failed)).returncode == 0
+    retried = cli("journal", "--journal-path", path, "retry", "--wait", "0", str(failed))
+    assert retried.returncode == 0 and "once a connector runs" in retried.stdout  # none runs: it waits for one
     assert cli("journal", "--journal-path", path, "retry", str(failed)).returncode == 1  # no longer failed
-    assert cli("journal", "--journal-path", path, "counts").stdout == "accepted: 2\nunpublished: 0\n"
+    assert cli("journal", "--journal-path", path, "counts").stdout == "accepted: 1\nretry: 1\nunpublished: 1\n"
     assert cli("journal", "--journal-path", str(tmp_path / "none.db"), "counts").returncode == 2
 
 

@@ -141,9 +141,17 @@ async def test_journal_retry_is_picked_up_within_a_second(
         )
         seq = json.loads((await listed.communicate())[0].splitlines()[0])["seq"]
         retried = await asyncio.create_subprocess_exec(
-            *CLI, "journal", "--journal-path", str(journal), "retry", str(seq), stdout=asyncio.subprocess.PIPE
+            *CLI,
+            "journal",
+            "--journal-path",
+            str(journal),
+            "retry",
+            str(seq),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
-        assert (await retried.communicate())[0].decode().strip() == f"request {seq} will be sent again"
+        out, err = await retried.communicate()
+        assert out.decode().strip() == f"request {seq} will be sent again", err
         started = asyncio.get_running_loop().time()
         await wait_until(lambda: len(simulator.created()) == 2, timeout=5)
         assert asyncio.get_running_loop().time() - started < 1.5

@@ -67,7 +67,7 @@ async def test_life_of_a_request(journal: Journal) -> None:
     await journal.finish(seq, "failed", b'{"s":1}', None, "HTTP 503")
     assert core.unfinished() == 0 and core.unpublished(10) == [(seq, b'{"s":1}')]
     assert core.counts() == {"failed": 1, "unpublished": 1}
-    assert core.retry_failed(seq) and core.unpublished(10) == [] and core.unfinished() == 1
+    assert core.request_retry(seq, force=True) and core.unpublished(10) == [] and core.unfinished() == 1
     await journal.finish(seq, "sent", b"ok", "SM9", None)
     assert core.sid_known("SM9") and not core.sid_known("SM0")
     journal.mark_published([seq])

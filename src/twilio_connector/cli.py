@@ -28,6 +28,7 @@ from .config import (
 from .options import OPTIONS
 from .policy import describe_limits
 from .simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+from .store import STATES
 from .transport import BrokerError
 
 EXIT_CONFIG = 2
@@ -107,12 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--state",
         action="append",
-        choices=["accepted", "sending", "folded", "sent", "failed", "invalid"],
-        help="states to show (repeatable; default: accepted, sending, folded, failed)",
+        choices=STATES,
+        help="states to show (repeatable; default: every state but sent and invalid)",
     )
     listing.add_argument("--limit", type=int, default=50)
-    retry = actions.add_parser("retry", help="send a failed request again")
+    retry = actions.add_parser(
+        "retry",
+        help="send a failed request again",
+        description="Send a failed request again. The running connector admits it again as it would a new one: "
+        "its guards, storms and caps decide, and a refused request stays failed.",
+    )
     retry.add_argument("seq", type=int, help="the request's journal number (see list)")
+    retry.add_argument("--force", action="store_true", help="send it past the guards, storms and caps")
+    retry.add_argument(
+        "--wait", type=float, default=5.0, help="seconds to wait for the connector's decision (default 5)"
+    )
 
     send = commands.add_parser(
         "send",

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 60.0
 WATCH_EVERY = 1.0
+#: Retries asked for by an operator admitted again per transaction.
+READMIT_BATCH = 100
 #: Tries of an admission that fails with the journal writable (a defect) before the request is failed.
 DEFECT_TRIES = 3
 
@@ -122,6 +124,7 @@ class Engine:
         interrupted = await self._journal.doubt_interrupted(lookup_offsets(self._settings.reconcile_window)[0])
         if interrupted:
             log.info("%d request(s) were being sent when the connector stopped: looking them up at Twilio", interrupted)
+        await self._readmit()
         self._unfinished = await self._journal.unfinished()
         self._update_room()
         loops = {
@@ -281,8 +284,30 @@ class Engine:
             await asyncio.sleep(WATCH_EVERY)
             held = [*self._dispatcher.active, *(entry.seq for entry in self._journal.ready)]
             if await self._journal.tend(held):
+                await self._readmit()
                 self._unfinished = await self._journal.unfinished()
                 self._update_room()
                 self._dispatcher.rescan()
                 self._journal.hand_statuses = False  # statuses may be waiting that were not handed to us
                 self._publisher.wake()
+
+    async def _readmit(self) -> None:
+        """Admit again what an operator asked to send again (`twilio-connector journal retry`), as a new request
+        would be: the guards, storms and caps decide. Refused, it stays failed, its status as it was."""
+        while True:
+            decided = await self._journal.readmit(self._admission, READMIT_BATCH)
+            for entry, admitted in decided:
+                what = f"request id={entry.notification.id} seq={entry.seq}"
+                if isinstance(admitted, Refused):
+                    log.warning(
+                        "%s: the operator's retry is refused (%s); it stays failed (`journal retry --force` sends "
+                        "it past the guards)",
+                        *(what, admitted.reason),
+                    )
+                    self.metrics.rejections.inc()
+                elif isinstance(admitted, Folded):
+                    log.info("%s: retried by the operator, folded into digest-%d", what, admitted.digest)
+                else:
+                    log.info("%s: retried by the operator", what)
+            if len(decided) < READMIT_BATCH:
+                return

@@ -12,11 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Protocol
 
 from .contract import ErrorCode, Notification, encode_status, failure_status
 from .policy import Caps, Limits, refusal
-from .store import Duplicate, Identity
+from .store import Duplicate, Entry, Identity
 from .storms import StormRule, Verdict, Window, foldable, window_key
 
 __all__ = ["Accepted", "Admission", "AdmissionStore", "Folded", "Refused"]
@@ -39,6 +40,19 @@ class AdmissionStore(Protocol):
         refused: tuple[bytes, str] | None = None,
     ) -> int: ...
 
+    def requeue(
+        self,
+        seq: int,
+        now: float,
+        *,
+        begin: bool = False,
+        start_at: float | None = None,
+        digest: int | None = None,
+        refused: tuple[bytes, str] | None = None,
+    ) -> int:
+        """As `record`, for a request recorded before (a retry): `seq` waits again, or stays failed if `refused`."""
+        ...
+
     def window(self, key: str) -> Window | None: ...
 
     def save_window(self, key: str, window: Window) -> None: ...
@@ -48,6 +62,10 @@ class AdmissionStore(Protocol):
     def count(self, span: str, scope: str, oldest: int) -> int: ...
 
     def bump(self, span: str, scope: str, bucket: int) -> None: ...
+
+
+#: Records what admission decided: `record` for a new request, `requeue` for a retried one.
+Put = Callable[..., int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +116,21 @@ class Admission:
         identity, duplicate = core.duplicate(notification, now, self._dedupe_windows[redelivered])
         if duplicate is not None:
             return duplicate
+        return self._decide(core, notification, now, partial(core.record, notification, identity, now), begin)
+
+    def readmit(self, core: AdmissionStore, entry: Entry) -> Accepted | Folded | Refused:
+        """A failed request an operator asked to send again (`twilio-connector journal retry`), through the same
+        guards, storms and caps as a new one: refused, it stays failed as it was. Run inside a journal write."""
+        now = self._clock()
+        return self._decide(core, entry.notification, now, partial(core.requeue, entry.seq, now), False)
+
+    def _decide(
+        self, core: AdmissionStore, notification: Notification, now: float, put: Put, begin: bool
+    ) -> Accepted | Folded | Refused:
+        """Guards, then storms, then caps; `put` records the decision."""
         reason = refusal(self.limits, notification)
         if reason is not None:
-            return self._refuse(core, notification, identity, now, reason)
+            return self._refuse(put, notification, reason)
         start, storm, window = now, "", None
         if self.storms.threshold:
             storm = window_key(notification)
@@ -110,22 +140,20 @@ class Admission:
                 if digest is None:
                     digest = core.open_digest(notification, window.closes_at, self._digest_retries, now)
                     core.save_window(storm, replace(window, digest=digest))
-                return Folded(core.record(notification, identity, now, digest=digest), digest, window.closes_at)
+                return Folded(put(digest=digest), digest, window.closes_at)
         if self._capped:
             reason = self._count_within_caps(core, notification, now)
             if reason is not None:
-                return self._refuse(core, notification, identity, now, reason)
+                return self._refuse(put, notification, reason)
         if window is not None:
             core.save_window(storm, window)
         begun = begin and start <= now
-        return Accepted(core.record(notification, identity, now, begin=begun, start_at=start), begun, start)
+        return Accepted(put(begin=begun, start_at=start), begun, start)
 
-    def _refuse(
-        self, core: AdmissionStore, notification: Notification, identity: Identity, now: float, reason: str
-    ) -> Refused:
+    def _refuse(self, put: Put, notification: Notification, reason: str) -> Refused:
         recipient = notification.to if notification.listed else None
         status = encode_status(failure_status(notification.id, ErrorCode.REJECTED, reason, recipient=recipient))
-        return Refused(core.record(notification, identity, now, refused=(status, reason)), reason)
+        return Refused(put(refused=(status, reason)), reason)
 
     def _count_within_caps(self, core: AdmissionStore, notification: Notification, now: float) -> str | None:
         """Why a cap refuses the send, or None after counting it against every cap."""

@@ -279,6 +279,14 @@ class Journal:
         """Admit `notification` in one transaction: dedupe, guards, storms, rate counts and the record itself."""
         return await self.write(lambda: admission.admit(self.core, notification, begin=begin, redelivered=redelivered))
 
+    async def readmit(self, admission: Admission, limit: int) -> list[tuple[Entry, Accepted | Folded | Refused]]:
+        """Admit again up to `limit` failed requests an operator asked to send again, in one transaction."""
+
+        def readmit() -> list[tuple[Entry, Accepted | Folded | Refused]]:
+            return [(entry, admission.readmit(self.core, entry)) for entry in self.core.retries_requested(limit)]
+
+        return await self.write(readmit)
+
     async def doubt_interrupted(self, grace: float) -> int:
         return await self.write(lambda: self.core.doubt_interrupted(grace))
 

@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 
 from .contract import Notification
-from .store import _PREFIXED, Duplicate, Entry, Identity, JournalCore, _entry, _options, dedupe_key
+from .store import _COLUMNS, _PREFIXED, Duplicate, Entry, Identity, JournalCore, _entry, _options, dedupe_key
 from .storms import Window
 
 __all__ = ["PgCore"]
@@ -122,6 +122,10 @@ MIGRATIONS: tuple[str, ...] = (
         ADD COLUMN publisher TEXT, ADD COLUMN publish_lease DOUBLE PRECISION;
     CREATE INDEX requests_leased ON requests (owner) WHERE state IN ('accepted', 'sending', 'doubt');
     CREATE INDEX requests_publishing ON requests (publisher) WHERE status IS NOT NULL AND status_published = 0;
+    """,
+    # 3: retries an operator asked for wait in `retry` for a connector to admit them again.
+    """
+    CREATE INDEX requests_retry ON requests (seq) WHERE state = 'retry';
     """,
 )
 #: pg_advisory_lock key held while the schema is created or migrated ("twilio-c" in ASCII); and the one held
@@ -253,6 +257,14 @@ class PgCore(JournalCore):
     def count(self, span: str, scope: str, oldest: int) -> int:
         self._lock("count", span, scope)
         return super().count(span, scope, oldest)
+
+    def retries_requested(self, limit: int) -> list[Entry]:
+        """As SQLite's, each row locked: one connector admits a retry, the others skip it."""
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM requests WHERE state = 'retry' ORDER BY seq LIMIT ? FOR UPDATE SKIP LOCKED",
+            (limit,),
+        ).fetchall()
+        return [_entry(row) for row in rows]
 
     def record(self, notification: Notification, identity: Identity, now: float, **how: Any) -> int:
         seq = super().record(notification, identity, now, **how)

@@ -9,7 +9,8 @@ outcome is unknown (no answer, a 5xx, or a row found in `sending` at start-up) w
 lookup at Twilio (`lookups` done so far, the next one due at `next_attempt_at`). A SID is claimed by at most one
 request: a unique index, so two identical alerts can never both be finished with one message. A text folded
 into a storm's digest waits in `folded` (with `digest_seq`) until its digest, a request of its own with
-`members` > 0, is sent or fails.
+`members` > 0, is sent or fails. A failed request an operator asked to send again waits in `retry` until the
+connector admits it again (`intake.Admission.readmit`).
 Storm windows (`windows`) and rate counts (`counters`, fixed time buckets) live here too, so a restart keeps them
 and their size is bounded by the traffic of a day, not of the process's life.
 
@@ -53,6 +54,13 @@ __all__ = [
 HAND_OVER_LIMIT = 1024
 #: Seconds a published status may wait for another commit to record it before it gets one of its own.
 MARK_DELAY = 0.2
+
+#: States of a request still to be finished (`retry`: an operator asked for a failed one to be sent again).
+UNFINISHED = ("accepted", "sending", "doubt", "folded", "retry")
+#: How the last error of a retry that admission refused begins.
+REFUSED_AGAIN = "retry refused: "
+#: Every state, for listings: the unfinished ones, then the finished ones.
+STATES = (*UNFINISHED, "sent", "failed", "invalid")
 
 #: The SQLite journal's schema version (`PRAGMA user_version`): 1 keys requests holding a NUL unambiguously.
 SCHEMA_VERSION = 1
@@ -130,6 +138,7 @@ CREATE INDEX IF NOT EXISTS requests_due ON requests (next_attempt_at) WHERE stat
 CREATE INDEX IF NOT EXISTS requests_sending ON requests (seq) WHERE state = 'sending';
 CREATE INDEX IF NOT EXISTS requests_doubt ON requests (next_attempt_at) WHERE state = 'doubt';
 CREATE INDEX IF NOT EXISTS requests_folded ON requests (seq) WHERE state = 'folded';
+CREATE INDEX IF NOT EXISTS requests_retry ON requests (seq) WHERE state = 'retry';
 CREATE INDEX IF NOT EXISTS requests_members ON requests (digest_seq) WHERE digest_seq IS NOT NULL;
 CREATE INDEX IF NOT EXISTS requests_unpublished ON requests (seq) WHERE status IS NOT NULL AND status_published = 0;
 CREATE UNIQUE INDEX IF NOT EXISTS requests_sid_claim ON requests (sid) WHERE sid IS NOT NULL;
@@ -627,19 +636,69 @@ class JournalCore:
         self.db.execute("UPDATE requests SET status_published = 0 WHERE seq = ? AND status IS NOT NULL", (seq,))
         self._stage_status(seq, status)
 
-    def retry_failed(self, seq: int) -> bool:
-        """Send a failed request again (operator's decision): back to `accepted`, its old status discarded."""
+    def request_retry(self, seq: int, *, force: bool = False) -> bool:
+        """An operator asks for a failed request to be sent again. It waits in `retry` for the connector to admit
+        it again, through its guards, storms and caps (`Admission.readmit`); `force`: straight back to waiting,
+        past them. False if `seq` is not a failed request."""
+        now = time.time()
+        if force:
+            assignments = (
+                "state = 'accepted', status = NULL, status_published = 0, next_attempt_at = ?, lookups = 0, "
+                "last_error = 'the operator forced a retry past the guards'"
+            )
+            parameters: tuple[Any, ...] = (now, now, seq)
+        else:
+            assignments, parameters = "state = 'retry'", (now, seq)
         cursor = self.db.execute(
-            "UPDATE requests SET state = 'accepted', status = NULL, status_published = 0, next_attempt_at = 0, "
-            "updated_at = ? WHERE seq = ? AND state = 'failed' AND members = 0",
-            (time.time(), seq),
+            f"UPDATE requests SET {assignments}, updated_at = ? WHERE seq = ? AND state = 'failed' AND members = 0",
+            parameters,
         )
         return bool(cursor.rowcount == 1)
+
+    def state_of(self, seq: int) -> tuple[str, str | None] | None:
+        """A request's state and last error; None if there is no such request."""
+        row = self.db.execute("SELECT state, last_error FROM requests WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def retries_requested(self, limit: int) -> list[Entry]:
+        """Requests an operator asked to send again, for admission (see `request_retry`)."""
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM requests WHERE state = 'retry' ORDER BY seq LIMIT ?", (limit,)
+        ).fetchall()
+        return [_entry(row) for row in rows]
+
+    def requeue(
+        self,
+        seq: int,
+        now: float,
+        *,
+        begin: bool = False,
+        start_at: float | None = None,
+        digest: int | None = None,
+        refused: tuple[bytes, str] | None = None,
+    ) -> int:
+        """A retried request's admission (see `intake.AdmissionStore.requeue`); `begin` is never asked for."""
+        if refused is not None:
+            state, error = "failed", REFUSED_AGAIN + refused[1]  # its status went out already: it stands
+            self.db.execute(
+                "UPDATE requests SET state = ?, last_error = ?, updated_at = ? WHERE seq = ? AND state = 'retry'",
+                (state, error, now, seq),
+            )
+            return seq
+        state = "accepted" if digest is None else "folded"
+        self.db.execute(
+            "UPDATE requests SET state = ?, status = NULL, status_published = 0, next_attempt_at = ?, lookups = 0, "
+            "digest_seq = ?, updated_at = ? WHERE seq = ? AND state = 'retry'",
+            (state, now if start_at is None else start_at, digest, now, seq),
+        )
+        if digest is not None:
+            self.db.execute("UPDATE requests SET members = members + 1 WHERE seq = ?", (digest,))
+        return seq
 
     def prune(self, before: float) -> int:
         self.db.execute("DELETE FROM followups WHERE published = 1 AND created_at < ?", (before,))
         cursor = self.db.execute(
-            "DELETE FROM requests WHERE status_published = 1 AND updated_at < ? "
+            "DELETE FROM requests WHERE status_published = 1 AND updated_at < ? AND state != 'retry' "
             "AND seq NOT IN (SELECT seq FROM tracking)",
             (before,),
         )
@@ -713,7 +772,7 @@ class JournalCore:
         # One count per state, each over its partial index: `state IN (...)` would scan the whole table.
         return sum(
             int(self.db.execute(f"SELECT COUNT(*) FROM requests WHERE state = '{state}'").fetchone()[0])
-            for state in ("accepted", "sending", "doubt", "folded")
+            for state in UNFINISHED
         )
 
     def counts(self) -> dict[str, int]:

@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import ssl
+import sys
 import time
 import uuid
 from typing import Any
@@ -25,7 +26,7 @@ from .config import ConfigError, load_settings
 from .journal import open_core
 from .options import BrokerAddress
 from .simulator import Simulator
-from .store import JournalCore
+from .store import REFUSED_AGAIN, UNFINISHED, JournalCore
 from .transport import tls_hint
 
 __all__ = ["UserError", "journal", "os_error_words", "send", "simulate", "status"]
@@ -175,14 +176,40 @@ def _journal_action(core: JournalCore, args: argparse.Namespace) -> int:
         for state, count in sorted(core.counts().items()):
             print(f"{state}: {count}")
     elif args.action == "list":
-        for row in core.rows(args.state or ["accepted", "sending", "folded", "failed"], args.limit):
+        for row in core.rows(args.state or [*UNFINISHED, "failed"], args.limit):
             accepted = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.pop("accepted_at")))
             print(json.dumps({**row, "accepted_at": accepted}))
-    elif core.retry_failed(args.seq):
-        print(f"request {args.seq} will be sent again")
     else:
-        raise UserError(f"request {args.seq} is not a failed request", EXIT_FAILURE)
+        _retry(core, args.seq, args.force, args.wait)
     return 0
+
+
+def _retry(core: JournalCore, seq: int, force: bool, wait: float) -> None:
+    """Ask for failed request `seq` to be sent again, and say what the connector decided within `wait` s."""
+    if not core.request_retry(seq, force=force):
+        raise UserError(f"request {seq} is not a failed request", EXIT_FAILURE)
+    if force:
+        print(
+            f"twilio-connector: warning: request {seq} goes past the guards, storms and caps (--force)", file=sys.stderr
+        )
+        print(f"request {seq} will be sent again")
+        return
+    deadline = time.monotonic() + wait
+    while (found := core.state_of(seq)) is not None and found[0] == "retry" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    state, error = found or ("", None)
+    if state == "retry":
+        print(f"request {seq} will be admitted again (guards, storms, caps) and sent once a connector runs")
+    elif state == "failed" and (error or "").startswith(REFUSED_AGAIN):
+        reason = (error or "").removeprefix(REFUSED_AGAIN)
+        raise UserError(
+            f"request {seq} is refused again: {reason} (`journal retry --force {seq}` sends it all the same)",
+            EXIT_FAILURE,
+        )
+    elif state == "folded":
+        print(f"request {seq} will be sent again, in a digest: its recipient is in a storm")
+    else:  # admitted (its new outcome, failed again at Twilio perhaps, goes out as a status)
+        print(f"request {seq} will be sent again")
 
 
 async def simulate(args: argparse.Namespace) -> None:
