@@ -95,8 +95,9 @@ class Delivery:
         except Exception:
             if not self._journal.writable:
                 # Not a defect: the journal was away before anything was sent (an attempt's start, a lookup's
-                # reads). The request stays in it as it was, and is taken up again from there.
-                log.warning("request id=%s: the journal cannot be written; leaving it there", entry.notification.id)
+                # reads). The request stays in it as it was, and the dispatcher takes it up again once the
+                # journal takes writes (the journal logs that it cannot, once).
+                self._dispatcher.due_at(self._clock())
                 return
             await self._internal_error(entry)
 

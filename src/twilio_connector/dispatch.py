@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .concurrency import ConcurrencyWindow
-from .ports import JournalPort
+from .ports import WAIT_CAP, WAIT_FIRST, JournalPort
 from .store import Entry
 
 __all__ = ["Dispatcher"]
@@ -81,7 +81,17 @@ class Dispatcher:
         # What waits in the journal is handed over a batch at a time, up to two rounds of slots ahead, so a slot
         # that frees is filled from memory at once.
         ahead = 2 * self._max_in_flight
+        away = WAIT_FIRST
         while not self._closing.is_set():
+            if journal.writable:
+                away = WAIT_FIRST
+            else:
+                # An attempt cannot even be recorded as begun (a full disk): starting one would fail at once and
+                # find the request due again, in a loop. Try again after a pause, doubling like intake's, or as
+                # soon as another write succeeds.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(journal.resumed.wait(), away)
+                away = min(WAIT_CAP, away * 2)
             self._wake.clear()
             free = self.free_slots()
             while free > 0 and journal.ready:

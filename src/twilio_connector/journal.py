@@ -67,10 +67,12 @@ def open_core(
 class Journal:
     """Async front of `JournalCore`: statements on the event loop, group commits on one worker thread."""
 
-    def __init__(self, core: JournalCore, clock: Callable[[], float] = time.time) -> None:
-        """`clock`: what the journal's timestamps (acceptance, attempt start) are read from."""
+    def __init__(self, core: JournalCore, clock: Callable[[], float] = time.time, where: str = "") -> None:
+        """`clock`: what the journal's timestamps (acceptance, attempt start) are read from; `where`: its path
+        or URL, for the log."""
         self.core = core
         self.clock = clock
+        self.where = where
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._reads: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []  # asked for during a commit
@@ -83,6 +85,9 @@ class Journal:
         self._flushed = asyncio.Event()
         self._flushed.set()
         self.writable = True  # the last commit succeeded (readiness)
+        self._away: tuple[float, int] | None = None  # since when commits fail, and how many did
+        self.resumed = asyncio.Event()  # set while commits succeed
+        self.resumed.set()
 
     @classmethod
     async def open(
@@ -105,7 +110,7 @@ class Journal:
             core = await loop.run_in_executor(
                 opener, lambda: open_core(path, sync, hand_over_limit=limit, node=node, lease=lease)
             )
-        return cls(core, clock)
+        return cls(core, clock, path)
 
     async def close(self) -> None:
         await self.flush()
@@ -189,7 +194,7 @@ class Journal:
                         outcomes = self._execute(batch, marks)
                         await loop.run_in_executor(self._executor, self._commit)
                     self.core.committed()
-                    self.writable = self.core.healthy()
+                    self._writes(self.core.healthy())
                 except Exception as exc:
                     outcomes = self._abandon(exc, len(batch))
                 for marking, marked in zip(self._marking, marks, strict=True):
@@ -237,8 +242,30 @@ class Journal:
             with contextlib.suppress(sqlite3.Error):
                 self.core.db.execute("ROLLBACK")
         self.core.rolled_back()
-        self.writable = False
+        self._writes(False, exc)
         return [(False, exc)] * size
+
+    def _writes(self, ok: bool, error: Exception | None = None) -> None:
+        """Record whether commits succeed, and say so once per change (not once per request per try)."""
+        if ok and self._away is not None:
+            since, refused = self._away
+            log.warning(
+                "the journal at %s takes writes again after %.1f s (%d commit(s) refused meanwhile)",
+                *(self.where, time.monotonic() - since, refused),
+            )
+            self._away = None
+            self.resumed.set()
+        elif not ok:
+            if self._away is None:
+                log.error(
+                    "the journal at %s cannot be written (%s): requests are held, neither acknowledged nor sent, "
+                    "and tried again from 0.5 s up to every 10 s until it can",
+                    *(self.where, error or "its connection is lost"),
+                )
+                self._away = (time.monotonic(), 0)
+                self.resumed.clear()
+            self._away = (self._away[0], self._away[1] + 1)
+        self.writable = ok
 
     # -- the operations the engine uses -------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ class SidClaimed(Exception):
 class JournalPort(Protocol):
     clock: Callable[[], float]
     writable: bool  # the last write was committed (readiness)
+    resumed: asyncio.Event  # set while writes are committed, cleared while they fail
 
     @property
     def shared(self) -> bool:
@@ -154,7 +155,6 @@ async def until_written(
                 if defects >= defect_tries:
                     raise
                 log.exception("%s could not be recorded; trying again in %g s", what, delay)
-            else:
-                log.warning("the journal cannot be written: holding %s, trying again in %g s", what, delay)
+            # Else the journal cannot be written: it says so itself, once, not once per write per try.
         await asyncio.sleep(delay)
         delay = min(WAIT_CAP, delay * 2)
