@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from conftest import (
@@ -23,12 +24,14 @@ from conftest import (
     MqttProbe,
     RunningConnector,
     SimulatorHandle,
+    free_port,
     make_settings,
     sms,
     wait_until,
 )
 from twilio_connector.contract import Kind, Notification
-from twilio_connector.simulator import Fault
+from twilio_connector.journal import Journal
+from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Fault
 from twilio_connector.store import JournalCore, dedupe_key, key_of
 
 
@@ -86,8 +89,9 @@ CLI = [sys.executable, "-m", "twilio_connector"]
 
 
 async def cli(*args: str) -> tuple[int, str, str]:
+    env = {**os.environ, "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID, "TWILIO_AUTH_TOKEN": DEFAULT_AUTH_TOKEN}
     process = await asyncio.create_subprocess_exec(
-        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
     )
     out, err = await process.communicate()
     assert process.returncode is not None
@@ -188,3 +192,114 @@ async def test_a_full_journal_volume_waits_instead_of_spinning(
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def damage_table(path: Path, table: str = "requests") -> None:
+    """Overwrite the root page of `table` with garbage, as a failing disk or a torn copy would."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+    with path.open("r+b") as handle:
+        handle.seek((root - 1) * page_size)
+        handle.write(bytes([0x0D, 0xFF, 0xFF, 0xFF]) + os.urandom(page_size - 4))
+
+
+def journal_with_backlog(path: Path, count: int = 400) -> None:
+    core = JournalCore(str(path))
+    core.db.execute("BEGIN")
+    for n in range(count):
+        core.accept(Notification(f"b{n}", Kind.SMS, f"+1234500{n:04d}", "+15005550006", "Darla", "hot", 2), 0, 0)
+    core.db.execute("COMMIT")
+    core.close()
+
+
+async def test_a_damaged_journal_stops_the_connector_with_one_line(
+    broker: Broker, simulator: SimulatorHandle, tmp_path: Path, spawned: list
+) -> None:
+    """A damaged page made every round of the dispatch loop raise "database disk image is malformed": it
+    restarted forever, a traceback a second, /readyz said ready and new requests were acknowledged and never
+    sent. Damage is fatal now: one line naming the journal and what to do, and a non-zero exit."""
+    journal = tmp_path / "journal.db"
+    journal_with_backlog(journal)
+    damage_table(journal)
+    log = tmp_path / "connector.log"
+    connector = ConnectorProcess(broker, simulator, journal, log)
+    spawned.append(connector)
+    deadline = asyncio.get_running_loop().time() + 30
+    while connector.process.poll() is None:
+        assert asyncio.get_running_loop().time() < deadline, log.read_text()[-3000:]
+        await asyncio.sleep(0.05)
+    text = log.read_text()
+    assert connector.process.returncode == 1, text
+    assert text.count("Traceback") == 0 and text.count("restarting") == 0, text
+    [line] = [line for line in text.splitlines() if "is damaged" in line]
+    assert f"twilio-connector journal --journal-path {journal} check" in line and "move the file aside" in line
+    assert simulator.created() == []
+
+
+async def test_a_loop_that_keeps_failing_makes_the_connector_not_ready(
+    broker: Broker, simulator: SimulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`/readyz` answered 200 while a service loop restarted in circles; now it names the loop and its error
+    until the loop has run a while without failing."""
+
+    async def failing(self: Journal, before: float) -> int:
+        raise RuntimeError("the prune statement broke")
+
+    monkeypatch.setattr(Journal, "prune", failing)
+    port = free_port()
+    running = await RunningConnector(make_settings(broker, simulator, metrics_listen=f"127.0.0.1:{port}")).wait_ready()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):  # the loop fails at its first round, as the connector starts: at most a moment
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+                    document = await response.json()
+                if response.status == 503:
+                    break
+                await asyncio.sleep(0.05)
+        assert response.status == 503 and document["checks"]["loops_running"] is False
+        assert document["problems"] == ["the prune loop keeps failing (RuntimeError: the prune statement broke)"]
+    finally:
+        await running.stop()
+
+
+async def test_journal_check_tells_a_damaged_journal_and_a_cut_log(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.db"
+    journal_with_backlog(journal)
+    code, out, _ = await cli("journal", "--journal-path", str(journal), "check")
+    assert code == 0 and "intact" in out and "accepted 400" in out, out
+    copy = tmp_path / "copy.db"
+    core = JournalCore(str(journal))  # held open: its log stays, as while the connector runs
+    core.db.execute("BEGIN")
+    core.accept(Notification("late", Kind.SMS, "+12345000000", "+15005550006", "Darla", "hot", 2), 1, 0)
+    core.db.execute("COMMIT")
+    copy.write_bytes(journal.read_bytes())
+    wal = Path(f"{journal}-wal").read_bytes()
+    Path(f"{copy}-wal").write_bytes(wal[: len(wal) // 2 + 7])  # a copy of the .db with half its log
+    core.close()
+    code, out, _ = await cli("journal", "--journal-path", str(copy), "check")
+    assert code == 1 and "cut short" in out and "what to do" in out, out
+    damage_table(journal)
+    code, out, _ = await cli("journal", "--journal-path", str(journal), "check")
+    assert code == 1 and "DAMAGED" in out and "cannot be read" in out and ".recover" in out, out
+
+
+async def test_the_journal_command_never_writes_into_what_is_not_a_journal(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(other)) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+        db.commit()
+    before = other.read_bytes()
+    code, _, err = await cli("journal", "--journal-path", str(other), "counts")
+    assert code == 2 and "is not a connector journal" in err, err
+    assert other.read_bytes() == before and not Path(f"{other}-wal").exists()
+
+
+async def test_a_garbage_journal_names_its_path(broker: Broker, simulator: SimulatorHandle, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_text("not a database, not at all" * 100)
+    code, out, err = await cli(
+        "run", "--broker", broker.url, "--twilio-api-url", simulator.url, "--journal-path", str(garbage)
+    )
+    assert code == 1 and f"cannot start: the journal at {garbage}" in out + err, (out, err)

@@ -175,6 +175,7 @@ async def test_a_refused_subscription_is_reported_and_retried(
             "broker_connected": True,
             "subscribed": False,
             "journal_writable": True,
+            "loops_running": True,
             "credentials_loaded": True,
         }
         assert document["problems"] == ["the broker refused the subscription to twilio/call (Not authorized)"]

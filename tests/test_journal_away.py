@@ -120,10 +120,11 @@ async def test_a_finished_request_never_goes_back_to_waiting(journal: Journal) -
 
 
 class Away:
-    """A journal's `writable` flag, as `until_written` reads it."""
+    """A journal's `writable` flag and `damage` event, as `until_written` reads them."""
 
     def __init__(self, writable: bool) -> None:
         self.writable = writable
+        self.damage = asyncio.Event()
 
 
 def failing(times: int, journal: Away, *, back: bool = True) -> tuple[list[int], Callable[[], Awaitable[str]]]:

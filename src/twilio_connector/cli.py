@@ -25,6 +25,7 @@ from .config import (
     load_settings,
     resolve_credentials,
 )
+from .journal import JournalDamaged, MissingExtra, damage_advice, is_damage
 from .options import OPTIONS
 from .policy import describe_limits
 from .simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
@@ -104,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     journal.add_argument("--journal-url", dest="journal_url", metavar="URL", help="PostgreSQL journal")
     actions = journal.add_subparsers(dest="action", required=True, parser_class=_Parser)
     actions.add_parser("counts", help="requests by state, and statuses not yet published")
+    actions.add_parser(
+        "check",
+        help="check an SQLite journal's integrity and say what can be read (read only)",
+        description="Check an SQLite journal (running or not, read only): SQLite's integrity check, what can be "
+        "read of it, and whether its write-ahead log was cut short. Exit 0: intact; 1: damaged.",
+    )
     listing = actions.add_parser("list", help="the newest requests in some states")
     listing.add_argument(
         "--state",
@@ -209,9 +216,18 @@ def _run(args: argparse.Namespace) -> int:
     except BrokerError as exc:
         logging.getLogger("twilio_connector").error("%s", exc)
         return 1
-    except (OSError, sqlite3.Error) as exc:  # a port already taken, a journal that cannot be opened
-        words = tools.os_error_words(exc) if isinstance(exc, OSError) else str(exc)
-        logging.getLogger("twilio_connector").error("cannot start: %s", words)
+    except JournalDamaged as exc:
+        logging.getLogger("twilio_connector").error("cannot go on: %s", exc)
+        return 1
+    except MissingExtra as exc:
+        logging.getLogger("twilio_connector").error("cannot start: %s", exc)
+        return EXIT_CONFIG
+    except sqlite3.Error as exc:  # a journal that cannot be opened
+        advice = damage_advice(settings.journal) if is_damage(exc) else f"the journal at {settings.journal}"
+        logging.getLogger("twilio_connector").error("cannot start: %s (%s)", advice, exc)
+        return 1
+    except OSError as exc:  # a port already taken
+        logging.getLogger("twilio_connector").error("cannot start: %s", tools.os_error_words(exc))
         return 1
     return 0
 

@@ -93,6 +93,8 @@ class Delivery:
         except asyncio.CancelledError:
             raise
         except Exception:
+            if self._journal.damage.is_set():
+                return  # the connector stops; the request stays as the journal last recorded it
             if not self._journal.writable:
                 # Not a defect: the journal was away before anything was sent (an attempt's start, a lookup's
                 # reads). The request stays in it as it was, and the dispatcher takes it up again once the

@@ -27,7 +27,7 @@ from .dispatch import Dispatcher
 from .intake import Accepted, Admission, Folded, Refused
 from .lifecycle import Lifecycle, lookup_offsets
 from .metrics import Metrics
-from .ports import JournalPort, until_written
+from .ports import JournalDamaged, JournalPort, until_written
 from .publisher import StatusPublisher
 from .retry import RetryPolicy
 from .store import Duplicate, Entry
@@ -39,23 +39,58 @@ log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 60.0
 WATCH_EVERY = 1.0
+#: A failed loop is restarted after RESTART_FIRST s, doubling up to RESTART_CAP while it keeps failing; it
+#: counts as failing (not ready) until it has run FAILING_FOR s without failing.
+RESTART_FIRST, RESTART_CAP, FAILING_FOR = 1.0, 30.0, 15.0
 #: Retries asked for by an operator admitted again per transaction.
 READMIT_BATCH = 100
 #: Tries of an admission that fails with the journal writable (a defect) before the request is failed.
 DEFECT_TRIES = 3
 
 
-async def _supervised(name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run a service loop; if a defect makes it raise, log it and start it again rather than go silent."""
-    while True:
-        try:
-            await loop()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("the %s loop failed; restarting it", name)
-            await asyncio.sleep(1.0)
+class Supervisor:
+    """Runs the engine's service loops; one that raises (a defect) is logged and started again, after a pause
+    that doubles while it keeps failing. `failing` names the loops that failed within the last `FAILING_FOR`
+    seconds, with their error, for readiness: a loop restarting in circles is not a ready connector."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._failures: dict[str, tuple[float, int, str]] = {}  # name -> (last failure, failures in a row, error)
+
+    @property
+    def failing(self) -> dict[str, str]:
+        now = self._clock()
+        return {name: error for name, (at, _, error) in self._failures.items() if now - at < FAILING_FOR}
+
+    async def run(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        while True:
+            started = self._clock()
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except JournalDamaged:
+                return  # the connector stops, and says why once
+            except Exception as exc:
+                pause = self._failed(name, exc, self._clock() - started)
+            await asyncio.sleep(pause)
+
+    def _failed(self, name: str, exc: Exception, ran: float) -> float:
+        """Log the failure (a traceback the first time in a row, a line after) and return the pause before the
+        restart."""
+        _, row, _ = self._failures.get(name, (0.0, 0, ""))
+        row = 1 if ran >= FAILING_FOR else row + 1
+        error = f"{exc.__class__.__name__}: {exc}"
+        self._failures[name] = (self._clock(), row, error)
+        pause = min(RESTART_CAP, RESTART_FIRST * 2.0 ** (row - 1))
+        if row == 1:
+            log.exception("the %s loop failed; restarting it in %g s", name, pause)
+        else:
+            log.error(
+                "the %s loop failed again (%d times in a row: %s); restarting it in %g s", name, row, error, pause
+            )
+        return pause
 
 
 class Engine:
@@ -106,6 +141,7 @@ class Engine:
         self.metrics.backlog.set_function(lambda: self._unfinished)
         self._received = {topic: self.metrics.received.labels(topic) for topic in self._kinds}
         self._loops: list[asyncio.Task[None]] = []
+        self.loops = Supervisor()
 
     def _run(self, entry: Entry, begun: bool) -> Coroutine[Any, Any, None]:
         return self._delivery.run(entry, begun)
@@ -135,7 +171,7 @@ class Engine:
         }
         if self._tracker is not None:
             loops["track"] = self._tracker.run
-        self._loops = [asyncio.create_task(_supervised(name, loop), name=name) for name, loop in loops.items()]
+        self._loops = [asyncio.create_task(self.loops.run(name, loop), name=name) for name, loop in loops.items()]
 
     async def stop(self, grace: float) -> bool:
         """Stop intake; give in-flight attempts and pending statuses `grace` seconds. True if all finished.
@@ -166,7 +202,7 @@ class Engine:
             log.warning("ignoring a message on unexpected topic %r", topic)
             return
         self._received[topic].inc()
-        if self._closing.is_set():
+        if self._closing.is_set() or self._journal.damage.is_set():
             await asyncio.Future()  # never acknowledged: the broker keeps it for the next session
         parsed = parse_request(
             payload,
@@ -190,6 +226,8 @@ class Engine:
             try:
                 admitted = await self._admit(notification, begin, redelivered)
             except Exception:
+                if self._journal.damage.is_set():
+                    await asyncio.Future()  # never acknowledged: it cannot be recorded, and the connector stops
                 # A defect, met again on every try: the request gets a failure status rather than hang
                 # unacknowledged (holding a slot of the broker's Receive Maximum for good).
                 log.exception("request id=%s could not be admitted (an internal error): failing it", notification.id)

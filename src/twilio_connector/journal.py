@@ -25,10 +25,10 @@ from typing import Any, TypeVar
 
 from .contract import Kind, Notification
 from .intake import Accepted, Admission, Folded, Refused
-from .ports import SidClaimed
+from .ports import JournalDamaged, SidClaimed
 from .store import HAND_OVER_LIMIT, MARK_DELAY, Duplicate, Entry, JournalCore, Track, Tracked
 
-__all__ = ["Journal", "open_core"]
+__all__ = ["Journal", "JournalDamaged", "MissingExtra", "damage_advice", "is_damage", "open_core"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -36,11 +36,31 @@ log = logging.getLogger(__name__)
 REMOTE_GROUP = 16
 
 
-def _attempt(operation: Callable[[], Any], error: type[Exception]) -> tuple[bool, Any]:
+def _attempt(
+    operation: Callable[[], Any], error: type[Exception], checked: Callable[[BaseException], BaseException]
+) -> tuple[bool, Any]:
     try:
         return True, operation()
     except error as exc:
-        return False, exc
+        return False, checked(exc)
+
+
+#: SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB.
+_DAMAGE_CODES = frozenset({11, 26})
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether `exc` says the journal's file is damaged (not busy, not full: nothing waiting mends it)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.DatabaseError) and code is not None and code & 0xFF in _DAMAGE_CODES
+
+
+def damage_advice(where: str) -> str:
+    return (
+        f"the journal at {where} is damaged: stop the connector, move the file aside with its -wal and -shm files, "
+        f"and start again with a new one; `twilio-connector journal --journal-path {where} check` tells what can "
+        "still be read (docs/operations.md: a damaged journal)"
+    )
 
 
 def _settle(outcomes: Iterable[tuple[asyncio.Future[Any], tuple[bool, Any]]]) -> None:
@@ -54,14 +74,30 @@ def _settle(outcomes: Iterable[tuple[asyncio.Future[Any], tuple[bool, Any]]]) ->
 
 
 def open_core(
-    path: str, sync: str = "full", *, hand_over_limit: int = 0, node: str | None = None, lease: float = 30.0
+    path: str,
+    sync: str = "full",
+    *,
+    hand_over_limit: int = 0,
+    node: str | None = None,
+    lease: float = 30.0,
+    create: bool = True,
 ) -> JournalCore:
-    """The journal's storage at `path`: a postgresql:// URL (PostgreSQL), else an SQLite file (blocking)."""
+    """The journal's storage at `path`: a postgresql:// URL (PostgreSQL), else an SQLite file (blocking).
+    `create`: make an SQLite journal where there is none (else `store.NotAJournal`)."""
     if path.startswith(("postgresql://", "postgres://")):
-        from .pg_store import PgCore  # noqa: PLC0415  (psycopg is needed only then)
-
+        try:
+            from .pg_store import PgCore  # noqa: PLC0415  (psycopg is needed only then)
+        except ImportError as exc:
+            raise MissingExtra(
+                f"a PostgreSQL journal ({path}) needs psycopg, which is not installed: install the connector "
+                f"with its postgres extra (pip install 'twilio-connector[postgres]') ({exc})"
+            ) from None
         return PgCore(path, sync, hand_over_limit=hand_over_limit, node=node, lease=lease)
-    return JournalCore(path, sync, hand_over_limit=hand_over_limit)
+    return JournalCore(path, sync, hand_over_limit=hand_over_limit, create=create)
+
+
+class MissingExtra(Exception):
+    """An optional dependency the configuration needs is not installed."""
 
 
 class Journal:
@@ -88,6 +124,8 @@ class Journal:
         self._away: tuple[float, int] | None = None  # since when commits fail, and how many did
         self.resumed = asyncio.Event()  # set while commits succeed
         self.resumed.set()
+        self.damage = asyncio.Event()  # set, for good, once a statement found the file damaged
+        self.damaged: JournalDamaged | None = None
 
     @classmethod
     async def open(
@@ -113,7 +151,8 @@ class Journal:
         return cls(core, clock, path)
 
     async def close(self) -> None:
-        await self.flush()
+        if self.damaged is None:
+            await self.flush()
         await asyncio.get_running_loop().run_in_executor(self._executor, self.core.close)
         self._executor.shutdown(wait=True)
 
@@ -127,10 +166,22 @@ class Journal:
         if self.core.remote:
             return await asyncio.get_running_loop().run_in_executor(self._executor, self._remote, operation)
         if not self._flushing:
-            return operation()
+            try:
+                return operation()
+            except sqlite3.Error as exc:
+                raise self._checked(exc) from None
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._reads.append((operation, future))
         return await future
+
+    def _checked(self, exc: BaseException) -> BaseException:
+        """`exc`, or, if it says the file is damaged, `JournalDamaged` (and the damage is known for good: every
+        later read or write would meet it, and nothing the connector does can mend it)."""
+        if self.damaged is None and is_damage(exc):
+            self.damaged = JournalDamaged(f"{damage_advice(self.where)} ({exc})")
+            self.damage.set()
+            self.writable = False
+        return JournalDamaged(*self.damaged.args) if self.damaged is not None and is_damage(exc) else exc
 
     def _remote(self, operation: Callable[[], T]) -> T:
         self.core.revive()
@@ -202,7 +253,9 @@ class Journal:
                 reads, self._reads = self._reads, []
                 try:
                     _settle(zip((future for _, future in batch), outcomes, strict=True))
-                    _settle((future, _attempt(operation, self.core.Error)) for operation, future in reads)
+                    _settle(
+                        (future, _attempt(operation, self.core.Error, self._checked)) for operation, future in reads
+                    )
                 except Exception as exc:
                     # A defect. A caller left waiting would hold its request forever, unacknowledged: each one
                     # still waiting gets the error instead, and the journal goes on.
@@ -223,7 +276,7 @@ class Journal:
         self.core.db.execute("BEGIN IMMEDIATE")
         # No savepoint per operation (they cost two statements each): a failing statement changes nothing by
         # itself, and one failed operation must not sink the batch.
-        outcomes = [_attempt(operation, sqlite3.Error) for operation, _ in batch]
+        outcomes = [_attempt(operation, sqlite3.Error, self._checked) for operation, _ in batch]
         try:
             if marks[0]:
                 self.core.mark_published(marks[0])
@@ -242,11 +295,15 @@ class Journal:
             with contextlib.suppress(sqlite3.Error):
                 self.core.db.execute("ROLLBACK")
         self.core.rolled_back()
-        self._writes(False, exc)
-        return [(False, exc)] * size
+        failure = self._checked(exc)
+        if self.damaged is None:
+            self._writes(False, exc)
+        return [(False, failure)] * size
 
     def _writes(self, ok: bool, error: Exception | None = None) -> None:
         """Record whether commits succeed, and say so once per change (not once per request per try)."""
+        if self.damaged is not None:
+            return  # never writable again
         if ok and self._away is not None:
             since, refused = self._away
             log.warning(

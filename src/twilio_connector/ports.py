@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .intake import Accepted, Admission, Folded, Refused
     from .store import Duplicate, Entry, Track, Tracked
 
-__all__ = ["JournalPort", "SidClaimed", "until_written"]
+__all__ = ["JournalDamaged", "JournalPort", "SidClaimed", "until_written"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,10 +36,15 @@ class SidClaimed(Exception):
     """Another request already holds this Twilio SID: the request was not finished with it."""
 
 
+class JournalDamaged(Exception):
+    """The journal's file is damaged: the connector cannot go on without losing or doubling work."""
+
+
 class JournalPort(Protocol):
     clock: Callable[[], float]
     writable: bool  # the last write was committed (readiness)
     resumed: asyncio.Event  # set while writes are committed, cleared while they fail
+    damage: asyncio.Event  # set for good once the journal is found damaged: nothing more can be recorded
 
     @property
     def shared(self) -> bool:
@@ -150,6 +155,8 @@ async def until_written(
         except SidClaimed:
             raise
         except Exception:
+            if journal.damage.is_set():
+                raise  # waiting mends nothing: the connector stops
             if journal.writable:
                 defects += 1
                 if defects >= defect_tries:

@@ -39,7 +39,7 @@ async def _first(*aws: Coroutine[Any, Any, Any]) -> int:
 
 
 async def _serve_operations(
-    settings: Settings, metrics: Metrics, transport: MqttTransport, journal: Journal
+    settings: Settings, metrics: Metrics, transport: MqttTransport, journal: Journal, engine: Engine
 ) -> web.AppRunner:
     """/metrics, /healthz and /readyz on `metrics_listen`."""
     connected = transport.connected
@@ -49,6 +49,7 @@ async def _serve_operations(
             "broker_connected": connected.is_set(),
             "subscribed": connected.is_set() and not transport.refused,
             "journal_writable": journal.writable,
+            "loops_running": not engine.loops.failing,
             "credentials_loaded": True,
         }
 
@@ -58,8 +59,11 @@ async def _serve_operations(
             why = f": {transport.problem}" if transport.problem else ""
             found.append(f"not connected to the broker at {settings.broker_url}{why}")
         found += [f"the broker refused the subscription to {refused}" for refused in transport.refused]
-        if not journal.writable:
+        if journal.damaged is not None:
+            found.append(str(journal.damaged))
+        elif not journal.writable:
             found.append(f"the journal at {settings.journal} cannot be written")
+        found += [f"the {name} loop keeps failing ({error})" for name, error in engine.loops.failing.items()]
         return found
 
     assert settings.metrics_listen is not None
@@ -83,6 +87,19 @@ def _broker_lost(connected: asyncio.Event, give_up: float) -> Callable[[asyncio.
             await asyncio.sleep(min(1.0, give_up / 4))
 
     return watch
+
+
+async def _stop(engine: Engine, transport: MqttTransport, grace: float, damaged: Exception | None) -> None:
+    """Finish what is in flight within `grace` s, then leave the broker; with a damaged journal at once (nothing
+    more can be recorded: what is at Twilio now is looked up at the next start), and raise the damage."""
+    if damaged is not None:
+        await engine.stop(0)
+        await transport.disconnect()
+        raise damaged
+    log.info("stopping: finishing %d request(s) in flight", engine.in_flight)
+    if not await engine.stop(grace):
+        log.warning("requests unfinished after %.0fs stay in the journal for the next start", grace)
+    await transport.disconnect()
 
 
 async def run(
@@ -137,13 +154,13 @@ async def run(
             )
             operations: web.AppRunner | None = None
             if settings.metrics_listen:
-                operations = await _serve_operations(settings, metrics, transport, journal)
+                operations = await _serve_operations(settings, metrics, transport, journal, engine)
             await engine.start()
             for line in describe_limits(settings.limits, settings.fold_threshold, settings.fold_window):
                 log.info("guard: %s", line)
             watch = _broker_lost(transport.connected, settings.broker_give_up)
-            gave_up = asyncio.Event()
-            if await _first(transport.connect(), stop.wait(), watch(gave_up)) == 0:  # SIGTERM works meanwhile too
+            gave_up, damage = asyncio.Event(), journal.damage
+            if await _first(transport.connect(), stop.wait(), watch(gave_up), damage.wait()) == 0:  # SIGTERM too
                 if ready is not None:
                     ready.set()
                 if anonymous_and_unbounded(settings):
@@ -155,16 +172,13 @@ async def run(
                     settings.api_base_url,
                     settings.journal,
                 )
-                await _first(stop.wait(), watch(gave_up))
-            log.info("stopping: finishing %d request(s) in flight", engine.in_flight)
-            if not await engine.stop(settings.shutdown_timeout):
-                log.warning(
-                    "requests unfinished after %.0fs stay in the journal for the next start", settings.shutdown_timeout
-                )
-            await transport.disconnect()
-            for runner in (callbacks, operations):
-                if runner is not None:
-                    await runner.cleanup()
+                await _first(stop.wait(), watch(gave_up), damage.wait())
+            try:
+                await _stop(engine, transport, settings.shutdown_timeout, journal.damaged)
+            finally:
+                for runner in (callbacks, operations):
+                    if runner is not None:
+                        await runner.cleanup()
             if gave_up.is_set():
                 raise BrokerError(
                     f"no connection to the broker at {settings.broker_url} for {settings.broker_give_up:g} s "

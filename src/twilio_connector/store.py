@@ -46,6 +46,7 @@ __all__ = [
     "Entry",
     "Identity",
     "JournalCore",
+    "NotAJournal",
     "Track",
     "Tracked",
 ]
@@ -155,6 +156,13 @@ _COLUMNS = (
 )
 
 
+_IS_JOURNAL = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'requests'"
+
+
+class NotAJournal(Exception):
+    """The file is an SQLite database, but not a journal: left as it is."""
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     seq: int
@@ -260,7 +268,10 @@ def _entry(row: tuple[Any, ...]) -> Entry:
 class JournalCore:
     """Synchronous journal operations on one connection. The async `Journal` and the CLI both use it."""
 
-    def __init__(self, path: str, sync: str = "full", *, hand_over_limit: int = 0) -> None:
+    def __init__(self, path: str, sync: str = "full", *, hand_over_limit: int = 0, create: bool = True) -> None:
+        """`create`: make the journal if `path` holds none; else (the `journal` command) raise `NotAJournal`
+        rather than write into a file that is not one."""
+        self.create = create
         self.ready: deque[Entry] = deque()  # accepted requests handed to the dispatcher
         self.outbox: deque[tuple[int, bytes]] = deque()  # (seq, status) handed to the publisher
         self.hand_over_limit = hand_over_limit  # 0: hand nothing over (the CLI, tests of the queries)
@@ -293,10 +304,13 @@ class JournalCore:
         raise NotImplementedError
 
     def _open(self, path: str, sync: str) -> Any:
-        if path != ":memory:":
+        if path != ":memory:" and self.create:
             # 0600: the journal holds phone numbers and message texts.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        if not self.create and db.execute(_IS_JOURNAL).fetchone() is None:
+            db.close()
+            raise NotAJournal(f"{path} is not a connector journal (an SQLite database without its tables)")
         db.execute("PRAGMA busy_timeout=5000")  # `twilio-connector journal` may write while we run
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={SYNC_MODES[sync]}")

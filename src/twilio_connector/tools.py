@@ -23,10 +23,11 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from .config import ConfigError, load_settings
-from .journal import open_core
+from .journal import MissingExtra, open_core
+from .journal_check import check
 from .options import BrokerAddress
 from .simulator import Simulator
-from .store import REFUSED_AGAIN, UNFINISHED, JournalCore
+from .store import REFUSED_AGAIN, UNFINISHED, JournalCore, NotAJournal
 from .transport import tls_hint
 
 __all__ = ["UserError", "journal", "os_error_words", "send", "simulate", "status"]
@@ -151,8 +152,12 @@ def journal(args: argparse.Namespace) -> int:
     path = settings.journal
     if not settings.journal_url and not os.path.isfile(path):
         raise UserError(f"no journal at {path}" + (" (that is a directory)" if os.path.isdir(path) else ""))
+    if args.action == "check":
+        return check(path) if not settings.journal_url else _check_remote(path)
     try:
-        core = open_core(path, settings.journal_sync)
+        core = open_core(path, settings.journal_sync, create=False)
+    except (NotAJournal, MissingExtra) as exc:
+        raise UserError(str(exc)) from None
     except sqlite3.DatabaseError:
         raise UserError(f"{path} is not a connector journal (not an SQLite database)") from None
     except OSError as exc:
@@ -165,6 +170,11 @@ def journal(args: argparse.Namespace) -> int:
         raise UserError(f"{path} is not a connector journal ({_first_line(exc)})") from None
     finally:
         core.close()
+
+
+def _check_remote(url: str) -> int:
+    print(f"{url}: PostgreSQL checks its own files (amcheck, pg_checksums); `journal check` reads SQLite journals")
+    return EXIT_USAGE
 
 
 def _first_line(exc: BaseException) -> str:
