@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from conftest import Broker
 from test_cli import clean_env, cli
@@ -68,7 +71,12 @@ def test_run_and_check_config(tmp_path: Path, taken_port: int) -> None:
     journal = ["--journal-path", str(tmp_path)]  # a directory
     one_line(["run", "--broker", "mqtt://127.0.0.1:1", *journal], 1, "cannot start: Is a directory", env)
     busy = ["--metrics-listen", f"127.0.0.1:{taken_port}", "--journal-path", ":memory:"]
-    one_line(["run", "--broker", "mqtt://127.0.0.1:1", *busy], 1, "cannot start: Address already in use", env)
+    one_line(
+        ["run", "--broker", "mqtt://127.0.0.1:1", *busy],
+        1,
+        f"cannot start: Address already in use (metrics_listen 127.0.0.1:{taken_port})",
+        env,
+    )
 
 
 def test_status_journal_and_simulator(tmp_path: Path, taken_port: int) -> None:
@@ -81,3 +89,48 @@ def test_status_journal_and_simulator(tmp_path: Path, taken_port: int) -> None:
     one_line(["journal", "--journal-path", str(tmp_path), "counts"], 2, "(that is a directory)")
     one_line(["journal", "--journal-path", str(tmp_path / "none.db"), "counts"], 2, "no journal at")
     one_line(["simulator", "--port", str(taken_port)], 2, "Address already in use")
+
+
+def test_tls_files_that_cannot_serve_are_named_with_the_reason(tmp_path: Path) -> None:
+    """They gave `Unknown error 524297`, `Unknown error 136`, `Stale file handle`; check-config said OK."""
+    authority = trustme.CA()
+    first, second = authority.issue_cert("a.example"), authority.issue_cert("b.example")
+    cert, other_key, garbage = tmp_path / "cert.pem", tmp_path / "other.key", tmp_path / "garbage.pem"
+    first.cert_chain_pems[0].write_to_path(str(cert))
+    second.private_key_pem.write_to_path(str(other_key))
+    garbage.write_text("not a certificate\n")
+    env = {**clean_env(), "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID, "TWILIO_AUTH_TOKEN": "x"}
+    tls = ["--broker", "mqtts://127.0.0.1:8883", "--journal-path", ":memory:"]
+    cases = [
+        (["--ca-file", str(garbage)], f"ca_file {garbage}: holds no PEM certificate"),
+        (["--cert-file", str(garbage), "--key-file", str(other_key)], f"cert_file {garbage}: holds no PEM certificate"),
+        (["--cert-file", str(cert), "--key-file", str(garbage)], f"key_file {garbage}: holds no PEM private key"),
+        (["--cert-file", str(cert), "--key-file", str(other_key)], "is not the private key of the certificate"),
+        (["--ca-file", str(tmp_path / "none.pem")], "file not found or not readable"),
+    ]
+    for files, words in cases:
+        for command in ("check-config", "run"):
+            one_line([command, *tls, *files], 2, words, env)
+
+
+def test_status_takes_the_address_as_metrics_listen_says_it(taken_port: int) -> None:
+    """`status --url 127.0.0.1:9108` (no scheme) said no connector answers while one did."""
+    line = one_line(["status", "--url", "127.0.0.1:1"], 2, "Connection refused")
+    assert "127.0.0.1:1" in line
+
+
+def test_a_postgresql_journal_without_its_extra_names_the_extra() -> None:
+    """It printed a traceback (`from .pg_store import PgCore`)."""
+    program = (
+        "import sys; sys.modules['psycopg'] = None; from twilio_connector.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    env = {**clean_env(), "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID, "TWILIO_AUTH_TOKEN": "x"}
+    for command in (["run", "--broker", "mqtt://127.0.0.1:1"], ["journal"]):
+        args = [*command, "--journal-url", "postgresql://localhost/journal"]
+        if command == ["journal"]:
+            args.append("counts")
+        result = subprocess.run(
+            [sys.executable, "-c", program, *args], capture_output=True, text=True, env=env, check=False, timeout=60
+        )
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "twilio-connector[postgres]" in result.stderr, result.stderr

@@ -30,7 +30,7 @@ from .options import OPTIONS
 from .policy import describe_limits
 from .simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 from .store import STATES
-from .transport import BrokerError
+from .transport import BrokerError, tls_context
 
 EXIT_CONFIG = 2
 
@@ -213,6 +213,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(service.run(settings, credentials))
+    except ConfigError as error:  # found once the parts are built: a TLS file that cannot serve
+        return _report(error)
     except BrokerError as exc:
         logging.getLogger("twilio_connector").error("%s", exc)
         return 1
@@ -238,6 +240,8 @@ def _check_config(args: argparse.Namespace) -> int:
         credentials = resolve_credentials(settings)
     except ConfigError as error:
         return _report(error)
+    if settings.broker.tls or settings.ca_file or settings.cert_file:
+        tls_context(settings)  # the TLS files load, or a ConfigError says which and why
     print("# The effective settings, as TOML (secrets hidden): `--config` takes this file back.")
     for line in describe(settings):
         print(line)

@@ -102,5 +102,9 @@ class Metrics:
         host, _, port = listen.rpartition(":")
         runner = web.AppRunner(self.app(readiness, problems), access_log=None, handle_signals=False)
         await runner.setup()
-        await web.TCPSite(runner, host, int(port)).start()
+        try:
+            await web.TCPSite(runner, host, int(port)).start()
+        except OSError as exc:  # a taken port: say which setting and address
+            await runner.cleanup()
+            raise OSError(exc.errno, exc.strerror, f"metrics_listen {listen}") from None
         return runner

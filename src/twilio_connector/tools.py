@@ -127,7 +127,8 @@ def os_error_words(exc: OSError) -> str:
 
 async def status(args: argparse.Namespace) -> int:
     """Print a running connector's /readyz. Exit 0: ready; 1: not ready; 2: no connector answers."""
-    url = f"{args.url.rstrip('/')}/readyz"
+    base = args.url if "://" in args.url else f"http://{args.url}"  # `127.0.0.1:9108`, as metrics_listen says it
+    url = f"{base.rstrip('/')}/readyz"
     try:
         async with aiohttp.ClientSession() as http, http.get(url) as response:
             print(await response.text())

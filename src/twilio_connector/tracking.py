@@ -125,7 +125,11 @@ class DeliveryTracker:
         host, _, port = self._settings.callback_listen.rpartition(":")
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
-        await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+        try:
+            await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+        except OSError as exc:  # a taken port: say which setting and address
+            await runner.cleanup()
+            raise OSError(exc.errno, exc.strerror, f"callback_listen {self._settings.callback_listen}") from None
         return runner
 
     async def _callback(self, request: web.Request) -> web.Response:

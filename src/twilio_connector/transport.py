@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import paho.mqtt.client as paho
@@ -27,7 +28,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from .config import Settings
+from .config import ConfigError, Settings
 from .mqtt_loop import LoopBinding
 from .options import BrokerAddress
 
@@ -76,10 +77,47 @@ class _Flight:
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=settings.ca_file)
+    """The broker connection's TLS context; a file that cannot serve is a `ConfigError` naming it and why."""
+    try:
+        context = ssl.create_default_context(cafile=settings.ca_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError([f"ca_file {settings.ca_file}: {_tls_words(exc, 'CERTIFICATE')}"]) from None
     if settings.cert_file and settings.key_file:
-        context.load_cert_chain(settings.cert_file, settings.key_file)
+        try:
+            context.load_cert_chain(settings.cert_file, settings.key_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError([_chain_problem(settings.cert_file, settings.key_file, exc)]) from None
     return context
+
+
+def _chain_problem(cert_file: str, key_file: str, exc: Exception) -> str:
+    """Which of the two files is wrong: OpenSSL says only "PEM lib" when either holds no PEM block."""
+    for name, path, block in (("cert_file", cert_file, "CERTIFICATE"), ("key_file", key_file, "PRIVATE KEY")):
+        problem = _pem_problem(path, block)
+        if problem:
+            return f"{name} {path}: {problem}"
+    if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
+        return f"key_file {key_file} is not the private key of the certificate in cert_file {cert_file}"
+    return f"cert_file {cert_file} and key_file {key_file}: {_tls_words(exc, '')}"
+
+
+def _pem_problem(path: str, block: str) -> str | None:
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        return exc.strerror or exc.__class__.__name__
+    marker = b"PRIVATE KEY-----" if block == "PRIVATE KEY" else f"-----BEGIN {block}".encode()
+    return None if marker in text else f"holds no PEM {block.lower()}"
+
+
+def _tls_words(exc: Exception, block: str) -> str:
+    """OpenSSL's reason in words ("key values mismatch"), or the system's for a file that cannot be read."""
+    if isinstance(exc, ssl.SSLError):
+        words = str(exc).split("] ", 1)[-1].split(" (_ssl.c", 1)[0]
+        if exc.reason == "NO_CERTIFICATE_OR_CRL_FOUND" and block:
+            return f"holds no PEM {block.lower()} ({words})"
+        return f"{words} (OpenSSL {exc.library or 'SSL'}: {exc.reason or 'error'})"
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or exc.__class__.__name__
 
 
 def tls_hint(address: BrokerAddress, exc: BaseException) -> str:
