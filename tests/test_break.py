@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -29,6 +30,8 @@ from conftest import (
     sms,
     wait_until,
 )
+from twilio_connector import reauth
+from twilio_connector.config import resolve_credentials
 from twilio_connector.contract import Kind, Notification
 from twilio_connector.journal import Journal
 from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Fault
@@ -303,3 +306,53 @@ async def test_a_garbage_journal_names_its_path(broker: Broker, simulator: Simul
         "run", "--broker", broker.url, "--twilio-api-url", simulator.url, "--journal-path", str(garbage)
     )
     assert code == 1 and f"cannot start: the journal at {garbage}" in out + err, (out, err)
+
+
+async def test_a_refused_token_makes_the_connector_not_ready_and_a_rotated_one_is_read_again(
+    broker: Broker,
+    simulator: SimulatorHandle,
+    probe: MqttProbe,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`credentials_loaded` was a constant. Now a 401 (20003) makes `/readyz` say so, with the reason, and the
+    token file is read again, once per burst of refusals, before a request is failed for it."""
+    token = tmp_path / "token"
+    token.write_text(DEFAULT_AUTH_TOKEN)
+    port = free_port()
+    settings = make_settings(
+        broker, simulator, auth_token_file=str(token), metrics_listen=f"127.0.0.1:{port}", max_retries=0
+    )
+    running = await RunningConnector(settings, resolve_credentials(settings)).wait_ready()
+
+    async def readiness() -> tuple[int, dict[str, Any], str]:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+                document = await response.json()
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as metrics:
+                exported = await metrics.text()
+        return response.status, document, exported
+
+    try:
+        await probe.publish("twilio/txt", sms("before"))
+        assert (await probe.status_of("before"))["response"]["status"] == "success"
+        simulator.sim.rotate_auth_token("revoked-old-token")  # the file still holds the old one
+        for n in range(5):
+            await probe.publish("twilio/txt", sms(f"refused-{n}", to=f"+1234500000{n}"))
+        statuses = await probe.wait_for_ids({f"refused-{n}" for n in range(5)})
+        assert all(s["response"]["status"] == "fail" for s in statuses if s["id"].startswith("refused"))
+        status, document, exported = await readiness()
+        assert status == 503 and document["checks"]["credentials_accepted"] is False
+        assert any("Twilio refuses the credentials" in problem for problem in document["problems"])
+        assert "twilio_connector_credentials_rejected 1.0" in exported
+        same = [r for r in caplog.records if "reading them again gave the same ones" in r.getMessage()]
+        assert len(same) == 1  # one reading for the burst, not one per request
+        token.write_text("revoked-old-token")  # the operator puts the rotated token in place
+        monkeypatch.setattr(reauth, "REREAD_EVERY", 0.0)  # instead of waiting out the pause between readings
+        await probe.publish("twilio/txt", sms("after"))
+        assert (await probe.status_of("after"))["response"]["status"] == "success"
+        status, document, exported = await readiness()
+        assert status == 200 and "twilio_connector_credentials_rejected 0.0" in exported
+    finally:
+        await running.stop()

@@ -141,12 +141,18 @@ class Http1Pool:
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._ssl = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
-        fixed = {"Host": parts.netloc.rpartition("@")[2], **(headers or {})}
-        self._head = "".join(f"{name}: {value}\r\n" for name, value in fixed.items()).encode("latin-1")
+        self._headers = {"Host": parts.netloc.rpartition("@")[2], **(headers or {})}
+        self._head = b""
+        self.set_headers()
         self._timeout, self._connect_timeout, self._idle_timeout = timeout, connect_timeout, idle_timeout
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: deque[_Connection] = deque()
         self._closed = False
+
+    def set_headers(self, **headers: str) -> None:
+        """Send these headers (replacing any of the same names) with every request from now on."""
+        self._headers.update(headers)
+        self._head = "".join(f"{name}: {value}\r\n" for name, value in self._headers.items()).encode("latin-1")
 
     async def request(self, method: str, target: str, body: bytes = b"", content_type: str | None = None) -> Answer:
         """Send one request (`target`: path and query) and read its answer; raises `ConnectFailed` or

@@ -68,6 +68,14 @@ class Metrics:
         self.broker_connected = Gauge(
             "twilio_connector_broker_connected", "1 when connected and subscribed", registry=registry
         )
+        self.credentials_rejected = Gauge(
+            "twilio_connector_credentials_rejected",
+            "1 while Twilio refuses the connector's credentials (HTTP 401: a revoked or rotated token)",
+            registry=registry,
+        )
+        self.loops_failing = Gauge(
+            "twilio_connector_loops_failing", "Service loops that failed within the last 15 s", registry=registry
+        )
 
     def app(
         self, readiness: Callable[[], dict[str, bool]], problems: Callable[[], list[str]] = list

@@ -7,15 +7,17 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 
-from .config import ANONYMOUS_WARNING, Credentials, Settings, anonymous_and_unbounded
+from .config import ANONYMOUS_WARNING, Credentials, Settings, anonymous_and_unbounded, resolve_credentials
 from .engine import Engine
 from .journal import Journal
 from .metrics import Metrics
 from .policy import describe_limits
+from .reauth import Reauthenticating
 from .tracking import DeliveryTracker
 from .transport import BrokerError, MqttTransport
 from .twilio import TwilioClient
@@ -39,7 +41,13 @@ async def _first(*aws: Coroutine[Any, Any, Any]) -> int:
 
 
 async def _serve_operations(
-    settings: Settings, metrics: Metrics, transport: MqttTransport, journal: Journal, engine: Engine
+    settings: Settings,
+    metrics: Metrics,
+    *,
+    transport: MqttTransport,
+    journal: Journal,
+    engine: Engine,
+    sender: Reauthenticating,
 ) -> web.AppRunner:
     """/metrics, /healthz and /readyz on `metrics_listen`."""
     connected = transport.connected
@@ -50,7 +58,7 @@ async def _serve_operations(
             "subscribed": connected.is_set() and not transport.refused,
             "journal_writable": journal.writable,
             "loops_running": not engine.loops.failing,
-            "credentials_loaded": True,
+            "credentials_accepted": sender.rejected is None,
         }
 
     def problems() -> list[str]:
@@ -64,6 +72,8 @@ async def _serve_operations(
         elif not journal.writable:
             found.append(f"the journal at {settings.journal} cannot be written")
         found += [f"the {name} loop keeps failing ({error})" for name, error in engine.loops.failing.items()]
+        if sender.rejected is not None:
+            found.append(sender.rejected)
         return found
 
     assert settings.metrics_listen is not None
@@ -144,7 +154,10 @@ async def run(
                 if settings.delivery_tracking == "callback":
                     callbacks = await tracker.serve()
             metrics = Metrics()
-            engine = Engine(settings, client, journal, publish, tracker=tracker, metrics=metrics)
+            sender = Reauthenticating(client, credentials, partial(resolve_credentials, settings))
+            metrics.credentials_rejected.set_function(lambda: sender.rejected is not None)
+            engine = Engine(settings, sender, journal, publish, tracker=tracker, metrics=metrics)
+            metrics.loops_failing.set_function(lambda: len(engine.loops.failing))
             transport = MqttTransport(
                 settings,
                 settings.request_filters,
@@ -154,7 +167,9 @@ async def run(
             )
             operations: web.AppRunner | None = None
             if settings.metrics_listen:
-                operations = await _serve_operations(settings, metrics, transport, journal, engine)
+                operations = await _serve_operations(
+                    settings, metrics, transport=transport, journal=journal, engine=engine, sender=sender
+                )
             await engine.start()
             for line in describe_limits(settings.limits, settings.fold_threshold, settings.fold_window):
                 log.info("guard: %s", line)

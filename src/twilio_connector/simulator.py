@@ -175,6 +175,11 @@ class Simulator:
         app.router.add_delete("/_sim/requests", self._reset)
         return app
 
+    def rotate_auth_token(self, token: str) -> None:
+        """Accept `token` and no longer the old one, as promoting a secondary token in Twilio's console does."""
+        self._logins[self.account_sid] = token
+        self._auth_token = token
+
     async def serve(self, host: str, port: int) -> web.AppRunner:
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()

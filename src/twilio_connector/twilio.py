@@ -194,14 +194,19 @@ class TwilioClient:
             Kind.SMS: URL(f"{base}/{API_VERSION}/Accounts/{account_sid}/Messages.json"),
             Kind.CALL: URL(f"{base}/{API_VERSION}/Accounts/{account_sid}/Calls.json"),
         }
-        credentials = base64.b64encode(f"{username}:{password.reveal()}".encode()).decode()
         self._pool = Http1Pool(
             str(self._urls[Kind.SMS].origin()),
-            headers={"Authorization": f"Basic {credentials}", "User-Agent": "twilio-connector"},
+            headers={"User-Agent": "twilio-connector"},
             max_connections=max_connections,
             timeout=timeout,
             connect_timeout=connect_timeout,
         )
+        self.authenticate(username, password)
+
+    def authenticate(self, username: str, password: Secret) -> None:
+        """Use these credentials from the next request on (a rotated auth token, read again)."""
+        credentials = base64.b64encode(f"{username}:{password.reveal()}".encode()).decode()
+        self._pool.set_headers(Authorization=f"Basic {credentials}")
 
     def __repr__(self) -> str:
         return f"TwilioClient({str(self._urls[Kind.SMS].parent)!r})"
