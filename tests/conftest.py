@@ -357,7 +357,7 @@ class ConnectorProcess:
         with log.open("a") as handle:
             self.process = subprocess.Popen(command, env=environment, stdout=handle, stderr=subprocess.STDOUT)
 
-    async def ready(self, timeout: float = 20.0) -> None:
+    async def ready(self, timeout: float = 60.0) -> None:
         """Wait for the "ready" line written since the last "run:" marker in the log."""
         deadline = asyncio.get_running_loop().time() + timeout
         while "ready:" not in self.log.read_text().rsplit("run:", 1)[-1]:
@@ -406,7 +406,7 @@ class RunningConnector:
 
     async def wait_ready(self) -> RunningConnector:
         ready = asyncio.create_task(self.ready.wait())
-        await asyncio.wait([ready, self.task], timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([ready, self.task], timeout=60, return_when=asyncio.FIRST_COMPLETED)
         if self.task.done():
             self.task.result()  # raise what stopped it
         assert self.ready.is_set(), "connector not ready in time"
