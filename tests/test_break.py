@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -356,3 +357,35 @@ async def test_a_refused_token_makes_the_connector_not_ready_and_a_rotated_one_i
         assert status == 200 and "twilio_connector_credentials_rejected 0.0" in exported
     finally:
         await running.stop()
+
+
+async def test_the_watchdog_takes_up_a_request_nothing_works_on(
+    broker: Broker, simulator: SimulatorHandle, probe: MqttProbe, tmp_path: Path, spawned: list
+) -> None:
+    """A stall was seen once: requests left `sending` with no task at work on them, the connector alive, ready
+    and silent. Whatever loses one, the watchdog now finds it, says so, and has it looked up and sent."""
+    journal, log, port = tmp_path / "journal.db", tmp_path / "connector.log", free_port()
+    connector = ConnectorProcess(broker, simulator, journal, log, "--metrics-listen", f"127.0.0.1:{port}")
+    spawned.append(connector)
+    await connector.ready()
+    lost = Notification("lost", Kind.SMS, "+12345000000", "+15005550006", "Darla", "freezer 3 above -5 C", 2)
+    core = JournalCore(str(journal))  # as a defect would leave it: begun a minute ago, no task at work on it
+    try:
+        core.db.execute("BEGIN IMMEDIATE")
+        identity, _ = core.duplicate(lost, 0, 0)
+        core.record(lost, identity, time.time() - 60, begin=True)
+        core.db.execute("COMMIT")
+    finally:
+        core.close()
+    status = await probe.status_of("lost", timeout=60)
+    assert status["response"]["status"] == "success"
+    assert [m["params"]["Body"] for m in simulator.created()] == ["freezer 3 above -5 C"]
+    assert "the watchdog found 1 request(s) being sent" in log.read_text()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+            document = await response.json()
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as metrics:
+            exported = await metrics.text()
+    assert response.status == 503 and document["checks"]["nothing_stalled"] is False
+    assert 'twilio_connector_stalled_total{kind="abandoned"} 1.0' in exported
+    assert 'twilio_connector_stalled_total{kind="overdue"} 0.0' in exported

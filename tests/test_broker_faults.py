@@ -176,6 +176,7 @@ async def test_a_refused_subscription_is_reported_and_retried(
             "subscribed": False,
             "journal_writable": True,
             "loops_running": True,
+            "nothing_stalled": True,
             "credentials_accepted": True,
         }
         assert document["problems"] == ["the broker refused the subscription to twilio/call (Not authorized)"]

@@ -27,7 +27,7 @@ from .retry import error_code_for
 from .store import Entry
 from .storms import DIGEST_SEGMENTS, digest_body
 from .tracking import DeliveryTracker
-from .twilio import TwilioFailure
+from .twilio import FailureKind, TwilioFailure
 
 __all__ = ["Delivery", "Scheduler", "Sender"]
 
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 DIGEST_TEXTS = 400  # texts read to write a digest: more never fit in its ten segments
 HTTP_TOO_MANY = 429
+#: Seconds past the HTTP timeout an attempt may take in all (waiting for a connection included).
+ATTEMPT_MARGIN = 5.0
 
 
 class Scheduler(Protocol):
@@ -113,7 +115,7 @@ class Delivery:
             return
         began = self._clock()
         with self._metrics.twilio_seconds.time():
-            outcome = await self._sender.create(notification)
+            outcome = await self._bounded(self._sender.create(notification))
         throttled = isinstance(outcome, TwilioFailure) and outcome.http_status == HTTP_TOO_MANY
         self._dispatcher.answered(entry.seq, throttled)
         self._metrics.window.set(self._dispatcher.window.size)
@@ -121,6 +123,16 @@ class Delivery:
             self._metrics.throttled.inc()
         attempt = Attempt(entry.attempts + 1, notification.retries, began)
         await self._apply(entry, self._lifecycle.after_attempt(attempt, outcome, self._clock()), started)
+
+    async def _bounded(self, create: Awaitable[SendResult | TwilioFailure]) -> SendResult | TwilioFailure:
+        """`create`, ended as an unknown outcome (looked up later) if it outlasts what an attempt may take
+        whatever it waits on: an attempt that never ends would hold its slot, and its request, for good."""
+        bound = self._settings.http_timeout + ATTEMPT_MARGIN
+        try:
+            async with asyncio.timeout(bound):
+                return await create
+        except TimeoutError:
+            return TwilioFailure(FailureKind.AMBIGUOUS, f"no answer within {bound:g} s")
 
     async def _look_up(self, entry: Entry, started: float) -> None:
         notification = entry.notification

@@ -32,6 +32,7 @@ from .publisher import StatusPublisher
 from .retry import RetryPolicy
 from .store import Duplicate, Entry
 from .tracking import DeliveryTracker
+from .watchdog import Watchdog
 
 __all__ = ["Engine", "Sender"]
 
@@ -136,12 +137,22 @@ class Engine:
         )
         self._delivery.tracker = tracker
         self._kinds = {settings.txt_topic: Kind.SMS, settings.call_topic: Kind.CALL}
+        self._begin_at_once = not settings.sender_rate
         # Gauges read at scrape time, and the commonest counter bound once: nothing to update per request.
         self.metrics.in_flight.set_function(lambda: self._dispatcher.in_flight)
         self.metrics.backlog.set_function(lambda: self._unfinished)
         self._received = {topic: self.metrics.received.labels(topic) for topic in self._kinds}
         self._loops: list[asyncio.Task[None]] = []
         self.loops = Supervisor()
+        self.watchdog = Watchdog(
+            journal,
+            self._dispatcher,
+            self.metrics,
+            attempt_lasts=settings.http_timeout,
+            lookup_after=lookup_offsets(settings.reconcile_window)[0],
+        )
+        for kind in ("abandoned", "overdue"):
+            self.metrics.stalled.labels(kind)  # exported as 0 from the start: an alert on any increase sees the first
 
     def _run(self, entry: Entry, begun: bool) -> Coroutine[Any, Any, None]:
         return self._delivery.run(entry, begun)
@@ -168,6 +179,7 @@ class Engine:
             "publish": self._publisher.run,
             "prune": self._prune,
             "watch": self._watch,
+            "watchdog": self.watchdog.run,
         }
         if self._tracker is not None:
             loops["track"] = self._tracker.run
@@ -221,7 +233,8 @@ class Engine:
             # With a free slot and no queue to wait behind, the first attempt is recorded with the request (one
             # commit, not two) and started from here.
             journal, dispatcher = self._journal, self._dispatcher
-            begin = journal.hand_requests and not journal.ready and dispatcher.free_slots() > 0
+            # (Not when sends are paced: the attempt would be recorded as begun while it waits for its turn.)
+            begin = self._begin_at_once and journal.hand_requests and not journal.ready and dispatcher.free_slots() > 0
             dispatcher.starting += begin
             try:
                 admitted = await self._admit(notification, begin, redelivered)

@@ -374,6 +374,16 @@ class Journal:
     async def doubt_interrupted(self, grace: float) -> int:
         return await self.write(lambda: self.core.doubt_interrupted(grace))
 
+    async def abandoned(self, before: float, busy: Collection[int]) -> list[int]:
+        held = frozenset(busy)
+        return await self.read(lambda: self.core.abandoned(before, held))
+
+    async def doubt_abandoned(self, seqs: Collection[int], grace: float) -> int:
+        return await self.write(lambda: self.core.doubt_abandoned(seqs, grace))
+
+    async def overdue(self, before: float) -> int:
+        return await self.read(lambda: self.core.overdue(before))
+
     async def refill(self, now: float, limit: int, busy: Collection[int]) -> float | None:
         return await self.read(lambda: self.core.refill(now, limit, busy))
 

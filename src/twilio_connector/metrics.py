@@ -68,6 +68,13 @@ class Metrics:
         self.broker_connected = Gauge(
             "twilio_connector_broker_connected", "1 when connected and subscribed", registry=registry
         )
+        self.stalled = Counter(
+            "twilio_connector_stalled",
+            "Requests the watchdog found stalled and took up again: abandoned (being sent, nothing at work on "
+            "them) or overdue (due, not started, with slots free)",
+            ["kind"],
+            registry=registry,
+        )
         self.credentials_rejected = Gauge(
             "twilio_connector_credentials_rejected",
             "1 while Twilio refuses the connector's credentials (HTTP 401: a revoked or rotated token)",

@@ -196,6 +196,7 @@ class PgCore(JournalCore):
         `lease`: seconds a claim lasts unless renewed."""
         self.node = node or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease = lease
+        self._mine, self._me = " AND (owner = ? OR owner IS NULL)", (self.node,)
         super().__init__(path, sync, hand_over_limit=hand_over_limit)
 
     def _open(self, path: str, sync: str) -> _Connection:

@@ -58,6 +58,7 @@ async def _serve_operations(
             "subscribed": connected.is_set() and not transport.refused,
             "journal_writable": journal.writable,
             "loops_running": not engine.loops.failing,
+            "nothing_stalled": engine.watchdog.problem is None,
             "credentials_accepted": sender.rejected is None,
         }
 
@@ -74,6 +75,8 @@ async def _serve_operations(
         found += [f"the {name} loop keeps failing ({error})" for name, error in engine.loops.failing.items()]
         if sender.rejected is not None:
             found.append(sender.rejected)
+        if engine.watchdog.problem is not None:
+            found.append(engine.watchdog.problem)
         return found
 
     assert settings.metrics_listen is not None

@@ -562,6 +562,39 @@ class JournalCore:
             ).rowcount
         )
 
+    def abandoned(self, before: float, busy: Collection[int]) -> list[int]:
+        """Requests whose attempt began before `before` and that are still being sent, though nothing here works
+        on them (`busy`: the requests at work): a defect lost them. (The watchdog's first question.)"""
+        rows = self.db.execute(
+            f"SELECT seq FROM requests INDEXED BY requests_sending WHERE state = 'sending' "
+            f"AND attempt_started_at < ?{self._mine}",
+            (before, *self._me),
+        ).fetchall()
+        return [seq for (seq,) in rows if seq not in busy]
+
+    def doubt_abandoned(self, seqs: Collection[int], grace: float) -> int:
+        """Put abandoned attempts in doubt (as `doubt_interrupted` does at a start): looked up `grace` seconds
+        after they began."""
+        ids = sorted(seqs)
+        where = f" AND seq IN ({','.join('?' * len(ids))})" if ids else " AND 0"
+        return self._doubt_sending(grace, where=where, parameters=tuple(ids))
+
+    def overdue(self, before: float) -> int:
+        """How many requests have waited for an attempt or a lookup since before `before`."""
+        return sum(
+            int(
+                self.db.execute(
+                    f"SELECT COUNT(*) FROM requests WHERE state = '{state}' AND next_attempt_at < ?{self._mine}",
+                    (before, *self._me),
+                ).fetchone()[0]
+            )
+            for state in ("accepted", "doubt")
+        )
+
+    #: A condition and its parameters restricting a query to this connector's own claims (a shared journal).
+    _mine: str = ""
+    _me: tuple[Any, ...] = ()
+
     def retry_later(self, seq: int, at: float, error: str) -> None:
         self._handed_requests.discard(seq)
         self.db.execute(
