@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Collection
 
+import pytest
+
 from twilio_connector.metrics import Metrics
-from twilio_connector.watchdog import REPORT_FOR, Watchdog
+from twilio_connector.watchdog import REPORT_FOR, STUCK_AFTER, Watchdog
 
 
 class Journal:
@@ -32,6 +35,7 @@ class Journal:
 class Dispatcher:
     def __init__(self) -> None:
         self.active: dict[int, asyncio.Task[None]] = {}
+        self.started: dict[int, float] = {}
         self.free = 4
         self.rescans = 0
 
@@ -83,3 +87,25 @@ async def test_overdue_only_at_two_checks_in_a_row_and_with_slots_free() -> None
     await dog2.check()
     await dog2.check()
     assert dog2.problem is None
+
+
+async def test_a_task_at_work_too_long_is_reported_once_with_where_it_waits(caplog: pytest.LogCaptureFixture) -> None:
+    journal, dispatcher, now = Journal(), Dispatcher(), [1000.0]
+
+    async def waits_forever() -> None:
+        await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(waits_forever())
+    await asyncio.sleep(0)
+    dispatcher.active, dispatcher.started = {7: task}, {7: now[0]}
+    dog = watchdog(journal, dispatcher, now)
+    await dog.check()
+    assert dog.problem is None
+    now[0] += STUCK_AFTER + 1
+    caplog.set_level(logging.ERROR)
+    await dog.check()
+    await dog.check()
+    lines = [r.getMessage() for r in caplog.records if "seq=7" in r.getMessage()]
+    assert len(lines) == 1 and "waits_forever" in lines[0]
+    assert dog.problem is not None and "at work for over" in dog.problem and dispatcher.rescans == 0
+    task.cancel()

@@ -34,6 +34,7 @@ class Dispatcher:
         self._work = work
         self._closing = closing
         self.active: dict[int, asyncio.Task[None]] = {}
+        self.started: dict[int, float] = {}  # when each active request's task began (the watchdog reads it)
         self._answered: set[int] = set()  # active, done with Twilio, only recording the outcome: no slot held
         self.starting = 0  # requests being accepted with their first attempt (each holds a slot)
         self._query_at = 0.0  # when the journal must next be asked for due requests
@@ -50,6 +51,7 @@ class Dispatcher:
     def spawn(self, entry: Entry, *, begun: bool = False) -> None:
         task = asyncio.create_task(self._work(entry, begun))
         self.active[entry.seq] = task
+        self.started[entry.seq] = time.time()
         task.add_done_callback(lambda _: self._done(entry.seq))
 
     def answered(self, seq: int, throttled: bool = False) -> None:
@@ -73,6 +75,7 @@ class Dispatcher:
 
     def _done(self, seq: int) -> None:
         self.active.pop(seq, None)
+        self.started.pop(seq, None)
         self._answered.discard(seq)
         self._wake.set()
 

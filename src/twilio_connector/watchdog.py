@@ -6,7 +6,11 @@ with the connector alive and silent. So every `CHECK_EVERY` seconds the watchdog
 - *abandoned* requests: being sent for longer than an attempt can last (the HTTP timeout and a margin), with no
   task at work on them: put in doubt and looked up at Twilio, as after a restart;
 - *overdue* requests: due for an attempt or a lookup for over `OVERDUE_AFTER` seconds at two checks in a row,
-  while the dispatcher has slots free and nothing queued: the dispatcher is told to look again.
+  while the dispatcher has slots free and nothing queued: the dispatcher is told to look again;
+- *stuck* tasks: at work on one request for over `STUCK_AFTER` seconds (an attempt is bounded, and so are
+  lookups; only a journal that cannot be written holds one that long, and that is not checked): logged once each
+  with what the task is waiting on, so that the defect can be found. They are left to finish: cancelling one
+  could lose what it is about to record.
 Each is counted (`twilio_connector_stalled_total{kind}`), logged, and `/readyz` says so for `REPORT_FOR` seconds.
 """
 
@@ -29,6 +33,7 @@ CHECK_EVERY = 5.0
 #: Seconds past the HTTP timeout before an attempt with nothing at work on it counts as abandoned.
 MARGIN = 10.0
 OVERDUE_AFTER = 30.0
+STUCK_AFTER = 600.0
 REPORT_FOR = 60.0
 
 
@@ -37,6 +42,9 @@ class Dispatch(Protocol):
 
     @property
     def active(self) -> dict[int, asyncio.Task[None]]: ...
+
+    @property
+    def started(self) -> dict[int, float]: ...
 
     def free_slots(self) -> int: ...
 
@@ -64,6 +72,7 @@ class Watchdog:
         self._clock = clock
         self._overdue_before = 0  # overdue requests at the previous check
         self._last: tuple[float, str] | None = None  # the latest stall found: when, and what
+        self._stuck: set[int] = set()  # stuck tasks already reported
 
     @property
     def problem(self) -> str | None:
@@ -93,10 +102,26 @@ class Watchdog:
         if overdue and self._overdue_before:
             self._found("overdue", overdue, f"due for over {OVERDUE_AFTER:g} s and not started with slots free")
         self._overdue_before = overdue
+        self._report_stuck(now)
 
-    def _found(self, kind: str, count: int, what: str) -> None:
+    def _report_stuck(self, now: float) -> None:
+        started, active = self._dispatcher.started, self._dispatcher.active
+        self._stuck &= set(started)
+        stuck = [seq for seq, at in started.items() if now - at > STUCK_AFTER and seq not in self._stuck]
+        if not stuck:
+            return
+        for seq in stuck:
+            frames = active[seq].get_stack(limit=8) if seq in active else []
+            where = " <- ".join(f"{frame.f_code.co_name} ({frame.f_code.co_filename.rsplit('/', 1)[-1]}:"
+                                f"{frame.f_lineno})" for frame in frames)  # fmt: skip
+            log.error("the watchdog: request seq=%d at work for over %g s, waiting in %s", seq, STUCK_AFTER, where)
+        self._stuck.update(stuck)
+        self._found("stuck", len(stuck), f"at work for over {STUCK_AFTER:g} s (left to finish)", rescan=False)
+
+    def _found(self, kind: str, count: int, what: str, *, rescan: bool = True) -> None:
         message = f"the watchdog found {count} request(s) {what} (a defect: please report it with this log)"
         log.error("%s", message)
         self._metrics.stalled.labels(kind).inc(count)
         self._last = (self._clock(), message)
-        self._dispatcher.rescan()
+        if rescan:
+            self._dispatcher.rescan()
