@@ -34,9 +34,12 @@ from conftest import (
 from twilio_connector import reauth
 from twilio_connector.config import resolve_credentials
 from twilio_connector.contract import Kind, Notification
+from twilio_connector.intake import Admission
 from twilio_connector.journal import Journal
+from twilio_connector.policy import Limits
 from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Fault
 from twilio_connector.store import JournalCore, dedupe_key, key_of
+from twilio_connector.storms import StormRule
 
 
 @pytest.mark.usefixtures("connector")
@@ -389,3 +392,28 @@ async def test_the_watchdog_takes_up_a_request_nothing_works_on(
     assert response.status == 503 and document["checks"]["nothing_stalled"] is False
     assert 'twilio_connector_stalled_total{kind="abandoned"} 1.0' in exported
     assert 'twilio_connector_stalled_total{kind="overdue"} 0.0' in exported
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_readmission_on_either_journal(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The connector's half of `journal retry`, on SQLite and on a shared PostgreSQL journal."""
+    where = str(tmp_path / "j.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
+    journal = await Journal.open(where, hand_over_limit=0)
+    admission = Admission(Limits(), StormRule(0, 60.0), (600.0, 600.0), 2)
+    try:
+        seqs = []
+        for to in ("+12345000000", "+19005550100"):  # the second is premium-rate: refused by default
+            note = Notification(f"r{to}", Kind.SMS, to, "+15005550006", "Darla", "hot", 2)
+            admitted = await journal.admit(admission, note)
+            seqs.append(admitted.seq)  # type: ignore[union-attr]
+        await journal.finish(seqs[0], "failed", b"{}", None, "The 'To' number is not valid")
+        assert await journal.readmit(admission, 10) == []
+        for seq in seqs:
+            assert await journal.read(lambda seq=seq: journal.core.request_retry(seq))
+        decided = await journal.readmit(admission, 10)
+        assert [type(outcome).__name__ for _, outcome in decided] == ["Accepted", "Refused"]
+        states = [await journal.read(lambda seq=seq: journal.core.state_of(seq)) for seq in seqs]
+        assert states[0] == ("accepted", "The 'To' number is not valid")
+        assert states[1] is not None and states[1][0] == "failed" and states[1][1].startswith("retry refused: ")
+    finally:
+        await journal.close()

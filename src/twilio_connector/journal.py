@@ -369,6 +369,8 @@ class Journal:
         def readmit() -> list[tuple[Entry, Accepted | Folded | Refused]]:
             return [(entry, admission.readmit(self.core, entry)) for entry in self.core.retries_requested(limit)]
 
+        if not await self.read(lambda: self.core.retries_requested(1)):
+            return []  # the common case, asked every second on a shared journal: no write for it
         return await self.write(readmit)
 
     async def doubt_interrupted(self, grace: float) -> int:
