@@ -417,3 +417,34 @@ async def test_readmission_on_either_journal(backend: str, tmp_path: Path, reque
         assert states[1] is not None and states[1][0] == "failed" and states[1][1].startswith("retry refused: ")
     finally:
         await journal.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_the_watchdogs_questions_on_either_journal(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    where = str(tmp_path / "j.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
+    journal = await Journal.open(where, hand_over_limit=0)
+    try:
+        long_ago = time.time() - 100
+        seqs = []
+        for n, begin in enumerate((True, True, False, False)):
+            note = Notification(f"w{n}", Kind.SMS, f"+1234500000{n}", "+15005550006", "Darla", "hot", 2)
+
+            def record(note: Notification = note, begin: bool = begin) -> int:
+                identity, _ = journal.core.duplicate(note, 0, 0)
+                return journal.core.record(note, identity, long_ago, begin=begin)
+
+            seqs.append(await journal.write(record))
+        busy = {seqs[1], seqs[3]}  # at work: neither abandoned nor overdue
+        assert await journal.abandoned(time.time() - 50, busy) == [seqs[0]]
+        assert await journal.abandoned(long_ago - 1, set()) == []
+        assert await journal.overdue(time.time() - 50, busy) == 1
+        assert await journal.doubt_abandoned([seqs[0]], 2.0) == 1
+        assert await journal.read(lambda: journal.core.state_of(seqs[0])) == (
+            "doubt",
+            "the watchdog found it abandoned while being sent",
+        )
+        assert await journal.overdue(time.time() - 50, busy) == 2  # due for its lookup since long ago
+    finally:
+        await journal.close()

@@ -28,7 +28,7 @@ class Journal:
         self.doubted += seqs
         return len(seqs)
 
-    async def overdue(self, before: float) -> int:
+    async def overdue(self, before: float, busy: Collection[int]) -> int:
         return self.due_long_ago
 
 

@@ -383,8 +383,9 @@ class Journal:
     async def doubt_abandoned(self, seqs: Collection[int], grace: float) -> int:
         return await self.write(lambda: self.core.doubt_abandoned(seqs, grace))
 
-    async def overdue(self, before: float) -> int:
-        return await self.read(lambda: self.core.overdue(before))
+    async def overdue(self, before: float, busy: Collection[int]) -> int:
+        held = frozenset(busy)
+        return await self.read(lambda: self.core.overdue(before, held))
 
     async def refill(self, now: float, limit: int, busy: Collection[int]) -> float | None:
         return await self.read(lambda: self.core.refill(now, limit, busy))

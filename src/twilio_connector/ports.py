@@ -144,8 +144,8 @@ class JournalPort(Protocol):
 
     async def doubt_abandoned(self, seqs: Collection[int], grace: float) -> int: ...
 
-    async def overdue(self, before: float) -> int:
-        """How many requests have been due for an attempt or a lookup since before `before`."""
+    async def overdue(self, before: float, busy: Collection[int]) -> int:
+        """How many requests have been due for an attempt or a lookup since before `before` (not `busy`)."""
         ...
 
     async def flush(self) -> None: ...

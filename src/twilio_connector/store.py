@@ -58,6 +58,8 @@ MARK_DELAY = 0.2
 
 #: States of a request still to be finished (`retry`: an operator asked for a failed one to be sent again).
 UNFINISHED = ("accepted", "sending", "doubt", "folded", "retry")
+#: The watchdog counts overdue requests up to this many.
+OVERDUE_COUNTED = 1000
 #: How the last error of a retry that admission refused begins.
 REFUSED_AGAIN = "retry refused: "
 #: Every state, for listings: the unfinished ones, then the finished ones.
@@ -294,6 +296,9 @@ class JournalCore:
     remote = False
     #: Several connectors may use the journal at once.
     shared = False
+    #: A condition and its parameters restricting the watchdog's queries to this connector's own claims.
+    _mine: str = ""
+    _me: tuple[Any, ...] = ()
 
     def revive(self) -> None:
         """Reconnect if the connection was lost (a remote database; SQLite's cannot be)."""
@@ -550,15 +555,22 @@ class JournalCore:
         began. The attempt does not count against the request's retries (the connector's stop is not its fault)."""
         return self._doubt_sending(grace)
 
-    def _doubt_sending(self, grace: float, also: str = "", where: str = "", parameters: tuple[Any, ...] = ()) -> int:
+    def _doubt_sending(
+        self,
+        grace: float,
+        also: str = "",
+        where: str = "",
+        parameters: tuple[Any, ...] = (),
+        why: str = "the connector stopped while sending it",
+    ) -> int:
         """Put rows left in `sending` in doubt (see `doubt_interrupted`); `also`: more assignments, `where`: more
-        conditions, their `parameters` following `grace`."""
+        conditions, their `parameters` following `grace`; `why`: their last error."""
         return int(
             self.db.execute(
                 "UPDATE requests SET state = 'doubt', lookups = 0, attempts = attempts - 1, "
-                f"last_error = 'the connector stopped while sending it'{also}, "
+                f"last_error = ?{also}, "
                 f"next_attempt_at = COALESCE(attempt_started_at, 0) + ? WHERE state = 'sending'{where}",
-                (grace, *parameters),
+                (why, grace, *parameters),
             ).rowcount
         )
 
@@ -577,23 +589,21 @@ class JournalCore:
         after they began."""
         ids = sorted(seqs)
         where = f" AND seq IN ({','.join('?' * len(ids))})" if ids else " AND 0"
-        return self._doubt_sending(grace, where=where, parameters=tuple(ids))
+        why = "the watchdog found it abandoned while being sent"
+        return self._doubt_sending(grace, where=where, parameters=tuple(ids), why=why)
 
-    def overdue(self, before: float) -> int:
-        """How many requests have waited for an attempt or a lookup since before `before`."""
-        return sum(
-            int(
-                self.db.execute(
-                    f"SELECT COUNT(*) FROM requests WHERE state = '{state}' AND next_attempt_at < ?{self._mine}",
-                    (before, *self._me),
-                ).fetchone()[0]
-            )
+    def overdue(self, before: float, busy: Collection[int]) -> int:
+        """How many requests have waited for an attempt or a lookup since before `before`, leaving out those at
+        work (`busy`: a paced attempt waits for its turn at work). Counted up to OVERDUE_COUNTED."""
+        rows = [
+            seq
             for state in ("accepted", "doubt")
-        )
-
-    #: A condition and its parameters restricting a query to this connector's own claims (a shared journal).
-    _mine: str = ""
-    _me: tuple[Any, ...] = ()
+            for (seq,) in self.db.execute(
+                f"SELECT seq FROM requests WHERE state = '{state}' AND next_attempt_at < ?{self._mine} LIMIT ?",
+                (before, *self._me, OVERDUE_COUNTED + len(busy)),
+            ).fetchall()
+        ]
+        return min(OVERDUE_COUNTED, sum(seq not in busy for seq in rows))
 
     def retry_later(self, seq: int, at: float, error: str) -> None:
         self._handed_requests.discard(seq)

@@ -98,7 +98,7 @@ class Watchdog:
                         "on them: looking them up at Twilio")  # fmt: skip
         overdue = 0
         if dispatcher.free_slots() > 0 and not journal.ready:
-            overdue = await journal.overdue(now - OVERDUE_AFTER)
+            overdue = await journal.overdue(now - OVERDUE_AFTER, set(dispatcher.active))
         if overdue and self._overdue_before:
             self._found("overdue", overdue, f"due for over {OVERDUE_AFTER:g} s and not started with slots free")
         self._overdue_before = overdue
