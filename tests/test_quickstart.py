@@ -88,7 +88,14 @@ def test_quickstart_prints_working_commands_and_stops_everything(tmp_path: Path,
     output = tmp_path / "quickstart.log"
     with output.open("w") as sink:
         script = subprocess.Popen(
-            ["bash", "scripts/quickstart.sh"], cwd=ROOT, env=env, stdout=sink, stderr=sink, start_new_session=True
+            # Signals at their defaults: a test run under nohup (a CI runner) passes SIGHUP down ignored, and a
+            # shell cannot trap a signal ignored when it started, so HUP would not stop the script.
+            ["env", "--default-signal", "bash", "scripts/quickstart.sh"],
+            cwd=ROOT,
+            env=env,
+            stdout=sink,
+            stderr=sink,
+            start_new_session=True,
         )
     try:
         ready(script, output)
