@@ -18,10 +18,11 @@ mosquitto=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 [ -x .venv/bin/twilio-connector ] || { python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt '.[aws]'; }
 
 state=${QUICKSTART_STATE:-.quickstart}
+case $state in /*) ;; *) state="$PWD/$state" ;; esac  # made absolute: Mosquitto's persistence_location needs it
 mkdir -p "$state"
 free_port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mqtt_port=${MQTT_PORT:-$(free_port)}
-sed -e "s/^listener .*/listener $mqtt_port 127.0.0.1/" -e "s|^persistence_location .*|persistence_location $PWD/$state/|" \
+sed -e "s/^listener .*/listener $mqtt_port 127.0.0.1/" -e "s|^persistence_location .*|persistence_location $state/|" \
     -e "s/^user .*/user $(id -un)/" examples/mosquitto.conf > "$state/mosquitto.conf"
 "$mosquitto" -c "$state/mosquitto.conf" >"$state/mosquitto.log" 2>&1 &
 helpers=($!)

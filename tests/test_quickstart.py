@@ -122,3 +122,5 @@ def test_quickstart_prints_working_commands_and_stops_everything(tmp_path: Path,
         with contextlib.suppress(ProcessLookupError):  # a failed test leaves nothing behind either
             os.killpg(script.pid, signal.SIGKILL)
     assert "stopped" in output.read_text()  # the connector shut down gracefully, not killed
+    # Mosquitto kept its sessions where the script said (it wrote to $PWD + an absolute path before).
+    assert (tmp_path / "state" / "mosquitto.db").exists()
