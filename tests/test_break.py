@@ -11,7 +11,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from conftest import (
     sms,
     wait_until,
 )
+from test_operations import CLI
 from twilio_connector import reauth
 from twilio_connector.config import resolve_credentials
 from twilio_connector.contract import Kind, Notification
@@ -90,9 +90,6 @@ def test_a_journal_of_the_previous_version_is_keyed_again(tmp_path: Path) -> Non
     finally:
         reopened.close()
     assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone() == ("ok",)
-
-
-CLI = [sys.executable, "-m", "twilio_connector"]
 
 
 async def cli(*args: str) -> tuple[int, str, str]:

@@ -104,8 +104,6 @@ class Engine:
             attempt_lasts=settings.http_timeout,
             lookup_after=lookup_offsets(settings.reconcile_window)[0],
         )
-        for kind in ("abandoned", "overdue", "stuck"):
-            self.metrics.stalled.labels(kind)  # exported as 0 from the start: an alert on any increase sees the first
 
     def _run(self, entry: Entry, begun: bool) -> Coroutine[Any, Any, None]:
         return self._delivery.run(entry, begun)

@@ -8,7 +8,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "serve_app"]
 
 
 class Metrics:
@@ -70,8 +70,8 @@ class Metrics:
         )
         self.stalled = Counter(
             "twilio_connector_stalled",
-            "Requests the watchdog found stalled and took up again: abandoned (being sent, nothing at work on "
-            "them) or overdue (due, not started, with slots free)",
+            "Requests the watchdog found stalled: abandoned (being sent, nothing at work on them: looked up), "
+            "overdue (due, not started, with slots free: looked for again) or stuck (a task at work over 10 min)",
             ["kind"],
             registry=registry,
         )
@@ -114,12 +114,18 @@ class Metrics:
     async def serve(
         self, listen: str, readiness: Callable[[], dict[str, bool]], problems: Callable[[], list[str]] = list
     ) -> web.AppRunner:
-        host, _, port = listen.rpartition(":")
-        runner = web.AppRunner(self.app(readiness, problems), access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, int(port)).start()
-        except OSError as exc:  # a taken port: say which setting and address
-            await runner.cleanup()
-            raise OSError(exc.errno, exc.strerror, f"metrics_listen {listen}") from None
-        return runner
+        return await serve_app(self.app(readiness, problems), listen, "metrics_listen")
+
+
+async def serve_app(app: web.Application, listen: str, setting: str, *, default_host: str = "") -> web.AppRunner:
+    """Serve `app` on `listen` (`host:port`, the host `default_host` when empty). A taken port is an OSError
+    naming `setting` and the address, not a bare "Address already in use"."""
+    host, _, port = listen.rpartition(":")
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host or default_host, int(port)).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OSError(exc.errno, exc.strerror, f"{setting} {listen}") from None
+    return runner

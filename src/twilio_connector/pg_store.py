@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 
 from .contract import Notification
-from .store import _COLUMNS, _PREFIXED, Duplicate, Entry, Identity, JournalCore, _entry, _options, dedupe_key
+from .store import _PREFIXED, Duplicate, Entry, Identity, JournalCore, _entry, _options, dedupe_key
 from .storms import Window
 
 __all__ = ["PgCore"]
@@ -181,6 +181,7 @@ class PgCore(JournalCore):
     IntegrityError = psycopg.IntegrityError
     remote = True
     shared = True
+    _skip_locked = " FOR UPDATE SKIP LOCKED"  # one connector admits a retry, the others skip it
 
     def __init__(
         self,
@@ -258,14 +259,6 @@ class PgCore(JournalCore):
     def count(self, span: str, scope: str, oldest: int) -> int:
         self._lock("count", span, scope)
         return super().count(span, scope, oldest)
-
-    def retries_requested(self, limit: int) -> list[Entry]:
-        """As SQLite's, each row locked: one connector admits a retry, the others skip it."""
-        rows = self.db.execute(
-            f"SELECT {_COLUMNS} FROM requests WHERE state = 'retry' ORDER BY seq LIMIT ? FOR UPDATE SKIP LOCKED",
-            (limit,),
-        ).fetchall()
-        return [_entry(row) for row in rows]
 
     def record(self, notification: Notification, identity: Identity, now: float, **how: Any) -> int:
         seq = super().record(notification, identity, now, **how)

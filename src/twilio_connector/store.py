@@ -299,6 +299,8 @@ class JournalCore:
     #: A condition and its parameters restricting the watchdog's queries to this connector's own claims.
     _mine: str = ""
     _me: tuple[Any, ...] = ()
+    #: What makes a shared journal's connectors take turns over the rows a query returns (none here).
+    _skip_locked: str = ""
 
     def revive(self) -> None:
         """Reconnect if the connection was lost (a remote database; SQLite's cannot be)."""
@@ -720,7 +722,8 @@ class JournalCore:
     def retries_requested(self, limit: int) -> list[Entry]:
         """Requests an operator asked to send again, for admission (see `request_retry`)."""
         rows = self.db.execute(
-            f"SELECT {_COLUMNS} FROM requests WHERE state = 'retry' ORDER BY seq LIMIT ?", (limit,)
+            f"SELECT {_COLUMNS} FROM requests WHERE state = 'retry' ORDER BY seq LIMIT ?{self._skip_locked}",
+            (limit,),
         ).fetchall()
         return [_entry(row) for row in rows]
 

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from .config import Settings
 from .contract import FINAL_STATES, Kind, delivery_status, encode_status
+from .metrics import serve_app
 from .ports import JournalPort
 from .secrets import Secret
 from .store import Track, Tracked
@@ -122,15 +123,7 @@ class DeliveryTracker:
         return app
 
     async def serve(self) -> web.AppRunner:
-        host, _, port = self._settings.callback_listen.rpartition(":")
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
-        except OSError as exc:  # a taken port: say which setting and address
-            await runner.cleanup()
-            raise OSError(exc.errno, exc.strerror, f"callback_listen {self._settings.callback_listen}") from None
-        return runner
+        return await serve_app(self.app(), self._settings.callback_listen, "callback_listen", default_host="127.0.0.1")
 
     async def _callback(self, request: web.Request) -> web.Response:
         params = {key: str(value) for key, value in (await request.post()).items()}

@@ -34,6 +34,7 @@ CHECK_EVERY = 5.0
 MARGIN = 10.0
 OVERDUE_AFTER = 30.0
 STUCK_AFTER = 600.0
+KINDS = ("abandoned", "overdue", "stuck")
 REPORT_FOR = 60.0
 
 
@@ -73,6 +74,8 @@ class Watchdog:
         self._overdue_before = 0  # overdue requests at the previous check
         self._last: tuple[float, str] | None = None  # the latest stall found: when, and what
         self._stuck: set[int] = set()  # stuck tasks already reported
+        for kind in KINDS:
+            metrics.stalled.labels(kind)  # exported as 0 from the start: an alert on any increase sees the first
 
     @property
     def problem(self) -> str | None:
@@ -90,15 +93,15 @@ class Watchdog:
         journal, dispatcher = self._journal, self._dispatcher
         if not journal.writable:
             return  # what waits then waits for the journal, not for a defect
-        now = self._clock()
-        abandoned = await journal.abandoned(now - self._abandoned_after, set(dispatcher.active))
+        now, busy = self._clock(), set(dispatcher.active)
+        abandoned = await journal.abandoned(now - self._abandoned_after, busy)
         if abandoned:
             count = await journal.doubt_abandoned(abandoned, self._lookup_after)
             self._found("abandoned", count, f"being sent for over {self._abandoned_after:g} s with nothing at work "
                         "on them: looking them up at Twilio")  # fmt: skip
         overdue = 0
         if dispatcher.free_slots() > 0 and not journal.ready:
-            overdue = await journal.overdue(now - OVERDUE_AFTER, set(dispatcher.active))
+            overdue = await journal.overdue(now - OVERDUE_AFTER, busy)
         if overdue and self._overdue_before:
             self._found("overdue", overdue, f"due for over {OVERDUE_AFTER:g} s and not started with slots free")
         self._overdue_before = overdue
