@@ -29,7 +29,7 @@ import aiohttp
 import orjson
 import uvloop
 
-from twilio_connector.http1 import Http1Pool
+from twilio_connector.twilio.http1 import Http1Pool
 
 ACCOUNT = "AC" + "0" * 32
 AUTH = "Basic " + base64.b64encode(f"{ACCOUNT}:simulator-token".encode()).decode()
@@ -158,7 +158,7 @@ async def httptools_client(url: str, concurrency: int) -> tuple[Post, Callable[[
 
 
 async def http1_client(url: str, concurrency: int) -> tuple[Post, Callable[[], Awaitable[None]]]:
-    """The connector's own (twilio_connector.http1): the floor above, with timeouts, TLS, limits and checks."""
+    """The connector's own (twilio_connector.twilio.http1): the floor above, with timeouts, TLS, limits and checks."""
     parts = urlsplit(url)
     pool = Http1Pool(f"{parts.scheme}://{parts.netloc}", headers=HEADERS_NO_TYPE, max_connections=concurrency)
 

@@ -24,10 +24,10 @@ import orjson
 import pytest
 
 from twilio_connector import service
-from twilio_connector.concurrency import ConcurrencyWindow
-from twilio_connector.config import Credentials, Settings
-from twilio_connector.secrets import Secret
-from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simulator
+from twilio_connector.domain.concurrency import ConcurrencyWindow
+from twilio_connector.settings.config import Credentials, Settings
+from twilio_connector.settings.secrets import Secret
+from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simulator
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 DEFAULT_FROM = "+15005550006"

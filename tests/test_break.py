@@ -31,15 +31,15 @@ from conftest import (
     wait_until,
 )
 from test_operations import CLI
-from twilio_connector import reauth
-from twilio_connector.config import resolve_credentials
-from twilio_connector.contract import Kind, Notification
-from twilio_connector.intake import Admission
-from twilio_connector.journal import Journal
-from twilio_connector.policy import Limits
-from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Fault
-from twilio_connector.store import JournalCore, dedupe_key, key_of
-from twilio_connector.storms import StormRule
+from twilio_connector.domain.admission import Admission
+from twilio_connector.domain.contract import Kind, Notification
+from twilio_connector.domain.policy import Limits
+from twilio_connector.domain.storms import StormRule
+from twilio_connector.journal.front import Journal
+from twilio_connector.journal.sqlite import JournalCore, dedupe_key, key_of
+from twilio_connector.settings.config import resolve_credentials
+from twilio_connector.twilio import reauth
+from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Fault
 
 
 @pytest.mark.usefixtures("connector")

@@ -25,7 +25,7 @@ from conftest import (
     sms,
     wait_until,
 )
-from twilio_connector import transport
+from twilio_connector.mqtt import session as transport
 
 
 class RefusingBroker:

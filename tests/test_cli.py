@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import Broker
-from twilio_connector.contract import Kind, Notification
-from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
-from twilio_connector.store import JournalCore
+from twilio_connector.domain.contract import Kind, Notification
+from twilio_connector.journal.sqlite import JournalCore
+from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 
 CLI = [sys.executable, "-m", "twilio_connector"]
 SEED_REQUEST = json.dumps(

@@ -16,7 +16,7 @@ import trustme
 
 from conftest import Broker
 from test_cli import clean_env, cli
-from twilio_connector.simulator import DEFAULT_ACCOUNT_SID
+from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID
 
 TEXT = ["--to", "+12345000000", "--message", "x", "--timeout", "3"]
 
@@ -121,9 +121,7 @@ def test_status_takes_the_address_as_metrics_listen_says_it(taken_port: int) -> 
 
 def test_a_postgresql_journal_without_its_extra_names_the_extra() -> None:
     """It printed a traceback (`from .pg_store import PgCore`)."""
-    program = (
-        "import sys; sys.modules['psycopg'] = None; from twilio_connector.cli import main; sys.exit(main(sys.argv[1:]))"
-    )
+    program = "import sys; sys.modules['psycopg'] = None; from twilio_connector.cli.main import main; sys.exit(main(sys.argv[1:]))"
     env = {**clean_env(), "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID, "TWILIO_AUTH_TOKEN": "x"}
     for command in (["run", "--broker", "mqtt://127.0.0.1:1"], ["journal"]):
         args = [*command, "--journal-url", "postgresql://localhost/journal"]

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, make_settings, sms
-from twilio_connector.concurrency import ConcurrencyWindow
+from twilio_connector.domain.concurrency import ConcurrencyWindow
 
 
 def test_slow_start_doubles_each_round_then_stops_at_the_ceiling() -> None:

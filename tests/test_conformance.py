@@ -32,10 +32,11 @@ from conftest import (
     sms,
     wait_for_port,
 )
-from twilio_connector.contract import Content, Kind, Notification, SendResult
-from twilio_connector.secrets import Secret
-from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
-from twilio_connector.twilio import TwilioClient, TwilioFailure, _form
+from twilio_connector.domain.contract import Content, Kind, Notification, SendResult
+from twilio_connector.domain.outcomes import TwilioFailure
+from twilio_connector.settings.secrets import Secret
+from twilio_connector.twilio.client import TwilioClient, _form
+from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 
 SPEC = Path(__file__).parent / "data" / "twilio_api_v2010_sms_voice.json"
 SPEC_SHA256 = "2f601a18c34a0793d10cc4dc581fd133056955f33bef1100c0fa01d7d56dfa01"

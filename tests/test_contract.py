@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from twilio_connector.contract import (
+from twilio_connector.domain.contract import (
     Content,
     ErrorCode,
     InvalidRequest,

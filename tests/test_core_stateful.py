@@ -29,17 +29,18 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from conftest import NoScheduler
-from twilio_connector.config import Settings
-from twilio_connector.contract import Kind, Notification, SendResult
-from twilio_connector.delivery import Delivery
-from twilio_connector.intake import Admission
-from twilio_connector.journal import Journal
-from twilio_connector.lifecycle import Lifecycle
-from twilio_connector.metrics import Metrics
-from twilio_connector.policy import Limits
-from twilio_connector.retry import RetryPolicy
-from twilio_connector.storms import StormRule
-from twilio_connector.twilio import FailureKind, TwilioFailure, same_body
+from twilio_connector.domain.admission import Admission
+from twilio_connector.domain.contract import Kind, Notification, SendResult
+from twilio_connector.domain.lifecycle import Lifecycle
+from twilio_connector.domain.outcomes import FailureKind, TwilioFailure
+from twilio_connector.domain.policy import Limits
+from twilio_connector.domain.retry import RetryPolicy
+from twilio_connector.domain.storms import StormRule
+from twilio_connector.engine.delivery import Delivery
+from twilio_connector.journal.front import Journal
+from twilio_connector.ops.metrics import Metrics
+from twilio_connector.settings.config import Settings
+from twilio_connector.twilio.client import same_body
 
 EXAMPLES = int(os.environ.get("CORE_EXAMPLES", "60"))
 WINDOW = 10.0  # the reconcile window: lookups 2 and 10 s after an attempt began

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from twilio_connector.options import OPTIONS
-from twilio_connector.reference import settings_reference
+from twilio_connector.settings.options import OPTIONS
+from twilio_connector.settings.reference import settings_reference
 
 ROOT = Path(__file__).parent.parent
 
@@ -35,7 +35,7 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
 
 def test_the_reference_page_is_the_code_s() -> None:
     page = (ROOT / "docs" / "reference.md").read_text()
-    assert page == settings_reference(), "regenerate: python -m twilio_connector.reference > docs/reference.md"
+    assert page == settings_reference(), "regenerate: python -m twilio_connector.settings.reference > docs/reference.md"
 
 
 def test_the_reference_names_every_flag_and_alias() -> None:

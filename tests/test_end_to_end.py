@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from conftest import DEFAULT_FROM, MqttProbe, SimulatorHandle, call, sms
-from twilio_connector.simulator import Fault
+from twilio_connector.twilio.simulator import Fault
 
 pytestmark = pytest.mark.usefixtures("connector")
 

@@ -13,7 +13,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from twilio_connector.contract import InvalidRequest, Kind, Notification, parse_request
+from twilio_connector.domain.contract import InvalidRequest, Kind, Notification, parse_request
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1500"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)

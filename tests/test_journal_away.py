@@ -15,17 +15,18 @@ import orjson
 import pytest
 
 from conftest import NoScheduler, sms
-from twilio_connector import ports
-from twilio_connector.config import Settings
-from twilio_connector.contract import Kind, Notification, SendResult
-from twilio_connector.delivery import Delivery
-from twilio_connector.engine import Engine
-from twilio_connector.journal import Journal
-from twilio_connector.lifecycle import Lifecycle
-from twilio_connector.metrics import Metrics
-from twilio_connector.retry import RetryPolicy
-from twilio_connector.store import Entry, JournalCore
-from twilio_connector.twilio import TwilioFailure
+from twilio_connector.domain.contract import Kind, Notification, SendResult
+from twilio_connector.domain.lifecycle import Lifecycle
+from twilio_connector.domain.outcomes import TwilioFailure
+from twilio_connector.domain.records import Entry
+from twilio_connector.domain.retry import RetryPolicy
+from twilio_connector.engine.core import Engine
+from twilio_connector.engine.delivery import Delivery
+from twilio_connector.journal import port as ports
+from twilio_connector.journal.front import Journal
+from twilio_connector.journal.sqlite import JournalCore
+from twilio_connector.ops.metrics import Metrics
+from twilio_connector.settings.config import Settings
 
 NOTE = Notification("a1", Kind.SMS, "+12345000000", "+15005550006", "Darla", "freezer 3 above -5 C", 2)
 

@@ -28,8 +28,8 @@ from conftest import (
     wait_until,
 )
 from test_broker_faults import until_ready_is
-from twilio_connector import transport
-from twilio_connector.secrets import Secret
+from twilio_connector.mqtt import session as transport
+from twilio_connector.settings.secrets import Secret
 
 PASSWORD = "s3cret-pass"
 

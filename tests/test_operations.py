@@ -21,7 +21,7 @@ from conftest import (
     sms,
     wait_until,
 )
-from twilio_connector import logs
+from twilio_connector.ops import logs
 
 CLI = [sys.executable, "-m", "twilio_connector"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from twilio_connector.config import load_settings
+from twilio_connector.settings.config import load_settings
 
 ROOT = Path(__file__).parent.parent
 PACKAGING = ROOT / "packaging"

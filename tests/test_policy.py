@@ -10,9 +10,8 @@ import phonenumbers
 import pytest
 
 from conftest import Broker, ConnectorProcess, MqttProbe, RunningConnector, SimulatorHandle, make_settings, sms
-from twilio_connector.config import ConfigError, load_settings
-from twilio_connector.contract import Kind, Notification
-from twilio_connector.policy import (
+from twilio_connector.domain.contract import Kind, Notification
+from twilio_connector.domain.policy import (
     NUMBER_TYPES,
     PRESETS,
     Caps,
@@ -24,6 +23,7 @@ from twilio_connector.policy import (
     refusal,
     segments,
 )
+from twilio_connector.settings.config import ConfigError, load_settings
 
 US_SENDER = "+15005550006"
 

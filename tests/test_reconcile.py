@@ -23,15 +23,16 @@ from conftest import (
     sms,
     wait_until,
 )
-from twilio_connector.contract import Kind, Notification, SendResult
-from twilio_connector.intake import Accepted, Admission
-from twilio_connector.lifecycle import lookup_offsets, next_lookup
-from twilio_connector.policy import Limits
-from twilio_connector.secrets import Secret
-from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Fault
-from twilio_connector.store import Duplicate, JournalCore
-from twilio_connector.storms import StormRule
-from twilio_connector.twilio import TRIAL_PREFIX, TwilioClient, same_body
+from twilio_connector.domain.admission import Accepted, Admission
+from twilio_connector.domain.contract import Kind, Notification, SendResult
+from twilio_connector.domain.lifecycle import lookup_offsets, next_lookup
+from twilio_connector.domain.policy import Limits
+from twilio_connector.domain.records import Duplicate
+from twilio_connector.domain.storms import StormRule
+from twilio_connector.journal.sqlite import JournalCore
+from twilio_connector.settings.secrets import Secret
+from twilio_connector.twilio.client import TRIAL_PREFIX, TwilioClient, same_body
+from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Fault
 
 
 def stored_bodies(simulator: SimulatorHandle) -> Counter[str]:

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, free_port, make_settings, sms
-from twilio_connector import journal, store
-from twilio_connector.simulator import Fault
+from twilio_connector.journal import front as journal
+from twilio_connector.journal import sqlite as store
+from twilio_connector.twilio.simulator import Fault
 
 
 async def test_mqtt_311(broker: Broker, simulator: SimulatorHandle, probe: MqttProbe) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from twilio_connector.contract import ErrorCode
-from twilio_connector.retry import RetryPolicy, error_code_for
-from twilio_connector.twilio import FailureKind, TwilioFailure
+from twilio_connector.domain.contract import ErrorCode
+from twilio_connector.domain.outcomes import FailureKind, TwilioFailure
+from twilio_connector.domain.retry import RetryPolicy, error_code_for
 
 POLICY = RetryPolicy(base_delay=0.5, max_delay=30.0)
 

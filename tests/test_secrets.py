@@ -6,9 +6,9 @@ import signal
 from pathlib import Path
 
 from conftest import Broker, ConnectorProcess, MqttProbe, SimulatorHandle, sms
-from twilio_connector.config import Settings, describe
-from twilio_connector.secrets import Secret
-from twilio_connector.simulator import Fault
+from twilio_connector.settings.config import Settings, describe
+from twilio_connector.settings.secrets import Secret
+from twilio_connector.twilio.simulator import Fault
 
 TOKEN = "tok-9f8e7d6c5b4a-SECRET"
 API_SECRET = "apisecret-0a1b2c3d-SECRET"

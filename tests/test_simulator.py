@@ -9,8 +9,8 @@ import aiohttp
 import pytest
 
 from conftest import SimulatorHandle, basic
-from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
-from twilio_connector.twilio import TRIAL_PREFIX
+from twilio_connector.twilio.client import TRIAL_PREFIX
+from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 
 API = f"/2010-04-01/Accounts/{DEFAULT_ACCOUNT_SID}"
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from twilio_connector import store
-from twilio_connector.contract import Kind, Notification
-from twilio_connector.journal import Journal
-from twilio_connector.ports import SidClaimed
-from twilio_connector.store import Duplicate, JournalCore
+from twilio_connector.domain.contract import Kind, Notification
+from twilio_connector.domain.records import Duplicate
+from twilio_connector.journal import sqlite as store
+from twilio_connector.journal.front import Journal
+from twilio_connector.journal.port import SidClaimed
+from twilio_connector.journal.sqlite import JournalCore
 
 
 def note(request_id: str = "r1", content: str = "hi") -> Notification:

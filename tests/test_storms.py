@@ -23,12 +23,13 @@ from conftest import (
     sms,
     wait_until,
 )
-from twilio_connector.contract import Content, Kind, Notification
-from twilio_connector.intake import Accepted, Admission, Folded, Refused
-from twilio_connector.policy import Limits, segments
-from twilio_connector.simulator import Fault
-from twilio_connector.store import Duplicate, JournalCore
-from twilio_connector.storms import StormRule, Verdict, Window, digest_body, foldable
+from twilio_connector.domain.admission import Accepted, Admission, Folded, Refused
+from twilio_connector.domain.contract import Content, Kind, Notification
+from twilio_connector.domain.policy import Limits, segments
+from twilio_connector.domain.records import Duplicate
+from twilio_connector.domain.storms import StormRule, Verdict, Window, digest_body, foldable
+from twilio_connector.journal.sqlite import JournalCore
+from twilio_connector.twilio.simulator import Fault
 
 
 def text(request_id: str, to: str = "+12345000000", body: str = "alert") -> Notification:

@@ -12,9 +12,9 @@ import pytest
 import trustme
 
 from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, free_port, make_settings, sms
-from twilio_connector.config import Settings
-from twilio_connector.secrets import Secret
-from twilio_connector.transport import BrokerError
+from twilio_connector.mqtt.session import BrokerError
+from twilio_connector.settings.config import Settings
+from twilio_connector.settings.secrets import Secret
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import aiohttp
 import pytest
 
 from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, free_port, make_settings, sms
-from twilio_connector.config import ConfigError, load_settings
-from twilio_connector.contract import Kind, Notification, delivery_status
-from twilio_connector.simulator import DEFAULT_AUTH_TOKEN
-from twilio_connector.twilio import signature
+from twilio_connector.domain.contract import Kind, Notification, delivery_status
+from twilio_connector.domain.signature import signature
+from twilio_connector.settings.config import ConfigError, load_settings
+from twilio_connector.twilio.simulator import DEFAULT_AUTH_TOKEN
 
 DELIVERY_TOPIC = "twilio/message/delivery"
 

@@ -9,10 +9,11 @@ from urllib.parse import urlencode
 import pytest
 
 from conftest import DEFAULT_FROM, SimulatorHandle, free_port
-from twilio_connector.contract import Content, Kind, Notification, SendResult
-from twilio_connector.secrets import Secret
-from twilio_connector.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Fault
-from twilio_connector.twilio import FailureKind, TwilioClient, TwilioFailure, _encode, _form
+from twilio_connector.domain.contract import Content, Kind, Notification, SendResult
+from twilio_connector.domain.outcomes import FailureKind, TwilioFailure
+from twilio_connector.settings.secrets import Secret
+from twilio_connector.twilio.client import TwilioClient, _encode, _form
+from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Fault
 
 SMS = Notification("r", Kind.SMS, "+12345000000", DEFAULT_FROM, "Darla", "hello", 0)
 CALL = Notification("r", Kind.CALL, "+12345000000", DEFAULT_FROM, "Darla", "https://example.com/t", 0, Content.URL)

@@ -9,8 +9,8 @@ from collections.abc import Collection
 
 import pytest
 
-from twilio_connector.metrics import Metrics
-from twilio_connector.watchdog import REPORT_FOR, STUCK_AFTER, Watchdog
+from twilio_connector.engine.watchdog import REPORT_FOR, STUCK_AFTER, Watchdog
+from twilio_connector.ops.metrics import Metrics
 
 
 class Journal:

@@ -1,20 +1,11 @@
-"""Twilio Notifications connector: MQTT requests in, Twilio SMS and voice calls out, one status per request."""
+"""Twilio Notifications connector: MQTT requests in, Twilio SMS and voice calls out, one status per request.
 
-from .config import ConfigError, Settings, load_settings
-from .contract import ErrorCode, Kind, Notification, parse_request
-from .engine import Engine
-from .simulator import Simulator
-from .twilio import TwilioClient
+The public API is what this module exports: the request contract (parse a request, the error codes) and the
+settings. Everything under the subpackages is internal and may change between releases; the command line
+(`twilio-connector`) is the supported way to run the connector.
+"""
 
-__all__ = [
-    "ConfigError",
-    "Engine",
-    "ErrorCode",
-    "Kind",
-    "Notification",
-    "Settings",
-    "Simulator",
-    "TwilioClient",
-    "load_settings",
-    "parse_request",
-]
+from .domain.contract import ErrorCode, Kind, Notification, parse_request
+from .settings.config import ConfigError, Settings, load_settings
+
+__all__ = ["ConfigError", "ErrorCode", "Kind", "Notification", "Settings", "load_settings", "parse_request"]

@@ -12,15 +12,23 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import ANONYMOUS_WARNING, Credentials, Settings, anonymous_and_unbounded, resolve_credentials
-from .engine import Engine
-from .journal import Journal
-from .metrics import Metrics
-from .policy import describe_limits
-from .reauth import Reauthenticating
-from .tracking import DeliveryTracker
-from .transport import BrokerError, MqttTransport
-from .twilio import TwilioClient
+from .domain.policy import describe_limits
+from .engine.core import Engine
+from .engine.tracking import DeliveryTracker, TrackingOptions
+from .journal.front import Journal
+from .mqtt.session import BrokerError, MqttTransport
+from .ops.callbacks import CallbackListener
+from .ops.metrics import Metrics
+from .settings.config import (
+    ANONYMOUS_WARNING,
+    ConfigError,
+    Credentials,
+    Settings,
+    anonymous_and_unbounded,
+    resolve_credentials,
+)
+from .twilio.client import TwilioClient
+from .twilio.reauth import Reauthenticating
 
 __all__ = ["run"]
 
@@ -150,12 +158,7 @@ async def run(
                 assert transport is not None
                 return transport.publish(topic, status)
 
-            tracker: DeliveryTracker | None = None
-            callbacks: web.AppRunner | None = None
-            if settings.delivery_tracking != "off":
-                tracker = DeliveryTracker(settings, journal, client, credentials.auth_token)
-                if settings.delivery_tracking == "callback":
-                    callbacks = await tracker.serve()
+            tracker, callbacks = await _tracking(settings, credentials, journal, client)
             metrics = Metrics()
             sender = Reauthenticating(client, credentials, partial(resolve_credentials, settings))
             metrics.credentials_rejected.set_function(lambda: sender.rejected is not None)
@@ -207,3 +210,24 @@ async def run(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     log.info("stopped")
+
+
+async def _tracking(
+    settings: Settings, credentials: Credentials, journal: Journal, client: TwilioClient
+) -> tuple[DeliveryTracker | None, web.AppRunner | None]:
+    """Delivery tracking as `delivery_tracking` asks, and the listener for Twilio's callbacks when it asks for them."""
+    if settings.delivery_tracking == "off":
+        return None, None
+    options = TrackingOptions(
+        polling=settings.delivery_tracking == "poll",
+        poll_interval=settings.poll_interval,
+        poll_interval_max=settings.poll_interval_max,
+        give_up=settings.tracking_give_up,
+    )
+    tracker = DeliveryTracker(options, journal, client)
+    if settings.delivery_tracking != "callback":
+        return tracker, None
+    if not (settings.callback_url and credentials.auth_token):  # load_settings refuses such settings
+        raise ConfigError(["delivery_tracking = callback needs callback_url and the auth token"])
+    listener = CallbackListener(tracker, settings.callback_url, credentials.auth_token, settings.callback_listen)
+    return tracker, await listener.serve()

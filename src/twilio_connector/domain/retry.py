@@ -1,0 +1,49 @@
+"""Retry policy: which Twilio failures may be retried, and how long to wait. Pure: randomness is injected."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .contract import ErrorCode
+from .outcomes import FailureKind, TwilioFailure
+
+#: The one answer that proves Twilio did not act: too many concurrent requests (20429). Every 5xx is ambiguous
+#: (a 502 or 504 comes from a gateway that may have given up after Twilio created the message): the engine looks
+#: it up at Twilio before anything is sent again.
+_RETRYABLE_HTTP = frozenset({429})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+
+    def should_retry(self, failure: TwilioFailure) -> bool:
+        """True only when a retry cannot send a second copy of the notification."""
+        if failure.kind is FailureKind.NOT_SENT:
+            return True
+        return failure.kind is FailureKind.REJECTED and failure.http_status in _RETRYABLE_HTTP
+
+    def delay(self, attempt: int, failure: TwilioFailure, rand: Callable[[], float]) -> float:
+        """Seconds to wait before attempt number `attempt + 1` (attempts count from 1).
+
+        Full jitter (uniform between 0 and the exponential ceiling) spreads a fleet's retries apart;
+        Twilio's Retry-After, when given, is a floor, still capped by `max_delay`.
+        """
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        wait = rand() * ceiling
+        if failure.retry_after is not None:
+            wait = max(wait, failure.retry_after)
+        return min(wait, self.max_delay)
+
+
+def error_code_for(failure: TwilioFailure) -> ErrorCode:
+    """The status `error` value for a failure that is final."""
+    if failure.kind is FailureKind.NOT_SENT:
+        return ErrorCode.TWILIO_UNAVAILABLE
+    if failure.kind is FailureKind.AMBIGUOUS:
+        return ErrorCode.OUTCOME_UNKNOWN
+    if failure.code is None and failure.http_status in _RETRYABLE_HTTP:
+        return ErrorCode.TWILIO_UNAVAILABLE
+    return ErrorCode.TWILIO_ERROR

@@ -1,0 +1,90 @@
+"""Statuses out: publish what the journal holds unpublished, and mark each once the broker acknowledged it.
+
+New statuses come from the journal's in-memory hand-over once committed; the journal is queried for the rest
+(after a restart, or when the hand-over overflowed). A mark rides on the next commit: a status the process
+dies just after publishing is published again after the restart (at least once, never lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from ..journal.port import JournalPort
+
+__all__ = ["StatusPublisher"]
+
+log = logging.getLogger(__name__)
+
+PUBLISH_BATCH = 256
+#: Seconds before publishing again what the broker refused or did not acknowledge, doubling while it keeps on.
+RETRY_BASE, RETRY_CAP = 1.0, 60.0
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+class StatusPublisher:
+    def __init__(
+        self, journal: JournalPort, publish: Publish, status_topic: str, delivery_topic: str | None = None
+    ) -> None:
+        """`delivery_topic`: also publish delivery follow-ups there (only with delivery tracking)."""
+        self._journal = journal
+        self._publish = publish
+        self._status_topic = status_topic
+        self._delivery_topic = delivery_topic
+        self._pending = asyncio.Event()  # statuses may be waiting
+        self._idle = asyncio.Event()  # the last round found nothing to publish
+        self._retry_delay = RETRY_BASE
+
+    def wake(self) -> None:
+        self._pending.set()
+
+    async def drained(self) -> None:
+        """Return once a round finds nothing left to publish (the caller bounds the wait)."""
+        self._idle.clear()
+        self._pending.set()
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        journal = self._journal
+        while True:
+            self._pending.clear()
+            rows = [journal.outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(journal.outbox)))]
+            if rows:
+                failed = await self._publish_rows(self._status_topic, rows, journal.mark_published)
+                journal.outbox.extendleft(reversed(failed))  # handed over: no query would find them again
+            elif not journal.hand_statuses:
+                rows = await journal.unpublished(PUBLISH_BATCH)
+                if await self._publish_rows(self._status_topic, rows, journal.mark_published):
+                    journal.hand_statuses = False  # so that the next round queries again
+            published = len(rows)
+            if self._delivery_topic is not None:  # follow-ups exist only with delivery tracking
+                followups = await journal.unpublished_followups(PUBLISH_BATCH)
+                await self._publish_rows(self._delivery_topic, followups, journal.mark_followups_published)
+                published += len(followups)
+            if not published:
+                self._idle.set()
+                await self._pending.wait()
+
+    async def _publish_rows(
+        self, topic: str, rows: list[tuple[int, bytes]], mark: Callable[[list[int]], None]
+    ) -> list[tuple[int, bytes]]:
+        """Publish `rows`; mark the ones the broker acknowledged (PUBACK). Returns those it did not."""
+        if not rows:
+            return []
+        results = await asyncio.gather(*(self._publish(topic, payload) for _, payload in rows), return_exceptions=True)
+        done = [key for (key, _), result in zip(rows, results, strict=True) if result is None]
+        if done:
+            mark(done)
+        failed = [row for row, result in zip(rows, results, strict=True) if result is not None]
+        if not failed:
+            self._retry_delay = RETRY_BASE
+            return failed
+        reasons = sorted({str(result) or result.__class__.__name__ for result in results if result is not None})
+        log.warning(
+            "%d status(es) on %s not acknowledged by the broker (%s); publishing again in %g s",
+            *(len(failed), topic, "; ".join(reasons), self._retry_delay),
+        )
+        await asyncio.sleep(self._retry_delay)
+        self._retry_delay = min(RETRY_CAP, self._retry_delay * 2)
+        return failed

@@ -1,0 +1,274 @@
+"""A lean async client for the two Twilio REST calls the connector makes (Messages and Calls create)."""
+
+from __future__ import annotations
+
+import base64
+from email.utils import parsedate_to_datetime
+from functools import lru_cache
+from typing import Any
+from urllib.parse import quote_plus
+
+import orjson
+from yarl import URL
+
+from ..domain.contract import Kind, Notification, SendResult
+from ..domain.outcomes import FailureKind, TwilioFailure
+from ..settings.secrets import Secret
+from .http1 import Answer, ConnectFailed, Http1Pool, HttpError
+
+__all__ = ["FailureKind", "TwilioClient", "TwilioFailure"]
+
+API_VERSION = "2010-04-01"
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date: rare from Twilio, and our backoff covers it
+    return seconds if seconds >= 0 else None
+
+
+FORM_TYPE = "application/x-www-form-urlencoded"
+#: Fields whose values repeat (numbers, senders, URLs): their quoting is kept. Message texts are not: they rarely
+#: repeat, and a cache of them would hold people's messages in memory for no gain.
+_REPEATING = frozenset({"To", "From", "MessagingServiceSid", "MediaUrl", "ValidityPeriod", "StatusCallback", "Url"})
+_quote_repeating = lru_cache(maxsize=1024)(quote_plus)
+
+
+def _encode(form: list[tuple[str, str]]) -> bytes:
+    """`urlencode(form)`, cheaper: the keys need no quoting, and repeating values are quoted once."""
+    quoted = (_quote_repeating(value) if key in _REPEATING else quote_plus(value) for key, value in form)
+    return "&".join(f"{key}={value}" for (key, _), value in zip(form, quoted, strict=True)).encode()
+
+
+def _form(notification: Notification, status_callback: str | None = None) -> list[tuple[str, str]]:
+    n = notification
+    form = [("To", n.to)]
+    if n.from_:
+        form.append(("From", n.from_))
+    if n.messaging_service_sid:
+        form.append(("MessagingServiceSid", n.messaging_service_sid))
+    if n.content:
+        form.append((n.content_type.value, n.content))
+    form.extend(("MediaUrl", url) for url in n.media_urls)
+    if n.validity_period is not None:
+        form.append(("ValidityPeriod", str(n.validity_period)))
+    if status_callback:
+        form.append(("StatusCallback", status_callback))
+    return form
+
+
+def _rejection(answer: Answer) -> TwilioFailure:
+    status = answer.status
+    code: int | None = None
+    message = f"HTTP {status}"
+    try:
+        document = orjson.loads(answer.body)
+    except orjson.JSONDecodeError:
+        document = None
+    if isinstance(document, dict):
+        if isinstance(document.get("code"), int):
+            code = document["code"]
+        if isinstance(document.get("message"), str):
+            message = document["message"]
+    # Any 5xx may come after Twilio acted: a 500 from its application, a 502 or 504 from a gateway that gave up
+    # waiting for it, a 503 from a layer that cannot say. Only a 4xx (429 included) proves nothing was created.
+    kind = FailureKind.AMBIGUOUS if status >= 500 else FailureKind.REJECTED
+    return TwilioFailure(kind, message, status, code, _retry_after(answer.retry_after))
+
+
+def _created(body: bytes, notification: Notification) -> SendResult | TwilioFailure:
+    try:
+        document: Any = orjson.loads(body)
+        return SendResult(
+            sid=str(document["sid"]),
+            status=str(document.get("status") or "queued"),
+            to=str(document.get("to") or notification.to),
+            from_=str(document.get("from") or notification.from_),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return TwilioFailure(FailureKind.AMBIGUOUS, "Twilio accepted the request but its answer was unreadable")
+
+
+#: Twilio's clock and ours may differ; a match may be created a little "before" our attempt started.
+CLOCK_SKEW = 120.0
+#: Lookups read this many resources a page, and at most MAX_PAGES pages (newest first) per lookup.
+PAGE_SIZE, MAX_PAGES = 50, 20
+#: What a trial account puts before every message body.
+TRIAL_PREFIX = "Sent from your Twilio trial account - "
+#: Smart Encoding (on by default on Messaging Services) replaces characters outside GSM-7 that have a look-alike
+#: inside it: curly quotes, dashes, the ellipsis, unusual spaces. A stored body is compared after the same
+#: replacements on both sides, so a message Twilio rewrote still matches the request it came from.
+_SPACES = "\u00a0\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000\t"
+_SMART = str.maketrans(
+    {
+        **dict.fromkeys("\u2018\u2019\u201a\u201b\u2032\u02bc\u02bb\uff07", "'"),
+        **dict.fromkeys("\u201c\u201d\u201e\u201f\u2033\u00ab\u00bb\uff02", '"'),
+        **dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d", "-"),
+        **dict.fromkeys(_SPACES, " "),
+        "\u2026": "...",
+        "\u2022": "-",
+        "\u200b": "",
+        "\ufeff": "",
+    }
+)
+
+
+def same_body(stored: str, sent: str) -> bool:
+    """Whether a body Twilio stored is the one we sent: exactly, or after a trial account's prefix and Smart
+    Encoding's replacements."""
+    if stored == sent:
+        return True
+    stored = stored.removeprefix(TRIAL_PREFIX).translate(_SMART)
+    return stored == sent.translate(_SMART)
+
+
+def _created_at(item: dict[str, Any]) -> float | None:
+    try:
+        return parsedate_to_datetime(str(item.get("date_created"))).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def _matches(item: dict[str, Any], notification: Notification, created: float | None, since: float) -> bool:
+    """`item` (created at `created`, from its `date_created`) is what `notification` would have made."""
+    if item.get("to") != notification.to or (notification.from_ and item.get("from") != notification.from_):
+        return False
+    if notification.kind is Kind.SMS and not same_body(str(item.get("body") or ""), notification.content):
+        return False
+    return created is not None and created >= since - CLOCK_SKEW
+
+
+class TwilioClient:
+    """Creates messages and calls. One instance holds one pooled keep-alive connection pool.
+
+    `username` is the account SID, or an API key SID (`SK...`) when authenticating with an API key.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        account_sid: str,
+        username: str,
+        password: Secret,
+        *,
+        max_connections: int = 64,
+        timeout: float = 15.0,
+        connect_timeout: float = 5.0,
+        status_callback: str | None = None,
+    ) -> None:
+        base = base_url.rstrip("/")
+        self._status_callback = status_callback
+        self._urls = {  # parsed once, not per request
+            Kind.SMS: URL(f"{base}/{API_VERSION}/Accounts/{account_sid}/Messages.json"),
+            Kind.CALL: URL(f"{base}/{API_VERSION}/Accounts/{account_sid}/Calls.json"),
+        }
+        self._pool = Http1Pool(
+            str(self._urls[Kind.SMS].origin()),
+            headers={"User-Agent": "twilio-connector"},
+            max_connections=max_connections,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+        )
+        self.authenticate(username, password)
+
+    def authenticate(self, username: str, password: Secret) -> None:
+        """Use these credentials from the next request on (a rotated auth token, read again)."""
+        credentials = base64.b64encode(f"{username}:{password.reveal()}".encode()).decode()
+        self._pool.set_headers(Authorization=f"Basic {credentials}")
+
+    def __repr__(self) -> str:
+        return f"TwilioClient({str(self._urls[Kind.SMS].parent)!r})"
+
+    async def __aenter__(self) -> TwilioClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def find(self, notification: Notification, since: float) -> list[SendResult] | TwilioFailure:
+        """Messages or calls matching `notification` created since `since` (epoch seconds), newest first.
+
+        Used when an attempt's outcome is unknown: Twilio has no idempotency key, so the only way to avoid a
+        second text is to look. A message must match To, From (unless a Messaging Service picks it) and Body
+        (see `same_body`); a call To and From (Twilio does not echo a call's Url or TwiML). Pages are walked
+        newest first until one reaches back past `since` (no `DateSent` filter: a queued message has none).
+        """
+        query = {"To": notification.to, "PageSize": str(PAGE_SIZE)}
+        if notification.from_:
+            query["From"] = notification.from_
+        url: URL | None = self._urls[notification.kind].with_query(query)
+        found: list[SendResult] = []
+        for _ in range(MAX_PAGES):
+            if url is None:
+                break
+            page = await self._page(url, notification.kind)
+            if isinstance(page, TwilioFailure):
+                return page
+            items, url = page
+            created = [_created_at(item) for item in items]
+            found.extend(
+                SendResult(
+                    str(item["sid"]), str(item.get("status") or ""), str(item.get("to")), str(item.get("from")), at
+                )
+                for item, at in zip(items, created, strict=True)
+                if _matches(item, notification, at, since)
+            )
+            oldest = created[-1] if created else None
+            if oldest is None or oldest < since - CLOCK_SKEW:
+                break
+        return found
+
+    async def _page(self, url: URL, kind: Kind) -> tuple[list[dict[str, Any]], URL | None] | TwilioFailure:
+        """One page of a list: its resources, and the next page's URL (None on the last page)."""
+        document = await self._get_json(url, "cannot list Twilio resources")
+        if isinstance(document, TwilioFailure):
+            return document
+        try:
+            items = [item for item in document["messages" if kind is Kind.SMS else "calls"] if isinstance(item, dict)]
+            following = document.get("next_page_uri")
+        except (KeyError, TypeError, AttributeError):
+            return TwilioFailure(FailureKind.AMBIGUOUS, "unreadable list answer from Twilio")
+        return items, url.join(URL(following)) if isinstance(following, str) and following else None
+
+    async def fetch(self, kind: Kind, sid: str) -> dict[str, Any] | TwilioFailure:
+        """The current state of a message or call (for delivery tracking)."""
+        document = await self._get_json(self._urls[kind].with_suffix("") / f"{sid}.json", f"cannot fetch {sid}")
+        if isinstance(document, dict | TwilioFailure):
+            return document
+        return TwilioFailure(FailureKind.AMBIGUOUS, f"cannot fetch {sid}: not an object")
+
+    async def _get_json(self, url: URL, failing: str) -> Any:
+        """The JSON document at `url`, or a `TwilioFailure` (`failing` says what could not be done)."""
+        try:
+            answer = await self._send("GET", url)
+        except HttpError as exc:
+            return TwilioFailure(FailureKind.NOT_SENT, f"{failing}: {exc}")
+        if answer.status != 200:
+            return _rejection(answer)
+        try:
+            return orjson.loads(answer.body)
+        except orjson.JSONDecodeError:
+            return TwilioFailure(FailureKind.AMBIGUOUS, f"{failing}: an unreadable answer")
+
+    async def create(self, notification: Notification) -> SendResult | TwilioFailure:
+        """Send one SMS or place one call. Never raises for network or API errors."""
+        body = _encode(_form(notification, self._status_callback))
+        try:
+            answer = await self._send("POST", self._urls[notification.kind], body, FORM_TYPE)
+        except ConnectFailed as exc:
+            return TwilioFailure(FailureKind.NOT_SENT, f"cannot connect to Twilio: {exc}")
+        except HttpError as exc:
+            return TwilioFailure(FailureKind.AMBIGUOUS, f"no answer from Twilio: {exc}")
+        if answer.status in (200, 201):
+            return _created(answer.body, notification)
+        return _rejection(answer)
+
+    async def _send(self, method: str, url: URL, body: bytes = b"", content_type: str | None = None) -> Answer:
+        return await self._pool.request(method, url.raw_path_qs, body, content_type)
