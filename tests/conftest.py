@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import gmqtt
 import orjson
 import pytest
@@ -35,6 +36,39 @@ DEFAULT_FROM = "+15005550006"
 #: tested on its own, in test_storms.py), and an attempt in doubt is looked up once, a second after it began.
 TEST_ENV = {"TWILIO_CONNECTOR_FOLD_THRESHOLD": "0", "TWILIO_CONNECTOR_RECONCILE_WINDOW": "1"}
 RECIPIENT = "+12345000000"
+#: The connector's command line, as a process.
+CLI = [sys.executable, "-m", "twilio_connector"]
+
+
+#: Fixtures that start a real process (a broker, a database, a connector): a test using one is `slow`.
+PROCESS_FIXTURES = frozenset({"broker", "probe", "connector", "spawned", "postgres", "postgres_server", "pg_url"})
+#: Modules whose tests start processes of their own (the connector's CLI, Prism, mkdocs, a wheel build, NATS).
+PROCESS_MODULES = frozenset(
+    {
+        "test_break",
+        "test_cli",
+        "test_cli_errors",
+        "test_conformance",
+        "test_crash",
+        "test_docs",
+        "test_ha",
+        "test_mosquitto_faults",
+        "test_nats",
+        "test_packaging",
+        "test_quickstart",
+        "test_stress",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the real-process tests `slow`: `pytest -m "not slow"` is the fast layer (pure and in-process)."""
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        on_postgres = "postgres" in getattr(getattr(item, "callspec", None), "params", {}).values()
+        if item.module.__name__ in PROCESS_MODULES or PROCESS_FIXTURES.intersection(item.fixturenames) or on_postgres:
+            item.add_marker(pytest.mark.slow)
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -447,3 +481,31 @@ def env_without_twilio(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("TWILIO", "Twilio", "DefaultFrom", "MQTT_", "AWS_")):
             monkeypatch.delenv(name)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO", "Twilio", "DefaultFrom", "MQTT_"))}
+    return {**env, **extra}
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], check=False, capture_output=True, text=True, env=env or clean_env(), timeout=60
+    )
+
+
+async def readyz(port: int) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/readyz") as response:
+        return response.status, await response.json()
+
+
+async def until_ready_is(port: int, status: int, timeout: float = 20.0, problem: str = "") -> dict[str, object]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    got, document = 0, {}
+    while True:
+        with contextlib.suppress(aiohttp.ClientConnectorError):  # not listening yet
+            got, document = await readyz(port)
+            if got == status and problem in str(document.get("problems", "")):
+                return document
+        assert asyncio.get_running_loop().time() < deadline, f"/readyz stayed {got}: {document}"
+        await asyncio.sleep(0.1)

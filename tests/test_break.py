@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from conftest import (
+    CLI,
     Broker,
     ConnectorProcess,
     MqttProbe,
@@ -30,7 +31,6 @@ from conftest import (
     sms,
     wait_until,
 )
-from test_operations import CLI
 from twilio_connector.domain.admission import Admission
 from twilio_connector.domain.contract import Kind, Notification
 from twilio_connector.domain.policy import Limits

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-import aiohttp
 import orjson
 import pytest
 
@@ -23,6 +22,7 @@ from conftest import (
     free_port,
     make_settings,
     sms,
+    until_ready_is,
     wait_until,
 )
 from twilio_connector.mqtt import session as transport
@@ -139,23 +139,6 @@ def _parse_publish(body: bytes) -> tuple[str, bytes, bytes]:
     topic, packet_id = body[2 : 2 + size].decode(), body[2 + size : 4 + size]
     length, offset = _varint(body, 4 + size)
     return topic, packet_id, body[offset + length :]
-
-
-async def readyz(port: int) -> tuple[int, dict[str, object]]:
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/readyz") as response:
-        return response.status, await response.json()
-
-
-async def until_ready_is(port: int, status: int, timeout: float = 20.0, problem: str = "") -> dict[str, object]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    got, document = 0, {}
-    while True:
-        with contextlib.suppress(aiohttp.ClientConnectorError):  # not listening yet
-            got, document = await readyz(port)
-            if got == status and problem in str(document.get("problems", "")):
-                return document
-        assert asyncio.get_running_loop().time() < deadline, f"/readyz stayed {got}: {document}"
-        await asyncio.sleep(0.1)
 
 
 async def test_a_refused_subscription_is_reported_and_retried(

@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import Broker
+from conftest import CLI, Broker, clean_env, cli
 from twilio_connector.domain.contract import Kind, Notification
 from twilio_connector.journal.sqlite import JournalCore
 from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 
-CLI = [sys.executable, "-m", "twilio_connector"]
 SEED_REQUEST = json.dumps(
     {
         "request": {
@@ -31,17 +28,6 @@ SEED_REQUEST = json.dumps(
         "id": "request123",
     }
 )
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO", "Twilio", "DefaultFrom", "MQTT_"))}
-    return {**env, **extra}
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args], check=False, capture_output=True, text=True, env=env or clean_env(), timeout=60
-    )
 
 
 def test_help_everywhere() -> None:

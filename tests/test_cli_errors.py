@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from conftest import Broker
-from test_cli import clean_env, cli
+from conftest import Broker, clean_env, cli
 from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID
 
 TEXT = ["--to", "+12345000000", "--message", "x", "--timeout", "3"]

@@ -25,9 +25,9 @@ from conftest import (
     free_port,
     make_settings,
     sms,
+    until_ready_is,
     wait_until,
 )
-from test_broker_faults import until_ready_is
 from twilio_connector.mqtt import session as transport
 from twilio_connector.settings.secrets import Secret
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from conftest import (
+    CLI,
     Broker,
     MqttProbe,
     RunningConnector,
@@ -22,8 +22,6 @@ from conftest import (
     wait_until,
 )
 from twilio_connector.ops import logs
-
-CLI = [sys.executable, "-m", "twilio_connector"]
 
 
 def sample(text: str, name: str) -> float:

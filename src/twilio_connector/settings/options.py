@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 
 from ..domain.contract import ContractViolation, normalise_number
 from ..domain.policy import NUMBER_TYPES, PRESETS
-from ..journal.sqlite import SYNC_MODES
 from .secrets import SECRET_ARN, Secret
 
 __all__ = ["OPTIONS", "SECRET_OPTIONS", "BrokerAddress", "Option"]
@@ -174,9 +173,13 @@ def _journal_url(value: Any) -> str | None:
     return str(value)
 
 
+#: How hard the journal presses each commit to disk (journal/sqlite.py maps each to SQLite's `synchronous`).
+JOURNAL_SYNC = ("full", "normal", "off")
+
+
 def _journal_sync(value: Any) -> str:
-    if value not in SYNC_MODES:
-        raise ValueError(f"must be one of {', '.join(SYNC_MODES)}")
+    if value not in JOURNAL_SYNC:
+        raise ValueError(f"must be one of {', '.join(JOURNAL_SYNC)}")
     return str(value)
 
 
