@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 import pytest
 import trustme
 
-from twilio_connector.twilio.http1 import Answer, ConnectFailed, Http1Pool, NoAnswer
+from twilio_connector.ports.http import Answer, ConnectFailed, NoAnswer
+from twilio_connector.twilio.http1 import Http1Pool
 
 JSON = b'{"sid": "SM1", "status": "queued"}'
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

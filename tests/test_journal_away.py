@@ -22,10 +22,10 @@ from twilio_connector.domain.records import Entry
 from twilio_connector.domain.retry import RetryPolicy
 from twilio_connector.engine.core import Engine
 from twilio_connector.engine.delivery import Delivery
-from twilio_connector.journal import port as ports
 from twilio_connector.journal.front import Journal
 from twilio_connector.journal.sqlite import JournalCore
 from twilio_connector.ops.metrics import Metrics
+from twilio_connector.ports import journal as ports
 from twilio_connector.settings.config import Settings
 
 NOTE = Notification("a1", Kind.SMS, "+12345000000", "+15005550006", "Darla", "freezer 3 above -5 C", 2)

@@ -13,8 +13,8 @@ from twilio_connector.domain.contract import Kind, Notification
 from twilio_connector.domain.records import Duplicate
 from twilio_connector.journal import sqlite as store
 from twilio_connector.journal.front import Journal
-from twilio_connector.journal.port import SidClaimed
 from twilio_connector.journal.sqlite import JournalCore
+from twilio_connector.ports.journal import SidClaimed
 
 
 def note(request_id: str = "r1", content: str = "hi") -> Notification:

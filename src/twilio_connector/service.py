@@ -19,6 +19,7 @@ from .journal.front import Journal
 from .mqtt.session import BrokerError, MqttTransport
 from .ops.callbacks import CallbackListener
 from .ops.metrics import Metrics
+from .ports.messaging import Messaging
 from .settings.config import (
     ANONYMOUS_WARNING,
     ConfigError,
@@ -52,7 +53,7 @@ async def _serve_operations(
     settings: Settings,
     metrics: Metrics,
     *,
-    transport: MqttTransport,
+    transport: Messaging,
     journal: Journal,
     engine: Engine,
     sender: Reauthenticating,
@@ -110,7 +111,7 @@ def _broker_lost(connected: asyncio.Event, give_up: float) -> Callable[[asyncio.
     return watch
 
 
-async def _stop(engine: Engine, transport: MqttTransport, grace: float, damaged: Exception | None) -> None:
+async def _stop(engine: Engine, transport: Messaging, grace: float, damaged: Exception | None) -> None:
     """Finish what is in flight within `grace` s, then leave the broker; with a damaged journal at once (nothing
     more can be recorded: what is at Twilio now is looked up at the next start), and raise the damage."""
     if damaged is not None:
@@ -152,7 +153,7 @@ async def run(
     )
     try:
         async with client:
-            transport: MqttTransport | None = None
+            transport: Messaging | None = None
 
             def publish(topic: str, status: bytes) -> Awaitable[None]:
                 assert transport is not None

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
 
@@ -34,8 +34,9 @@ from ..domain.lifecycle import Lifecycle, lookup_offsets
 from ..domain.records import Duplicate, Entry
 from ..domain.retry import RetryPolicy
 from ..domain.states import State
-from ..journal.port import JournalPort, until_written
 from ..ops.metrics import Metrics
+from ..ports.journal import JournalPort, until_written
+from ..ports.messaging import Publish
 from ..settings.config import Settings
 from .delivery import Delivery, Sender
 from .dispatch import Dispatcher
@@ -62,7 +63,7 @@ class Engine:
         settings: Settings,
         sender: Sender,
         journal: JournalPort,
-        publish: Callable[[str, bytes], Awaitable[None]],
+        publish: Publish,
         *,
         tracker: DeliveryTracker | None = None,
         metrics: Metrics | None = None,

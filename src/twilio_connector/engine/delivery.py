@@ -25,8 +25,8 @@ from ..domain.records import Entry
 from ..domain.retry import error_code_for
 from ..domain.states import State
 from ..domain.storms import DIGEST_SEGMENTS, digest_body
-from ..journal.port import JournalPort, SidClaimed, until_written
 from ..ops.metrics import Metrics
+from ..ports.journal import JournalPort, SidClaimed, until_written
 from ..settings.config import Settings
 from .tracking import DeliveryTracker
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..domain.concurrency import ConcurrencyWindow
 from ..domain.records import Entry
-from ..journal.port import WAIT_CAP, WAIT_FIRST, JournalPort
+from ..ports.journal import WAIT_CAP, WAIT_FIRST, JournalPort
 
 __all__ = ["Dispatcher"]
 

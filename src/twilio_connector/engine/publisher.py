@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-from ..journal.port import JournalPort
+from ..ports.journal import JournalPort
+from ..ports.messaging import Publish
 
 __all__ = ["StatusPublisher"]
 
@@ -20,7 +21,6 @@ log = logging.getLogger(__name__)
 PUBLISH_BATCH = 256
 #: Seconds before publishing again what the broker refused or did not acknowledge, doubling while it keeps on.
 RETRY_BASE, RETRY_CAP = 1.0, 60.0
-Publish = Callable[[str, bytes], Awaitable[None]]
 
 
 class StatusPublisher:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from ..journal.port import JournalDamaged
+from ..ports.journal import JournalDamaged
 
 __all__ = ["Supervisor"]
 

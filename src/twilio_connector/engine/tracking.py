@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from ..domain.contract import FINAL_STATES, Kind, delivery_status, encode_status
 from ..domain.outcomes import TwilioFailure
 from ..domain.records import Track, Tracked
-from ..journal.port import JournalPort
+from ..ports.journal import JournalPort
 
 __all__ = ["DeliveryTracker"]
 

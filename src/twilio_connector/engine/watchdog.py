@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from ..journal.port import JournalPort
 from ..ops.metrics import Metrics
+from ..ports.journal import JournalPort
 
 __all__ = ["Watchdog"]
 

@@ -27,7 +27,7 @@ from ..domain.admission import Accepted, Admission, Folded, Refused
 from ..domain.contract import Kind, Notification
 from ..domain.records import Duplicate, Entry, Track, Tracked
 from ..domain.states import State
-from .port import JournalDamaged, SidClaimed
+from ..ports.journal import JournalDamaged, SidClaimed
 from .sqlite import HAND_OVER_LIMIT, MARK_DELAY, JournalCore
 
 __all__ = ["Journal", "JournalDamaged", "MissingExtra", "damage_advice", "is_damage", "open_core"]

@@ -16,7 +16,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -28,6 +28,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from ..ports.messaging import RequestHandler
 from ..settings.config import ConfigError, Settings
 from ..settings.options import BrokerAddress
 from .loop import LoopBinding
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 
 #: handler(topic, payload, redelivered): `redelivered` is the PUBLISH's DUP flag, set by a broker sending again a
 #: message it sent before without an acknowledgement.
-Handler = Callable[[str, bytes, bool], Awaitable[None]]
 
 RECONNECT_BASE = 0.25
 RECONNECT_CAP = 30.0
@@ -162,7 +162,7 @@ class MqttTransport:
         self,
         settings: Settings,
         topics: Sequence[str],
-        handler: Handler,
+        handler: RequestHandler,
         on_state: Callable[[bool], None] | None = None,
         on_fault: Callable[[str], None] | None = None,
     ) -> None:

@@ -13,8 +13,9 @@ from yarl import URL
 
 from ..domain.contract import Kind, Notification, SendResult
 from ..domain.outcomes import FailureKind, TwilioFailure
+from ..ports.http import Answer, ConnectFailed, HttpError, HttpTransport
 from ..settings.secrets import Secret
-from .http1 import Answer, ConnectFailed, Http1Pool, HttpError
+from .http1 import Http1Pool
 
 __all__ = ["FailureKind", "TwilioClient", "TwilioFailure"]
 
@@ -143,7 +144,7 @@ def _matches(item: dict[str, Any], notification: Notification, created: float | 
 
 
 class TwilioClient:
-    """Creates messages and calls. One instance holds one pooled keep-alive connection pool.
+    """Creates messages and calls, finds them again, fetches their state: over one HTTP transport.
 
     `username` is the account SID, or an API key SID (`SK...`) when authenticating with an API key.
     """
@@ -159,20 +160,23 @@ class TwilioClient:
         timeout: float = 15.0,
         connect_timeout: float = 5.0,
         status_callback: str | None = None,
+        transport: HttpTransport | None = None,
     ) -> None:
+        """`transport`: how requests reach `base_url` (default: a pool of kept-alive HTTP/1.1 connections, of
+        `max_connections` at most, with these timeouts)."""
         base = base_url.rstrip("/")
         self._status_callback = status_callback
         self._urls = {  # parsed once, not per request
             Kind.SMS: URL(f"{base}/{API_VERSION}/Accounts/{account_sid}/Messages.json"),
             Kind.CALL: URL(f"{base}/{API_VERSION}/Accounts/{account_sid}/Calls.json"),
         }
-        self._pool = Http1Pool(
+        self._pool = transport or Http1Pool(
             str(self._urls[Kind.SMS].origin()),
-            headers={"User-Agent": "twilio-connector"},
             max_connections=max_connections,
             timeout=timeout,
             connect_timeout=connect_timeout,
         )
+        self._pool.set_headers(**{"User-Agent": "twilio-connector"})
         self.authenticate(username, password)
 
     def authenticate(self, username: str, password: Secret) -> None:

@@ -15,35 +15,17 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["Answer", "ConnectFailed", "Http1Pool", "HttpError", "NoAnswer"]
+from ..ports.http import Answer, ConnectFailed, HttpError, NoAnswer
+
+__all__ = ["Http1Pool"]
 
 #: An answer larger than this is refused (a misbehaving gateway must not fill our memory).
 MAX_BODY = 8 * 2**20
-
-
-class HttpError(Exception):
-    """A request that got no HTTP answer."""
-
-
-class ConnectFailed(HttpError):
-    """No connection could be opened (DNS, refused, TLS handshake, connect timeout): nothing was sent."""
-
-
-class NoAnswer(HttpError):
-    """The request was written, or may have been, but no complete answer came back."""
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    status: int
-    body: bytes
-    retry_after: str | None = None
 
 
 class _Connection(asyncio.Protocol):
