@@ -26,7 +26,8 @@ import pytest
 
 from twilio_connector import service
 from twilio_connector.domain.concurrency import ConcurrencyWindow
-from twilio_connector.settings.config import Credentials, Settings
+from twilio_connector.settings.config import Credentials
+from twilio_connector.settings.schema import Settings
 from twilio_connector.settings.secrets import Secret
 from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simulator
 

@@ -12,7 +12,8 @@ import boto3
 import pytest
 
 from conftest import free_port, wait_for_port
-from twilio_connector.settings.config import ConfigError, Settings, describe, load_settings, resolve_credentials
+from twilio_connector.settings.config import ConfigError, describe, load_settings, resolve_credentials
+from twilio_connector.settings.schema import Settings
 from twilio_connector.settings.secrets import Secret
 
 SID = "AC" + "a" * 32

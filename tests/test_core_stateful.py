@@ -39,7 +39,7 @@ from twilio_connector.domain.storms import StormRule
 from twilio_connector.engine.delivery import Delivery
 from twilio_connector.journal.front import Journal
 from twilio_connector.ops.metrics import Metrics
-from twilio_connector.settings.config import Settings
+from twilio_connector.settings.schema import Settings
 from twilio_connector.twilio.client import same_body
 
 EXAMPLES = int(os.environ.get("CORE_EXAMPLES", "60"))

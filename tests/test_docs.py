@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from twilio_connector.settings.options import OPTIONS
 from twilio_connector.settings.reference import settings_reference
+from twilio_connector.settings.schema import OPTIONS
 
 ROOT = Path(__file__).parent.parent
 

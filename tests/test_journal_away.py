@@ -26,7 +26,7 @@ from twilio_connector.journal.front import Journal
 from twilio_connector.journal.sqlite import JournalCore
 from twilio_connector.ops.metrics import Metrics
 from twilio_connector.ports import journal as ports
-from twilio_connector.settings.config import Settings
+from twilio_connector.settings.schema import Settings
 
 NOTE = Notification("a1", Kind.SMS, "+12345000000", "+15005550006", "Darla", "freezer 3 above -5 C", 2)
 

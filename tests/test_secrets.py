@@ -6,7 +6,8 @@ import signal
 from pathlib import Path
 
 from conftest import Broker, ConnectorProcess, MqttProbe, SimulatorHandle, sms
-from twilio_connector.settings.config import Settings, describe
+from twilio_connector.settings.config import describe
+from twilio_connector.settings.schema import Settings
 from twilio_connector.settings.secrets import Secret
 from twilio_connector.twilio.simulator import Fault
 

@@ -13,7 +13,7 @@ import trustme
 
 from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, free_port, make_settings, sms
 from twilio_connector.mqtt.session import BrokerError
-from twilio_connector.settings.config import Settings
+from twilio_connector.settings.schema import Settings
 from twilio_connector.settings.secrets import Secret
 
 

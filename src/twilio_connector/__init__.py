@@ -6,6 +6,7 @@ settings. Everything under the subpackages is internal and may change between re
 """
 
 from .domain.contract import ErrorCode, Kind, Notification, parse_request
-from .settings.config import ConfigError, Settings, load_settings
+from .settings.config import ConfigError, load_settings
+from .settings.schema import Settings
 
 __all__ = ["ConfigError", "ErrorCode", "Kind", "Notification", "Settings", "load_settings", "parse_request"]

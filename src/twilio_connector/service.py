@@ -20,14 +20,8 @@ from .mqtt.session import BrokerError, MqttTransport
 from .ops.callbacks import CallbackListener
 from .ops.metrics import Metrics
 from .ports.messaging import Messaging
-from .settings.config import (
-    ANONYMOUS_WARNING,
-    ConfigError,
-    Credentials,
-    Settings,
-    anonymous_and_unbounded,
-    resolve_credentials,
-)
+from .settings.config import ANONYMOUS_WARNING, ConfigError, Credentials, anonymous_and_unbounded, resolve_credentials
+from .settings.schema import Settings
 from .twilio.client import TwilioClient
 from .twilio.reauth import Reauthenticating
 

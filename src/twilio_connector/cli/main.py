@@ -24,13 +24,12 @@ from ..ops import logs
 from ..settings.config import (
     ANONYMOUS_WARNING,
     ConfigError,
-    Settings,
     anonymous_and_unbounded,
     describe,
     load_settings,
     resolve_credentials,
 )
-from ..settings.options import OPTIONS
+from ..settings.schema import OPTIONS, Settings
 from ..twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 from . import tools
 

@@ -28,7 +28,7 @@ from ..journal.front import MissingExtra, open_core
 from ..journal.sqlite import REFUSED_AGAIN, JournalCore, NotAJournal
 from ..mqtt.session import tls_hint
 from ..settings.config import ConfigError, load_settings
-from ..settings.options import BrokerAddress
+from ..settings.parsers import BrokerAddress
 from ..twilio.simulator import Simulator
 
 __all__ = ["UserError", "journal", "os_error_words", "send", "simulate", "status"]

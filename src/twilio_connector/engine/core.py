@@ -37,7 +37,7 @@ from ..domain.states import State
 from ..ops.metrics import Metrics
 from ..ports.journal import JournalPort, until_written
 from ..ports.messaging import Publish
-from ..settings.config import Settings
+from ..settings.schema import Settings
 from .delivery import Delivery, Sender
 from .dispatch import Dispatcher
 from .publisher import StatusPublisher

@@ -27,7 +27,7 @@ from ..domain.states import State
 from ..domain.storms import DIGEST_SEGMENTS, digest_body
 from ..ops.metrics import Metrics
 from ..ports.journal import JournalPort, SidClaimed, until_written
-from ..settings.config import Settings
+from ..settings.schema import Settings
 from .tracking import DeliveryTracker
 
 __all__ = ["Delivery", "Scheduler", "Sender"]

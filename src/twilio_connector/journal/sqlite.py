@@ -31,7 +31,7 @@ from ..domain.policy import Caps
 from ..domain.records import Duplicate, Entry, Identity, Track, Tracked, dedupe_key, key_of, stored_options
 from ..domain.states import UNFINISHED, State, Step
 from ..domain.storms import Window
-from ..settings.options import JOURNAL_SYNC
+from ..settings.parsers import JOURNAL_SYNC
 from .rows import COLUMNS, PREFIXED, entry_of, tracked_of
 
 __all__ = ["HAND_OVER_LIMIT", "MARK_DELAY", "SYNC_MODES", "JournalCore", "NotAJournal"]
@@ -51,7 +51,7 @@ SCHEMA_VERSION = 1
 
 #: journal_sync setting -> SQLite `synchronous` pragma. In WAL mode, NORMAL survives a killed process but may
 #: lose the last commits on power loss; FULL fsyncs every commit (one per group) and survives both.
-SYNC_MODES = {mode: mode.upper() for mode in JOURNAL_SYNC}
+SYNC_MODES: dict[str, str] = {mode: mode.upper() for mode in JOURNAL_SYNC}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (

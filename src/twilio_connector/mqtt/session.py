@@ -29,8 +29,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..ports.messaging import RequestHandler
-from ..settings.config import ConfigError, Settings
-from ..settings.options import BrokerAddress
+from ..settings.config import ConfigError
+from ..settings.parsers import BrokerAddress
+from ..settings.schema import Settings
 from .loop import LoopBinding
 
 __all__ = ["BrokerError", "MqttTransport", "PublishRefused", "tls_hint"]

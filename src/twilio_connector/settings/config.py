@@ -10,17 +10,15 @@ import difflib
 import os
 import tomllib
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import tomli_w
 
-from ..domain.policy import DEFAULT_REFUSED_TYPES, PRESETS, Limits
-from ..domain.storms import StormRule
-from .options import OPTIONS, SECRET_OPTIONS, BrokerAddress
+from .schema import DEFAULT_API_URL, OPTIONS, SECRET_OPTIONS, Settings
 from .secrets import Secret, SecretError, fetch_secrets_manager, read_secret_file
 
-__all__ = ["BrokerAddress", "ConfigError", "Credentials", "Settings", "load_settings", "resolve_credentials"]
+__all__ = ["ConfigError", "Credentials", "load_settings", "resolve_credentials"]
 
 #: Parameters of the Greengrass v1 connector that mean nothing outside Greengrass; accepted and ignored.
 IGNORED_KEYS = frozenset({"TwilioAuthTokenSecretArn-ResourceId", "IsolationMode"})
@@ -34,131 +32,6 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-DEFAULT_API_URL = "https://api.twilio.com"
-#: Guards a `policy` preset sets unless they are set on their own.
-_PRESET_GUARDS = (
-    "allowed_countries",
-    "per_recipient_per_minute",
-    "per_recipient_per_day",
-    "per_minute",
-    "per_day",
-    "max_segments",
-)
-
-
-def default_journal_path() -> str:
-    """systemd's StateDirectory when there is one, else the working directory."""
-    return os.path.join(os.environ.get("STATE_DIRECTORY", "."), "twilio-connector-journal.db")
-
-
-@dataclass(frozen=True)
-class Settings:
-    broker_url: str = "mqtt://localhost:1883"
-    mqtt_version: str = "5"
-    client_id: str = "twilio-connector"
-    mqtt_username: str | None = None
-    mqtt_password: Secret | None = None
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    session_expiry: int = 7 * 24 * 3600
-    txt_topic: str = "twilio/txt"
-    call_topic: str = "twilio/call"
-    status_topic: str = "twilio/message/status"
-    share_group: str | None = None
-    twilio_api_url: str = DEFAULT_API_URL
-    twilio_edge: str | None = None
-    twilio_region: str | None = None
-    account_sid: str | None = None
-    auth_token: Secret | None = field(default=None, repr=False)
-    auth_token_file: str | None = None
-    auth_token_secret_arn: str | None = None
-    api_key_sid: str | None = None
-    api_key_secret: Secret | None = field(default=None, repr=False)
-    default_from: str | None = None
-    max_in_flight: int = 128
-    max_retries: int = 10
-    backoff_base: float = 0.5
-    backoff_max: float = 30.0
-    http_timeout: float = 15.0
-    connect_timeout: float = 5.0
-    shutdown_timeout: float = 20.0
-    broker_give_up: float = 0.0
-    max_payload_bytes: int = 64 * 1024
-    journal_path: str = field(default_factory=default_journal_path)
-    journal_url: str | None = None
-    journal_lease: float = 30.0
-    journal_sync: str = "full"
-    journal_retention: float = 7 * 24 * 3600.0
-    dedupe_window: float = 600.0
-    reconcile_window: float = 120.0
-    max_backlog: int = 100_000
-    allow_numbers: tuple[str, ...] = ()
-    deny_numbers: tuple[str, ...] = ()
-    # The guards below default to None: "as the `policy` preset says" (see `policy.PRESETS`); 0 turns a cap off.
-    policy: str = "default"
-    refused_number_types: tuple[str, ...] = DEFAULT_REFUSED_TYPES
-    allowed_countries: tuple[str, ...] | None = None
-    per_recipient_per_minute: int | None = None
-    per_recipient_per_day: int | None = None
-    per_minute: int | None = None
-    per_day: int | None = None
-    max_segments: int | None = None
-    fold_threshold: int = 30
-    fold_window: float = 60.0
-    sender_rate: float = 0.0
-    allow_http_urls: bool = False
-    delivery_tracking: str = "off"
-    delivery_topic: str = "twilio/message/delivery"
-    poll_interval: float = 5.0
-    poll_interval_max: float = 300.0
-    tracking_give_up: float = 6 * 3600.0
-    callback_url: str | None = None
-    callback_listen: str = "127.0.0.1:8088"
-    metrics_listen: str | None = None
-    log_level: str = "INFO"
-    log_format: str = "auto"
-
-    @property
-    def broker(self) -> BrokerAddress:
-        return BrokerAddress.parse(self.broker_url)
-
-    @property
-    def journal(self) -> str:
-        """Where the journal is: the PostgreSQL URL when one is set, else the SQLite file."""
-        return self.journal_url or self.journal_path
-
-    @property
-    def request_filters(self) -> list[str]:
-        """What to subscribe to for requests: the input topics, shared within `share_group` when it is set."""
-        topics = [self.txt_topic, self.call_topic]
-        return [f"$share/{self.share_group}/{topic}" for topic in topics] if self.share_group else topics
-
-    @property
-    def limits(self) -> Limits:
-        """The guards in force: the preset's, with each guard set on its own taking precedence."""
-        preset = PRESETS[self.policy]
-        chosen = {name: getattr(self, name) for name in _PRESET_GUARDS if getattr(self, name) is not None}
-        if self.allowed_countries is not None:
-            chosen["countries"] = chosen.pop("allowed_countries")
-        return replace(
-            preset, allow=self.allow_numbers, deny=self.deny_numbers, refused_types=self.refused_number_types, **chosen
-        )
-
-    @property
-    def storms(self) -> StormRule:
-        return StormRule(self.fold_threshold, self.fold_window)
-
-    @property
-    def api_base_url(self) -> str:
-        """Twilio's API root: `twilio_api_url`, or the regional host an edge and/or region name
-        (`api.{edge}.{region}.twilio.com`; an edge alone implies region us1, as Twilio's SDKs do)."""
-        if not (self.twilio_edge or self.twilio_region):
-            return self.twilio_api_url
-        host = ".".join(part for part in ("api", self.twilio_edge, self.twilio_region or "us1", "twilio.com") if part)
-        return f"https://{host}"
-
-
 @dataclass(frozen=True)
 class Credentials:
     account_sid: str
@@ -166,8 +39,6 @@ class Credentials:
     password: Secret = field(repr=False)
     auth_token: Secret | None = field(default=None, repr=False)  # what Twilio signs status callbacks with
 
-
-assert set(OPTIONS) == {f.name for f in fields(Settings)}
 
 ENV_PREFIX = "TWILIO_CONNECTOR_"
 

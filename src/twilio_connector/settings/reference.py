@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import ENV_PREFIX, Settings
-from .options import OPTIONS
+from .config import ENV_PREFIX
+from .schema import OPTIONS, Settings
 
 __all__ = ["settings_reference"]
 
