@@ -37,9 +37,9 @@ from twilio_connector.domain.policy import Limits
 from twilio_connector.domain.retry import RetryPolicy
 from twilio_connector.domain.storms import StormRule
 from twilio_connector.engine.delivery import Delivery
+from twilio_connector.engine.options import DeliveryOptions
 from twilio_connector.journal.front import Journal
 from twilio_connector.ops.metrics import Metrics
-from twilio_connector.settings.schema import Settings
 from twilio_connector.twilio.client import same_body
 
 EXAMPLES = int(os.environ.get("CORE_EXAMPLES", "60"))
@@ -126,7 +126,7 @@ class DeliveryCore(RuleBasedStateMachine):
         path = str(Path(self.directory) / "journal.db")
         journal = self.loop.run_until_complete(Journal.open(path, "off", hand_over_limit=0, clock=lambda: self.now))
         self.delivery = Delivery(
-            Settings(reconcile_window=WINDOW),
+            DeliveryOptions(http_timeout=15.0),
             self.twilio,
             journal,
             Lifecycle(RetryPolicy(0.5, 4.0), WINDOW, rand=lambda: 0.5),

@@ -22,10 +22,12 @@ from twilio_connector.domain.records import Entry
 from twilio_connector.domain.retry import RetryPolicy
 from twilio_connector.engine.core import Engine
 from twilio_connector.engine.delivery import Delivery
+from twilio_connector.engine.options import DeliveryOptions
 from twilio_connector.journal.front import Journal
 from twilio_connector.journal.sqlite import JournalCore
 from twilio_connector.ops.metrics import Metrics
 from twilio_connector.ports import journal as ports
+from twilio_connector.service import engine_options
 from twilio_connector.settings.schema import Settings
 
 NOTE = Notification("a1", Kind.SMS, "+12345000000", "+15005550006", "Darla", "freezer 3 above -5 C", 2)
@@ -47,7 +49,15 @@ class Twilio:
 
 def delivery(journal: Journal, twilio: Twilio) -> Delivery:
     lifecycle = Lifecycle(RetryPolicy(0.5, 4.0), 10.0, rand=lambda: 0.5)
-    return Delivery(Settings(), twilio, journal, lifecycle, NoScheduler(), finished=lambda _: None, metrics=Metrics())
+    return Delivery(
+        DeliveryOptions(http_timeout=15.0),
+        twilio,
+        journal,
+        lifecycle,
+        NoScheduler(),
+        finished=lambda _: None,
+        metrics=Metrics(),
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -182,7 +192,12 @@ async def test_a_request_that_cannot_be_admitted_gets_a_failure_status(
     is failed with `InternalError`, and the requests after it go on."""
     monkeypatch.setattr(ports, "WAIT_FIRST", 0.001)
     journal = Defective(JournalCore(str(tmp_path / "j.db"), hand_over_limit=0))
-    engine = Engine(Settings(default_from="+15005550006"), Twilio(), journal, lambda topic, payload: asyncio.sleep(0))
+    engine = Engine(
+        engine_options(Settings(default_from="+15005550006")),
+        Twilio(),
+        journal,
+        lambda topic, payload: asyncio.sleep(0),
+    )
     try:
         for request_id in ("poison", "fine"):
             payload = orjson.dumps(sms(request_id))

@@ -14,9 +14,11 @@ from aiohttp import web
 
 from .domain.policy import describe_limits
 from .engine.core import Engine
+from .engine.options import DeliveryOptions, EngineOptions
 from .engine.tracking import DeliveryTracker, TrackingOptions
 from .journal.front import Journal
-from .mqtt.session import BrokerError, MqttTransport
+from .mqtt.session import BrokerError, MqttOptions, MqttTransport
+from .mqtt.tls import TlsFiles
 from .ops.callbacks import CallbackListener
 from .ops.metrics import Metrics
 from .ports.messaging import Messaging
@@ -157,10 +159,10 @@ async def run(
             metrics = Metrics()
             sender = Reauthenticating(client, credentials, partial(resolve_credentials, settings))
             metrics.credentials_rejected.set_function(lambda: sender.rejected is not None)
-            engine = Engine(settings, sender, journal, publish, tracker=tracker, metrics=metrics)
+            engine = Engine(engine_options(settings), sender, journal, publish, tracker=tracker, metrics=metrics)
             metrics.loops_failing.set_function(lambda: len(engine.loops.failing))
             transport = MqttTransport(
-                settings,
+                mqtt_options(settings),
                 settings.request_filters,
                 engine.handle,
                 on_state=metrics.broker_connected.set,
@@ -226,3 +228,44 @@ async def _tracking(
         raise ConfigError(["delivery_tracking = callback needs callback_url and the auth token"])
     listener = CallbackListener(tracker, settings.callback_url, credentials.auth_token, settings.callback_listen)
     return tracker, await listener.serve()
+
+
+def tls_files(settings: Settings) -> TlsFiles:
+    return TlsFiles(settings.ca_file, settings.cert_file, settings.key_file)
+
+
+def mqtt_options(settings: Settings) -> MqttOptions:
+    return MqttOptions(
+        settings.broker_url,
+        client_id=settings.client_id,
+        version=settings.mqtt_version,
+        username=settings.mqtt_username,
+        password=settings.mqtt_password,
+        tls=tls_files(settings),
+        session_expiry=settings.session_expiry,
+        receive_maximum=settings.max_in_flight,
+    )
+
+
+def engine_options(settings: Settings) -> EngineOptions:
+    return EngineOptions(
+        txt_topic=settings.txt_topic,
+        call_topic=settings.call_topic,
+        status_topic=settings.status_topic,
+        delivery_topic=settings.delivery_topic,
+        default_from=settings.default_from,
+        max_retries=settings.max_retries,
+        max_payload_bytes=settings.max_payload_bytes,
+        allow_http_urls=settings.allow_http_urls,
+        limits=settings.limits,
+        storms=settings.storms,
+        dedupe_window=settings.dedupe_window,
+        session_expiry=settings.session_expiry,
+        journal_retention=settings.journal_retention,
+        max_backlog=settings.max_backlog,
+        max_in_flight=settings.max_in_flight,
+        backoff_base=settings.backoff_base,
+        backoff_max=settings.backoff_max,
+        reconcile_window=settings.reconcile_window,
+        delivery=DeliveryOptions(settings.http_timeout, settings.sender_rate, settings.limits.max_segments),
+    )

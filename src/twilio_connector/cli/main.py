@@ -19,7 +19,8 @@ from .. import service
 from ..domain.policy import describe_limits
 from ..domain.states import STATES
 from ..journal.front import JournalDamaged, MissingExtra, damage_advice, is_damage
-from ..mqtt.session import BrokerError, tls_context
+from ..mqtt.session import BrokerError
+from ..mqtt.tls import tls_context
 from ..ops import logs
 from ..settings.config import (
     ANONYMOUS_WARNING,
@@ -242,7 +243,7 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as error:
         return _report(error)
     if settings.broker.tls or settings.ca_file or settings.cert_file:
-        tls_context(settings)  # the TLS files load, or a ConfigError says which and why
+        tls_context(service.tls_files(settings))  # the TLS files load, or a ConfigError says which and why
     print("# The effective settings, as TOML (secrets hidden): `--config` takes this file back.")
     for line in describe(settings):
         print(line)

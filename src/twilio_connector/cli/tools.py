@@ -26,7 +26,7 @@ from ..domain.states import UNFINISHED, State
 from ..journal.check import check
 from ..journal.front import MissingExtra, open_core
 from ..journal.sqlite import REFUSED_AGAIN, JournalCore, NotAJournal
-from ..mqtt.session import tls_hint
+from ..mqtt.tls import tls_hint
 from ..settings.config import ConfigError, load_settings
 from ..settings.parsers import BrokerAddress
 from ..twilio.simulator import Simulator

@@ -37,9 +37,9 @@ from ..domain.states import State
 from ..ops.metrics import Metrics
 from ..ports.journal import JournalPort, until_written
 from ..ports.messaging import Publish
-from ..settings.schema import Settings
 from .delivery import Delivery, Sender
 from .dispatch import Dispatcher
+from .options import EngineOptions
 from .publisher import StatusPublisher
 from .supervisor import Supervisor
 from .tracking import DeliveryTracker
@@ -60,7 +60,7 @@ DEFECT_TRIES = 3
 class Engine:
     def __init__(
         self,
-        settings: Settings,
+        options: EngineOptions,
         sender: Sender,
         journal: JournalPort,
         publish: Publish,
@@ -70,27 +70,27 @@ class Engine:
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.metrics = metrics or Metrics()
-        self._settings = settings
+        self._options = options
         self._journal = journal
         self._tracker = tracker
         self._admission = Admission(
-            settings.limits,
-            settings.storms,
-            (settings.dedupe_window, max(settings.dedupe_window, settings.session_expiry)),
-            settings.max_retries,
+            options.limits,
+            options.storms,
+            (options.dedupe_window, max(options.dedupe_window, options.session_expiry)),
+            options.max_retries,
         )
         self._closing = asyncio.Event()
         self._unfinished = 0
         self._room = asyncio.Event()  # the backlog is under its bound
         self._room.set()
-        delivery_topic = settings.delivery_topic if tracker is not None else None
-        self._publisher = StatusPublisher(journal, publish, settings.status_topic, delivery_topic)
+        delivery_topic = options.delivery_topic if tracker is not None else None
+        self._publisher = StatusPublisher(journal, publish, options.status_topic, delivery_topic)
         if tracker is not None:
             tracker.notify = self._publisher.wake
-        lifecycle = Lifecycle(RetryPolicy(settings.backoff_base, settings.backoff_max), settings.reconcile_window, rand)
-        self._dispatcher = Dispatcher(journal, settings.max_in_flight, self._run, self._closing)
+        lifecycle = Lifecycle(RetryPolicy(options.backoff_base, options.backoff_max), options.reconcile_window, rand)
+        self._dispatcher = Dispatcher(journal, options.max_in_flight, self._run, self._closing)
         self._delivery = Delivery(
-            settings,
+            options.delivery,
             sender,
             journal,
             lifecycle,
@@ -99,8 +99,8 @@ class Engine:
             metrics=self.metrics,
         )
         self._delivery.tracker = tracker
-        self._kinds = {settings.txt_topic: Kind.SMS, settings.call_topic: Kind.CALL}
-        self._begin_at_once = not settings.sender_rate
+        self._kinds = {options.txt_topic: Kind.SMS, options.call_topic: Kind.CALL}
+        self._begin_at_once = not options.delivery.sender_rate
         # Gauges read at scrape time, and the commonest counter bound once: nothing to update per request.
         self.metrics.in_flight.set_function(lambda: self._dispatcher.in_flight)
         self.metrics.backlog.set_function(lambda: self._unfinished)
@@ -111,8 +111,8 @@ class Engine:
             journal,
             self._dispatcher,
             self.metrics,
-            attempt_lasts=settings.http_timeout,
-            lookup_after=lookup_offsets(settings.reconcile_window)[0],
+            attempt_lasts=options.delivery.http_timeout,
+            lookup_after=lookup_offsets(options.reconcile_window)[0],
         )
 
     def _run(self, entry: Entry, begun: bool) -> Coroutine[Any, Any, None]:
@@ -129,7 +129,7 @@ class Engine:
 
     async def start(self) -> None:
         """Resume from the journal: attempts cut short go in doubt, then serve due requests and statuses."""
-        interrupted = await self._journal.doubt_interrupted(lookup_offsets(self._settings.reconcile_window)[0])
+        interrupted = await self._journal.doubt_interrupted(lookup_offsets(self._options.reconcile_window)[0])
         if interrupted:
             log.info("%d request(s) were being sent when the connector stopped: looking them up at Twilio", interrupted)
         await self._readmit()
@@ -180,10 +180,10 @@ class Engine:
         parsed = parse_request(
             payload,
             kind,
-            default_from=self._settings.default_from,
-            max_retries=self._settings.max_retries,
-            max_payload_bytes=self._settings.max_payload_bytes,
-            allow_http=self._settings.allow_http_urls,
+            default_from=self._options.default_from,
+            max_retries=self._options.max_retries,
+            max_payload_bytes=self._options.max_payload_bytes,
+            allow_http=self._options.allow_http_urls,
         )
         if isinstance(parsed, InvalidRequest):
             log.info("request id=%s kind=%s result=invalid reason=%r", parsed.id, kind.value, parsed.message)
@@ -275,14 +275,14 @@ class Engine:
         self._publisher.wake()
 
     def _update_room(self) -> None:
-        if self._unfinished < self._settings.max_backlog:
+        if self._unfinished < self._options.max_backlog:
             self._room.set()
         else:
             self._room.clear()
 
     async def _prune(self) -> None:
         # Finished requests are kept as long as a redelivery may still come for them.
-        retention = max(self._settings.journal_retention, self._settings.dedupe_window, self._settings.session_expiry)
+        retention = max(self._options.journal_retention, self._options.dedupe_window, self._options.session_expiry)
         while True:
             removed = await self._journal.prune(time.time() - retention)
             if removed:

@@ -27,7 +27,7 @@ from ..domain.states import State
 from ..domain.storms import DIGEST_SEGMENTS, digest_body
 from ..ops.metrics import Metrics
 from ..ports.journal import JournalPort, SidClaimed, until_written
-from ..settings.schema import Settings
+from .options import DeliveryOptions
 from .tracking import DeliveryTracker
 
 __all__ = ["Delivery", "Scheduler", "Sender"]
@@ -60,7 +60,7 @@ class Sender(Protocol):
 class Delivery:
     def __init__(
         self,
-        settings: Settings,
+        options: DeliveryOptions,
         sender: Sender,
         journal: JournalPort,
         lifecycle: Lifecycle,
@@ -72,7 +72,7 @@ class Delivery:
     ) -> None:
         """`finished(n)`: n requests got their final status. Set `tracker` to follow what is sent."""
         self._clock = clock
-        self._settings = settings
+        self._options = options
         self._sender = sender
         self._journal = journal
         self._lifecycle = lifecycle
@@ -80,7 +80,7 @@ class Delivery:
         self._finished = finished
         self._metrics = metrics
         self.tracker: DeliveryTracker | None = None
-        self._pacer = Pacer(settings.sender_rate)
+        self._pacer = Pacer(options.sender_rate)
         self._succeeded = metrics.statuses.labels("success", "")
 
     async def run(self, entry: Entry, begun: bool = False) -> None:
@@ -128,7 +128,7 @@ class Delivery:
     async def _bounded(self, create: Awaitable[SendResult | TwilioFailure]) -> SendResult | TwilioFailure:
         """`create`, ended as an unknown outcome (looked up later) if it outlasts what an attempt may take
         whatever it waits on: an attempt that never ends would hold its slot, and its request, for good."""
-        bound = self._settings.http_timeout + ATTEMPT_MARGIN
+        bound = self._options.http_timeout + ATTEMPT_MARGIN
         try:
             async with asyncio.timeout(bound):
                 return await create
@@ -235,7 +235,7 @@ class Delivery:
         if entry.notification.content:
             return entry
         texts = await self._journal.digest_texts(entry.seq, DIGEST_TEXTS)
-        body = digest_body(texts, entry.members, self._settings.limits.max_segments or DIGEST_SEGMENTS)
+        body = digest_body(texts, entry.members, self._options.max_segments or DIGEST_SEGMENTS)
         return replace(entry, notification=replace(entry.notification, content=body))
 
     async def _internal_error(self, entry: Entry) -> None:

@@ -40,9 +40,9 @@ class TrackingOptions:
     """`polling`: fetch from Twilio (else wait for callbacks); intervals and the give-up time in seconds."""
 
     polling: bool
-    poll_interval: float = 5.0
-    poll_interval_max: float = 300.0
-    give_up: float = 6 * 3600.0
+    poll_interval: float
+    poll_interval_max: float
+    give_up: float
 
 
 class DeliveryTracker:

@@ -1,7 +1,7 @@
 """MQTT transport: persistent session, QoS 1 in and out, a request acknowledged only once it is recorded.
 
 Built on paho-mqtt (Eclipse's reference client) through its public API only: manual acknowledgement, MQTT 5
-reason codes on CONNACK, SUBACK and PUBACK, and its external-event-loop hooks (mqtt_loop.py). This module owns
+reason codes on CONNACK, SUBACK and PUBACK, and its external-event-loop hooks (loop.py). This module owns
 what paho leaves to its user: reconnecting with backoff, the broker's Receive Maximum for our publishes, a
 refused or unanswered publish, and never acknowledging on a new connection a message taken on an old one.
 """
@@ -17,8 +17,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import paho.mqtt.client as paho
@@ -29,12 +28,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..ports.messaging import RequestHandler
-from ..settings.config import ConfigError
-from ..settings.parsers import BrokerAddress
-from ..settings.schema import Settings
+from ..settings.parsers import BrokerAddress, MqttVersion
+from ..settings.secrets import Secret
 from .loop import LoopBinding
+from .tls import ClosedEarly, TlsFiles, tls_context, tls_hint
 
-__all__ = ["BrokerError", "MqttTransport", "PublishRefused", "tls_hint"]
+__all__ = ["BrokerError", "MqttOptions", "MqttTransport", "PublishRefused"]
 
 log = logging.getLogger(__name__)
 
@@ -67,69 +66,28 @@ class _Refused(Exception):
     """The broker refused the connection (CONNACK with a failure reason)."""
 
 
-class _ClosedEarly(ConnectionError):
-    """The broker closed the connection before its CONNACK."""
+@dataclass(frozen=True, slots=True)
+class MqttOptions:
+    """What the session needs to know: where the broker is, who we are to it, and how much it may hand us."""
+
+    broker_url: str
+    client_id: str
+    version: MqttVersion
+    username: str | None
+    password: Secret | None = field(repr=False)
+    tls: TlsFiles
+    session_expiry: int
+    receive_maximum: int  # requests handed to us at once (MQTT 5), and the high-water mark of our work
+
+    @property
+    def broker(self) -> BrokerAddress:
+        return BrokerAddress.parse(self.broker_url)
 
 
 @dataclass
 class _Flight:
     future: asyncio.Future[None]
     sent: float
-
-
-def tls_context(settings: Settings) -> ssl.SSLContext:
-    """The broker connection's TLS context; a file that cannot serve is a `ConfigError` naming it and why."""
-    try:
-        context = ssl.create_default_context(cafile=settings.ca_file)
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError([f"ca_file {settings.ca_file}: {_tls_words(exc, 'CERTIFICATE')}"]) from None
-    if settings.cert_file and settings.key_file:
-        try:
-            context.load_cert_chain(settings.cert_file, settings.key_file)
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError([_chain_problem(settings.cert_file, settings.key_file, exc)]) from None
-    return context
-
-
-def _chain_problem(cert_file: str, key_file: str, exc: Exception) -> str:
-    """Which of the two files is wrong: OpenSSL says only "PEM lib" when either holds no PEM block."""
-    for name, path, block in (("cert_file", cert_file, "CERTIFICATE"), ("key_file", key_file, "PRIVATE KEY")):
-        problem = _pem_problem(path, block)
-        if problem:
-            return f"{name} {path}: {problem}"
-    if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
-        return f"key_file {key_file} is not the private key of the certificate in cert_file {cert_file}"
-    return f"cert_file {cert_file} and key_file {key_file}: {_tls_words(exc, '')}"
-
-
-def _pem_problem(path: str, block: str) -> str | None:
-    try:
-        text = Path(path).read_bytes()
-    except OSError as exc:
-        return exc.strerror or exc.__class__.__name__
-    marker = b"PRIVATE KEY-----" if block == "PRIVATE KEY" else f"-----BEGIN {block}".encode()
-    return None if marker in text else f"holds no PEM {block.lower()}"
-
-
-def _tls_words(exc: Exception, block: str) -> str:
-    """OpenSSL's reason in words ("key values mismatch"), or the system's for a file that cannot be read."""
-    if isinstance(exc, ssl.SSLError):
-        words = str(exc).split("] ", 1)[-1].split(" (_ssl.c", 1)[0]
-        if exc.reason == "NO_CERTIFICATE_OR_CRL_FOUND" and block:
-            return f"holds no PEM {block.lower()} ({words})"
-        return f"{words} (OpenSSL {exc.library or 'SSL'}: {exc.reason or 'error'})"
-    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or exc.__class__.__name__
-
-
-def tls_hint(address: BrokerAddress, exc: BaseException) -> str:
-    """A hint when a failure looks like TLS spoken to a plain listener, or plain MQTT to a TLS one."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return ""
-    if address.tls and isinstance(exc, ConnectionResetError | ssl.SSLError):
-        return f" (is port {address.port} a TLS listener? mqtts:// needs one; mqtt:// is plain)"
-    if not address.tls and isinstance(exc, ConnectionResetError | _ClosedEarly):
-        return f" (if port {address.port} expects TLS, use mqtts://)"
-    return ""
 
 
 def _describe(exc: BaseException, address: BrokerAddress) -> str:
@@ -143,7 +101,7 @@ def _describe(exc: BaseException, address: BrokerAddress) -> str:
         return f"TLS handshake with {address.host} failed: {exc.reason}{hint}"
     if isinstance(exc, TimeoutError):
         return f"the broker took the connection but sent no CONNACK within {CONNACK_TIMEOUT:g} s"
-    if isinstance(exc, _ClosedEarly):
+    if isinstance(exc, ClosedEarly):
         return f"the broker closed the connection before answering{hint}"
     if isinstance(exc, OSError) and exc.strerror:
         return f"unreachable ({exc.strerror}){hint}"
@@ -161,13 +119,13 @@ class MqttTransport:
 
     def __init__(
         self,
-        settings: Settings,
+        options: MqttOptions,
         topics: Sequence[str],
         handler: RequestHandler,
         on_state: Callable[[bool], None] | None = None,
         on_fault: Callable[[str], None] | None = None,
     ) -> None:
-        self._settings = settings
+        self._options = options
         self._topics = list(topics)
         self._handler = handler
         self._on_state = on_state or (lambda ready: None)
@@ -187,21 +145,21 @@ class MqttTransport:
         self._resubscriber: asyncio.TimerHandle | None = None
         self._subscribe_delay = SUBSCRIBE_RETRY_BASE
         self._handling: set[asyncio.Task[None]] = set()
-        self._high_water = max(2, settings.max_in_flight)
+        self._high_water = max(2, options.receive_maximum)
         self._paused = False
         self._queue: deque[tuple[str, bytes, asyncio.Future[None]]] = deque()
         self._in_flight: dict[int, _Flight] = {}
         self._window = DEFAULT_WINDOW
         self._settled = asyncio.Event()  # nothing queued or in flight
         self._settled.set()
-        self._client = self._make_client(settings)
+        self._client = self._make_client(options)
         self._binding = LoopBinding(self._client, on_tick=self._check_publishes)
 
-    def _make_client(self, settings: Settings) -> paho.Client:
-        v5 = settings.mqtt_version == "5"
+    def _make_client(self, options: MqttOptions) -> paho.Client:
+        v5 = options.version == "5"
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=settings.client_id,
+            client_id=options.client_id,
             clean_session=None if v5 else False,
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             manual_ack=True,
@@ -209,19 +167,19 @@ class MqttTransport:
         if log.isEnabledFor(logging.DEBUG):
             client.enable_logger(log)  # each packet in and out, without payloads or credentials
         client.max_inflight_messages = 0  # the window is ours (_pump): paho would count past a lost session
-        if settings.mqtt_username:
-            password = settings.mqtt_password.reveal() if settings.mqtt_password else None
-            client.username_pw_set(settings.mqtt_username, password)
-        if settings.broker.tls:
-            client.tls_set_context(tls_context(settings))
+        if options.username:
+            password = options.password.reveal() if options.password else None
+            client.username_pw_set(options.username, password)
+        if options.broker.tls:
+            client.tls_set_context(tls_context(options.tls))
         properties = None
         if v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = settings.session_expiry
-            properties.ReceiveMaximum = min(settings.max_in_flight, 65535)
+            properties.SessionExpiryInterval = options.session_expiry
+            properties.ReceiveMaximum = min(options.receive_maximum, 65535)
         client.connect_async(
-            settings.broker.host,
-            settings.broker.port,
+            options.broker.host,
+            options.broker.port,
             keepalive=KEEPALIVE,
             clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
             properties=properties,
@@ -245,10 +203,10 @@ class MqttTransport:
                 await self._attempt()
                 break
             except (_Refused, ssl.SSLError) as exc:
-                raise BrokerError(f"{_describe(exc, self._settings.broker)} at {self._settings.broker_url}") from None
+                raise BrokerError(f"{_describe(exc, self._options.broker)} at {self._options.broker_url}") from None
             except OSError as exc:
-                self.problem = _describe(exc, self._settings.broker)
-                log.warning("broker %s: %s; retrying in %.1fs", self._settings.broker_url, self.problem, delay)
+                self.problem = _describe(exc, self._options.broker)
+                log.warning("broker %s: %s; retrying in %.1fs", self._options.broker_url, self.problem, delay)
             await asyncio.sleep(delay)
             delay = min(RECONNECT_CAP, delay * 2)
         self._keeper = self._loop.create_task(self._keep())
@@ -283,12 +241,12 @@ class MqttTransport:
                     break
                 except (OSError, _Refused) as exc:  # ConnectionError, TimeoutError and SSLError are OSErrors
                     failures += 1
-                    self.problem = _describe(exc, self._settings.broker)
+                    self.problem = _describe(exc, self._options.broker)
                     if isinstance(exc, _Refused | ssl.SSLError):
                         self._on_fault("connect_refused")
-                        log.error("broker %s: %s; trying again", self._settings.broker_url, self.problem)
+                        log.error("broker %s: %s; trying again", self._options.broker_url, self.problem)
                     else:
-                        log.warning("broker %s: %s; trying again", self._settings.broker_url, self.problem)
+                        log.warning("broker %s: %s; trying again", self._options.broker_url, self.problem)
 
     def _drop(self) -> None:
         """Abandon the current connection at once (no DISCONNECT: the broker may not be listening)."""
@@ -311,7 +269,7 @@ class MqttTransport:
             now = time.monotonic()
             for flight in self._in_flight.values():
                 flight.sent = now  # paho sends each of them again now
-            log.info("connected to broker %s (session resumed: %s)", self._settings.broker_url, flags.session_present)
+            log.info("connected to broker %s (session resumed: %s)", self._options.broker_url, flags.session_present)
             # Subscribing again is harmless on a resumed session and essential on a lost one.
             self._subscribe()
             self._pump()
@@ -329,12 +287,12 @@ class MqttTransport:
         self._on_state(False)
         self._lost.set()
         if self._connack is not None and not self._connack.done():
-            self._connack.set_exception(_ClosedEarly("the broker closed the connection before its CONNACK"))
+            self._connack.set_exception(ClosedEarly("the broker closed the connection before its CONNACK"))
 
     # -- subscriptions ------------------------------------------------------------------------------------------
 
     def _subscribe(self) -> None:
-        if self._settings.mqtt_version == "5":
+        if self._options.version == "5":
             options = SubscribeOptions(qos=1)
             self._client.subscribe([(topic, options) for topic in self._topics])
         else:
