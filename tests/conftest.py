@@ -26,6 +26,7 @@ import pytest
 
 from twilio_connector import service
 from twilio_connector.domain.concurrency import ConcurrencyWindow
+from twilio_connector.domain.contract import Notification
 from twilio_connector.settings.config import Credentials
 from twilio_connector.settings.schema import Settings
 from twilio_connector.settings.secrets import Secret
@@ -510,3 +511,15 @@ async def until_ready_is(port: int, status: int, timeout: float = 20.0, problem:
                 return document
         assert asyncio.get_running_loop().time() < deadline, f"/readyz stayed {got}: {document}"
         await asyncio.sleep(0.1)
+
+
+def accept(core: Any, notification: Notification, now: float, window: float, *, begin: bool = False) -> Any:
+    """Record a request as admission would with no guard, storm or cap: the one within `window` seconds with the
+    same identity if there is one (a `Duplicate`), else a new record (its seq)."""
+    identity, duplicate = core.duplicate(notification, now, window)
+    return duplicate or core.record(notification, identity, now, begin=begin)
+
+
+async def journal_accept(journal: Any, notification: Notification, *, window: float, begin: bool = False) -> Any:
+    """`accept` through an open journal's group commits."""
+    return await journal.write(lambda: accept(journal.core, notification, journal.clock(), window, begin=begin))

@@ -26,6 +26,7 @@ from conftest import (
     MqttProbe,
     RunningConnector,
     SimulatorHandle,
+    accept,
     free_port,
     make_settings,
     sms,
@@ -73,7 +74,7 @@ def test_a_journal_of_the_previous_version_is_keyed_again(tmp_path: Path) -> Non
     core = JournalCore(path)
     note = Notification("a1", Kind.SMS, "+12345000000", "+15005550006", "b\x00c", "d", 2)
     core.db.execute("BEGIN")
-    seq = core.accept(note, 1e12, 1e12)
+    seq = accept(core, note, 1e12, 1e12)
     old = "\x00".join(("txt", "a1", "+12345000000", "+15005550006", "b\x00c", "d", "{}")).encode()
 
     core.db.execute(
@@ -213,7 +214,7 @@ def journal_with_backlog(path: Path, count: int = 400) -> None:
     core = JournalCore(str(path))
     core.db.execute("BEGIN")
     for n in range(count):
-        core.accept(Notification(f"b{n}", Kind.SMS, f"+1234500{n:04d}", "+15005550006", "Darla", "hot", 2), 0, 0)
+        accept(core, Notification(f"b{n}", Kind.SMS, f"+1234500{n:04d}", "+15005550006", "Darla", "hot", 2), 0, 0)
     core.db.execute("COMMIT")
     core.close()
 
@@ -276,7 +277,7 @@ async def test_journal_check_tells_a_damaged_journal_and_a_cut_log(tmp_path: Pat
     copy = tmp_path / "copy.db"
     core = JournalCore(str(journal))  # held open: its log stays, as while the connector runs
     core.db.execute("BEGIN")
-    core.accept(Notification("late", Kind.SMS, "+12345000000", "+15005550006", "Darla", "hot", 2), 1, 0)
+    accept(core, Notification("late", Kind.SMS, "+12345000000", "+15005550006", "Darla", "hot", 2), 1, 0)
     core.db.execute("COMMIT")
     copy.write_bytes(journal.read_bytes())
     wal = Path(f"{journal}-wal").read_bytes()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, Broker, clean_env, cli
+from conftest import CLI, Broker, accept, clean_env, cli
 from twilio_connector.domain.contract import Kind, Notification
 from twilio_connector.journal.sqlite import JournalCore
 from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
@@ -203,9 +203,9 @@ def test_journal_command(tmp_path: Path) -> None:
     path = str(tmp_path / "j.db")
     core = JournalCore(path)
     note = Notification("r1", Kind.SMS, "+12345000000", "+15005550006", "Darla", "hi", 0)
-    failed = core.accept(note, 0.0, 0)
+    failed = accept(core, note, 0.0, 0)
     core.finish(failed, "failed", b"{}", None, "The 'To' number is not valid")  # type: ignore[arg-type]
-    core.accept(Notification("r2", Kind.SMS, "+12345000001", "+15005550006", "D", "x", 0), 0.0, 0)
+    accept(core, Notification("r2", Kind.SMS, "+12345000001", "+15005550006", "D", "x", 0), 0.0, 0)
     core.close()
     assert cli("journal", "--journal-path", path, "counts").stdout == "accepted: 1\nfailed: 1\nunpublished: 1\n"
     rows = [json.loads(line) for line in cli("journal", "--journal-path", path, "list").stdout.splitlines()]

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from conftest import NoScheduler, sms
+from conftest import NoScheduler, journal_accept, sms
 from twilio_connector.domain.contract import Kind, Notification, SendResult
 from twilio_connector.domain.lifecycle import Lifecycle
 from twilio_connector.domain.outcomes import TwilioFailure
@@ -83,7 +83,7 @@ async def test_an_outcome_is_recorded_once_the_journal_takes_writes_again(
     journal = await Journal.open(str(tmp_path / "j.db"), hand_over_limit=0)
     twilio = Twilio()
     try:
-        await journal.accept(NOTE, window=600)
+        await journal_accept(journal, NOTE, window=600)
         entry = await due(journal)
         commit, refusals = journal._commit, []
 
@@ -105,7 +105,7 @@ async def test_an_outcome_is_recorded_once_the_journal_takes_writes_again(
 
 async def test_a_request_finished_elsewhere_is_not_sent(journal: Journal) -> None:
     """Another connector (its claim on the request lapsed here) finished it between our query and our attempt."""
-    await journal.accept(NOTE, window=600)
+    await journal_accept(journal, NOTE, window=600)
     stale = await due(journal)
     await journal.finish(stale.seq, "sent", b'{"id": "a1"}', "SM" + "e" * 32, None)
     twilio = Twilio()
@@ -117,7 +117,7 @@ async def test_a_request_finished_elsewhere_is_not_sent(journal: Journal) -> Non
 
 async def test_a_finished_request_never_goes_back_to_waiting(journal: Journal) -> None:
     """A late decision about a request finished meanwhile (a retry, a lookup) changes nothing."""
-    seq = await journal.accept(NOTE, window=600)
+    seq = await journal_accept(journal, NOTE, window=600)
     assert isinstance(seq, int)
     assert await journal.begin_attempt(seq)
     await journal.finish(seq, "sent", b'{"id": "a1"}', "SM" + "f" * 32, None)
@@ -131,11 +131,11 @@ async def test_a_finished_request_never_goes_back_to_waiting(journal: Journal) -
 
 
 class Away:
-    """A journal's `writable` flag and `damage` event, as `until_written` reads them."""
+    """A journal's `writable` and `damaged`, as `until_written` reads them."""
 
     def __init__(self, writable: bool) -> None:
         self.writable = writable
-        self.damage = asyncio.Event()
+        self.damaged: Exception | None = None
 
 
 def failing(times: int, journal: Away, *, back: bool = True) -> tuple[list[int], Callable[[], Awaitable[str]]]:

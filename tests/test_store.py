@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import accept, journal_accept
 from twilio_connector.domain.contract import Kind, Notification
 from twilio_connector.domain.records import Duplicate
 from twilio_connector.journal import sqlite as store
@@ -33,7 +34,7 @@ async def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Journal:
 def test_file_is_private_and_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     core = JournalCore(str(path))
-    seq = core.accept(note(), time.time(), 600)
+    seq = accept(core, note(), time.time(), 600)
     core.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     again = JournalCore(str(path))
@@ -43,19 +44,19 @@ def test_file_is_private_and_survives_reopening(tmp_path: Path) -> None:
 
 
 async def test_same_request_within_the_window_is_a_duplicate(journal: Journal) -> None:
-    seq = await journal.accept(note(), window=600)
+    seq = await journal_accept(journal, note(), window=600)
     assert isinstance(seq, int)
-    assert await journal.accept(note(), window=600) == Duplicate(seq, None)
-    assert isinstance(await journal.accept(note(content="other"), window=600), int)  # reused id, new content
-    assert isinstance(await journal.accept(note(), window=0), int)  # outside the window
+    assert await journal_accept(journal, note(), window=600) == Duplicate(seq, None)
+    assert isinstance(await journal_accept(journal, note(content="other"), window=600), int)  # reused id, new content
+    assert isinstance(await journal_accept(journal, note(), window=0), int)  # outside the window
     await journal.finish(seq, "sent", b"status", "SM1", None)
-    dup = await journal.accept(note(content="other"), window=600)
+    dup = await journal_accept(journal, note(content="other"), window=600)
     assert isinstance(dup, Duplicate) and dup.status is None
 
 
 async def test_life_of_a_request(journal: Journal) -> None:
     core = journal.core
-    seq = await journal.accept(note(), window=600)
+    seq = await journal_accept(journal, note(), window=600)
     assert isinstance(seq, int)
     assert core.unfinished() == 1
     await journal.begin_attempt(seq)
@@ -84,10 +85,10 @@ async def test_life_of_a_request(journal: Journal) -> None:
 
 async def test_new_work_is_handed_over_once_the_queries_found_the_rest(journal: Journal) -> None:
     core = journal.core
-    old = await journal.accept(note("old"), window=600)
+    old = await journal_accept(journal, note("old"), window=600)
     assert not core.ready  # hand-over starts off: what a restart left is found by a query
     assert [entry.seq for entry in core.due(time.time(), 10, set())[0]] == [old]
-    new = await journal.accept(note("new"), window=600)
+    new = await journal_accept(journal, note("new"), window=600)
     assert [entry.seq for entry in core.ready] == [new]
     assert core.ready[0].notification == note("new")
     assert core.due(time.time(), 10, {old}) == ([], None)  # handed over: a query does not find it again
@@ -106,7 +107,7 @@ async def test_hand_over_stops_at_its_limit_and_the_rest_waits_for_a_query(journ
     core = journal.core
     core.hand_over_limit = 2
     core.due(time.time(), 10, set())
-    seqs = [await journal.accept(note(f"r{n}"), window=600) for n in range(5)]
+    seqs = [await journal_accept(journal, note(f"r{n}"), window=600) for n in range(5)]
     assert [entry.seq for entry in core.ready] == seqs[:2] and not core.hand_requests
     assert [entry.seq for entry in core.due(time.time(), 2, set())[0]] == seqs[2:4]
     assert not core.hand_requests  # there may be more
@@ -117,7 +118,7 @@ async def test_hand_over_stops_at_its_limit_and_the_rest_waits_for_a_query(journ
 def test_a_rolled_back_hand_over_is_withdrawn(tmp_path: Path) -> None:
     core = JournalCore(str(tmp_path / "j.db"), hand_over_limit=10)
     core.hand_requests = True
-    seq = core.accept(note(), time.time(), 600)
+    seq = accept(core, note(), time.time(), 600)
     core.rolled_back()
     core.committed()
     assert not core.ready and not core._handed_requests
@@ -140,7 +141,7 @@ async def test_published_marks_ride_on_the_next_commit(journal: Journal) -> None
 
 
 async def test_due_requests_come_in_order_and_skip_busy_ones(journal: Journal) -> None:
-    seqs = [await journal.accept(note(f"r{n}"), window=600) for n in range(5)]
+    seqs = [await journal_accept(journal, note(f"r{n}"), window=600) for n in range(5)]
     due, _ = journal.core.due(time.time(), 3, {seqs[0]})
     assert [entry.seq for entry in due] == seqs[1:4]
 
@@ -159,7 +160,7 @@ async def test_concurrent_writes_share_commits(journal: Journal) -> None:
         core.run_batch = counting  # type: ignore[method-assign,assignment]
     else:
         journal._commit = counting  # type: ignore[method-assign,assignment]
-    results = await asyncio.gather(*(journal.accept(note(f"g{n}"), window=600) for n in range(200)))
+    results = await asyncio.gather(*(journal_accept(journal, note(f"g{n}"), window=600) for n in range(200)))
     assert len(set(results)) == 200 and all(isinstance(r, int) for r in results)
     assert commits < 20, commits
 
@@ -180,16 +181,16 @@ async def test_a_write_whose_commit_fails_gets_that_failure(pg_url: str) -> None
 
         before, failed, after = await asyncio.wait_for(
             asyncio.gather(
-                journal.accept(note("a"), window=600),
+                journal_accept(journal, note("a"), window=600),
                 journal.write(fails_at_commit),
-                journal.accept(note("b"), window=600),
+                journal_accept(journal, note("b"), window=600),
                 return_exceptions=True,
             ),
             timeout=10,
         )
         assert isinstance(before, int) and isinstance(after, int)
         assert isinstance(failed, journal.core.IntegrityError)
-        assert isinstance(await journal.accept(note("c"), window=600), int)
+        assert isinstance(await journal_accept(journal, note("c"), window=600), int)
         assert journal.core.unfinished() == 3
     finally:
         await journal.close()
@@ -199,15 +200,17 @@ async def test_a_failing_operation_does_not_sink_its_batch(journal: Journal) -> 
     def broken() -> None:
         journal.core.db.execute("INSERT INTO no_such_table VALUES (1)")
 
-    good, bad = await asyncio.gather(journal.accept(note(), window=600), journal.write(broken), return_exceptions=True)
+    good, bad = await asyncio.gather(
+        journal_accept(journal, note(), window=600), journal.write(broken), return_exceptions=True
+    )
     assert isinstance(good, int) and isinstance(bad, journal.core.Error)
     assert journal.core.unfinished() == 1
 
 
 async def test_a_sid_is_claimed_by_one_request_only(journal: Journal) -> None:
     """Two identical alerts that both found the same message at Twilio: the journal lets one claim it."""
-    first = await journal.accept(note("twin1"), window=600)
-    second = await journal.accept(note("twin2"), window=600)
+    first = await journal_accept(journal, note("twin1"), window=600)
+    second = await journal_accept(journal, note("twin2"), window=600)
     assert isinstance(first, int) and isinstance(second, int)
     await journal.finish(first, "sent", b"status 1", "SM1", None)
     with pytest.raises(SidClaimed):

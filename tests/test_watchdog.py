@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Collection
 
 import pytest
@@ -16,7 +15,7 @@ from twilio_connector.ops.metrics import Metrics
 class Journal:
     def __init__(self) -> None:
         self.writable = True
-        self.ready: deque[object] = deque()
+        self.requests_waiting = 0
         self.sending: list[int] = []
         self.due_long_ago = 0
         self.doubted: list[int] = []

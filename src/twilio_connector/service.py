@@ -177,8 +177,8 @@ async def run(
             for line in describe_limits(settings.limits, settings.fold_threshold, settings.fold_window):
                 log.info("guard: %s", line)
             watch = _broker_lost(transport.connected, settings.broker_give_up)
-            gave_up, damage = asyncio.Event(), journal.damage
-            if await _first(transport.connect(), stop.wait(), watch(gave_up), damage.wait()) == 0:  # SIGTERM too
+            gave_up = asyncio.Event()
+            if await _first(transport.connect(), stop.wait(), watch(gave_up), journal.damage_found()) == 0:  # SIGTERM too
                 if ready is not None:
                     ready.set()
                 if anonymous_and_unbounded(settings):
@@ -190,7 +190,7 @@ async def run(
                     settings.api_base_url,
                     settings.journal,
                 )
-                await _first(stop.wait(), watch(gave_up), damage.wait())
+                await _first(stop.wait(), watch(gave_up), journal.damage_found())
             try:
                 await _stop(engine, transport, settings.shutdown_timeout, journal.damaged)
             finally:

@@ -122,9 +122,6 @@ class Engine:
     def in_flight(self) -> int:
         return len(self._dispatcher.active)
 
-    def wake_publisher(self) -> None:
-        self._publisher.wake()
-
     # -- lifecycle --------------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -175,7 +172,7 @@ class Engine:
             log.warning("ignoring a message on unexpected topic %r", topic)
             return
         self._received[topic].inc()
-        if self._closing.is_set() or self._journal.damage.is_set():
+        if self._closing.is_set() or self._journal.damaged is not None:
             await asyncio.Future()  # never acknowledged: the broker keeps it for the next session
         parsed = parse_request(
             payload,
@@ -195,12 +192,17 @@ class Engine:
             # commit, not two) and started from here.
             journal, dispatcher = self._journal, self._dispatcher
             # (Not when sends are paced: the attempt would be recorded as begun while it waits for its turn.)
-            begin = self._begin_at_once and journal.hand_requests and not journal.ready and dispatcher.free_slots() > 0
+            begin = (
+                self._begin_at_once
+                and journal.handing_requests
+                and not journal.requests_waiting
+                and dispatcher.free_slots() > 0
+            )
             dispatcher.starting += begin
             try:
                 admitted = await self._admit(notification, begin, redelivered)
             except Exception:
-                if self._journal.damage.is_set():
+                if self._journal.damaged is not None:
                     await asyncio.Future()  # never acknowledged: it cannot be recorded, and the connector stops
                 # A defect, met again on every try: the request gets a failure status rather than hang
                 # unacknowledged (holding a slot of the broker's Receive Maximum for good).
@@ -294,13 +296,13 @@ class Engine:
         changes it behind our back: notice it within a second, count the backlog again and look for work."""
         while True:
             await asyncio.sleep(WATCH_EVERY)
-            held = [*self._dispatcher.active, *(entry.seq for entry in self._journal.ready)]
+            held = [*self._dispatcher.active, *self._journal.handed_over()]
             if await self._journal.tend(held):
                 await self._readmit()
                 self._unfinished = await self._journal.unfinished()
                 self._update_room()
                 self._dispatcher.rescan()
-                self._journal.hand_statuses = False  # statuses may be waiting that were not handed to us
+                self._journal.query_statuses()  # statuses may be waiting that were not handed to us
                 self._publisher.wake()
 
     async def _readmit(self) -> None:

@@ -96,7 +96,7 @@ class Delivery:
         except asyncio.CancelledError:
             raise
         except Exception:
-            if self._journal.damage.is_set():
+            if self._journal.damaged is not None:
                 return  # the connector stops; the request stays as the journal last recorded it
             if not self._journal.writable:
                 # Not a defect: the journal was away before anything was sent (an attempt's start, a lookup's

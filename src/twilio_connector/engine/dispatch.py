@@ -93,20 +93,19 @@ class Dispatcher:
                 # find the request due again, in a loop. Try again after a pause, doubling like intake's, or as
                 # soon as another write succeeds.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(journal.resumed.wait(), away)
+                    await asyncio.wait_for(journal.resumed(), away)
                 away = min(WAIT_CAP, away * 2)
             self._wake.clear()
             free = self.free_slots()
-            while free > 0 and journal.ready:
-                self.spawn(journal.ready.popleft())
-                free -= 1
+            for entry in journal.take_requests(free):
+                self.spawn(entry)
             now = time.time()
-            if len(journal.ready) < ahead // 2 and (not journal.hand_requests or now >= self._query_at):
-                again = await journal.refill(now, ahead - len(journal.ready), set(self.active))
+            if journal.requests_waiting < ahead // 2 and (not journal.handing_requests or now >= self._query_at):
+                again = await journal.refill(now, ahead - journal.requests_waiting, set(self.active))
                 self._query_at = math.inf if again is None else again
                 if self._closing.is_set():
                     return  # `drain` is already waiting on what is in flight: leave the rest for next time
-            if journal.ready and self.free_slots() > 0:
+            if journal.requests_waiting and self.free_slots() > 0:
                 continue
             # Woken by new work or a finished attempt; the timeout is for a retry falling due (or a missed wake).
             wait = self._query_at - time.time()

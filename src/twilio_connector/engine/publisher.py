@@ -49,14 +49,13 @@ class StatusPublisher:
         journal = self._journal
         while True:
             self._pending.clear()
-            rows = [journal.outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(journal.outbox)))]
+            rows = journal.take_statuses(PUBLISH_BATCH)
             if rows:
-                failed = await self._publish_rows(self._status_topic, rows, journal.mark_published)
-                journal.outbox.extendleft(reversed(failed))  # handed over: no query would find them again
-            elif not journal.hand_statuses:
+                journal.give_back_statuses(await self._publish_rows(self._status_topic, rows, journal.mark_published))
+            elif not journal.handing_statuses:
                 rows = await journal.unpublished(PUBLISH_BATCH)
                 if await self._publish_rows(self._status_topic, rows, journal.mark_published):
-                    journal.hand_statuses = False  # so that the next round queries again
+                    journal.query_statuses()  # so that the next round queries again
             published = len(rows)
             if self._delivery_topic is not None:  # follow-ups exist only with delivery tracking
                 followups = await journal.unpublished_followups(PUBLISH_BATCH)

@@ -100,7 +100,7 @@ class Watchdog:
             self._found("abandoned", count, f"being sent for over {self._abandoned_after:g} s with nothing at work "
                         "on them: looking them up at Twilio")  # fmt: skip
         overdue = 0
-        if dispatcher.free_slots() > 0 and not journal.ready:
+        if dispatcher.free_slots() > 0 and not journal.requests_waiting:
             overdue = await journal.overdue(now - OVERDUE_AFTER, busy)
         if overdue and self._overdue_before:
             self._found("overdue", overdue, f"due for over {OVERDUE_AFTER:g} s and not started with slots free")

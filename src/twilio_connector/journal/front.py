@@ -18,7 +18,6 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -122,12 +121,12 @@ class Journal:
         self._flushing = False
         self._flushed = asyncio.Event()
         self._flushed.set()
-        self.writable = True  # the last commit succeeded (readiness)
+        self._writable = True  # the last commit succeeded (readiness)
         self._away: tuple[float, int] | None = None  # since when commits fail, and how many did
-        self.resumed = asyncio.Event()  # set while commits succeed
-        self.resumed.set()
-        self.damage = asyncio.Event()  # set, for good, once a statement found the file damaged
-        self.damaged: JournalDamaged | None = None
+        self._resumed = asyncio.Event()  # set while commits succeed
+        self._resumed.set()
+        self._damage = asyncio.Event()  # set, for good, once a statement found the file damaged
+        self._damaged: JournalDamaged | None = None
 
     @classmethod
     async def open(
@@ -162,6 +161,20 @@ class Journal:
     def shared(self) -> bool:
         return self.core.shared
 
+    @property
+    def writable(self) -> bool:
+        return self._writable
+
+    @property
+    def damaged(self) -> JournalDamaged | None:
+        return self._damaged
+
+    async def resumed(self) -> None:
+        await self._resumed.wait()
+
+    async def damage_found(self) -> None:
+        await self._damage.wait()
+
     async def read(self, operation: Callable[[], T]) -> T:
         """Run `operation` (a query) now, or right after the commit under way; on a remote database, on the
         journal's thread (where the writes run too, one at a time)."""
@@ -179,11 +192,11 @@ class Journal:
     def _checked(self, exc: BaseException) -> BaseException:
         """`exc`, or, if it says the file is damaged, `JournalDamaged` (and the damage is known for good: every
         later read or write would meet it, and nothing the connector does can mend it)."""
-        if self.damaged is None and is_damage(exc):
-            self.damaged = JournalDamaged(f"{damage_advice(self.where)} ({exc})")
-            self.damage.set()
-            self.writable = False
-        return JournalDamaged(*self.damaged.args) if self.damaged is not None and is_damage(exc) else exc
+        if self._damaged is None and is_damage(exc):
+            self._damaged = JournalDamaged(f"{damage_advice(self.where)} ({exc})")
+            self._damage.set()
+            self._writable = False
+        return JournalDamaged(*self._damaged.args) if self._damaged is not None and is_damage(exc) else exc
 
     def _remote(self, operation: Callable[[], T]) -> T:
         self.core.revive()
@@ -228,6 +241,7 @@ class Journal:
         if not self._flushing:
             self._flushing = True
             self._flushed.clear()
+            # Held so that the task is not collected while it runs (the loop keeps only a weak reference).
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
@@ -313,7 +327,7 @@ class Journal:
                 *(self.where, time.monotonic() - since, refused),
             )
             self._away = None
-            self.resumed.set()
+            self._resumed.set()
         elif not ok:
             if self._away is None:
                 log.error(
@@ -322,14 +336,11 @@ class Journal:
                     *(self.where, error or "its connection is lost"),
                 )
                 self._away = (time.monotonic(), 0)
-                self.resumed.clear()
+                self._resumed.clear()
             self._away = (self._away[0], self._away[1] + 1)
-        self.writable = ok
+        self._writable = ok
 
     # -- the operations the engine uses -------------------------------------------------------------------
-
-    async def accept(self, notification: Notification, window: float, *, begin: bool = False) -> int | Duplicate:
-        return await self.write(lambda: self.core.accept(notification, self.clock(), window, begin=begin))
 
     async def reject(self, kind: Kind, request_id: str | None, status: bytes, reason: str) -> int:
         return await self.write(lambda: self.core.reject(kind, request_id, status, reason, self.clock()))
@@ -416,24 +427,33 @@ class Journal:
     # The in-memory hand-over, kept by the core (it stages what a transaction hands over until it commits).
 
     @property
-    def ready(self) -> deque[Entry]:
-        return self.core.ready
-
-    @property
-    def outbox(self) -> deque[tuple[int, bytes]]:
-        return self.core.outbox
-
-    @property
-    def hand_requests(self) -> bool:
+    def handing_requests(self) -> bool:
         return self.core.hand_requests
 
     @property
-    def hand_statuses(self) -> bool:
+    def requests_waiting(self) -> int:
+        return len(self.core.ready)
+
+    def take_requests(self, limit: int) -> list[Entry]:
+        ready = self.core.ready
+        return [ready.popleft() for _ in range(min(limit, len(ready)))]
+
+    def handed_over(self) -> list[int]:
+        return [entry.seq for entry in self.core.ready]
+
+    @property
+    def handing_statuses(self) -> bool:
         return self.core.hand_statuses
 
-    @hand_statuses.setter
-    def hand_statuses(self, value: bool) -> None:
-        self.core.hand_statuses = value
+    def take_statuses(self, limit: int) -> list[tuple[int, bytes]]:
+        outbox = self.core.outbox
+        return [outbox.popleft() for _ in range(min(limit, len(outbox)))]
+
+    def give_back_statuses(self, rows: list[tuple[int, bytes]]) -> None:
+        self.core.outbox.extendleft(reversed(rows))  # handed over: no query would find them again
+
+    def query_statuses(self) -> None:
+        self.core.hand_statuses = False
 
     async def unpublished(self, limit: int) -> list[tuple[int, bytes]]:
         skip = frozenset(self._marking[0])

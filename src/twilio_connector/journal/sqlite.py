@@ -239,12 +239,6 @@ class JournalCore:
 
     # -- writes ---------------------------------------------------------------------------------------------
 
-    def accept(self, notification: Notification, now: float, window: float, *, begin: bool = False) -> int | Duplicate:
-        """Record a new request, or say it is a duplicate. `begin`: its first attempt starts at once (as with
-        `begin_attempt`, and the caller sends it itself), saving a commit."""
-        identity, duplicate = self.duplicate(notification, now, window)
-        return duplicate or self.record(notification, identity, now, begin=begin)
-
     def duplicate(self, notification: Notification, now: float, window: float) -> tuple[Identity, Duplicate | None]:
         """The request's identity, and the request recorded with it within `window` seconds if there is one."""
         options = stored_options(notification)
@@ -693,11 +687,6 @@ class JournalCore:
         self._handed_requests.update(entry.seq for entry in entries)
         self.ready.extend(entries)
         return again
-
-    def in_doubt(self) -> list[Entry]:
-        """Requests whose last attempt's outcome is unknown (the process stopped while sending)."""
-        rows = self.db.execute(f"SELECT {COLUMNS} FROM requests WHERE state = 'sending' ORDER BY seq").fetchall()
-        return [entry_of(row) for row in rows]
 
     def unpublished(self, limit: int, skip: Collection[int] = ()) -> list[tuple[int, bytes]]:
         """Up to `limit` statuses to publish, leaving out those handed over and `skip` (published, the record

@@ -5,16 +5,15 @@ backend must enforce itself, not leave to the engine: a request is recorded once
 window (`admit`), and a Twilio SID is claimed by at most one request (`finish` and `finish_digest` raise
 `SidClaimed` otherwise, changing nothing).
 
-The hand-over (`ready`, `outbox`, `hand_requests`, `hand_statuses`) lets new requests and statuses reach the
-engine in memory once committed, so that finding work costs no query while the engine keeps up; a backend
-without it leaves both queues empty and both flags false, and the engine queries for everything.
+The hand-over (`take_requests`, `take_statuses`) lets new requests and statuses reach the engine in memory once
+committed, so that finding work costs no query while the engine keeps up; a backend without it hands nothing
+over (`handing_requests` and `handing_statuses` stay false), and the engine queries for everything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Protocol, TypeVar
 
@@ -40,30 +39,65 @@ class JournalDamaged(Exception):
 
 
 class JournalPort(Protocol):
-    clock: Callable[[], float]
-    writable: bool  # the last write was committed (readiness)
-    resumed: asyncio.Event  # set while writes are committed, cleared while they fail
-    damage: asyncio.Event  # set for good once the journal is found damaged: nothing more can be recorded
-
     @property
     def shared(self) -> bool:
         """Several connectors may use this journal at once (PostgreSQL)."""
         ...
 
     @property
-    def ready(self) -> deque[Entry]: ...
+    def writable(self) -> bool:
+        """The last write was committed (readiness)."""
+        ...
 
     @property
-    def outbox(self) -> deque[tuple[int, bytes]]: ...
+    def damaged(self) -> JournalDamaged | None:
+        """Set for good once the journal is found damaged: nothing more can be recorded."""
+        ...
+
+    async def resumed(self) -> None:
+        """Return once writes are committed again (at once while they are)."""
+        ...
+
+    async def damage_found(self) -> None:
+        """Return once the journal is found damaged (never while it is not)."""
+        ...
+
+    # -- the hand-over: new work reaches the engine in memory once committed -------------------------
+    @property
+    def handing_requests(self) -> bool:
+        """New requests are handed over as they are committed (else only `refill` finds them)."""
+        ...
 
     @property
-    def hand_requests(self) -> bool: ...
+    def requests_waiting(self) -> int:
+        """Requests handed over and not taken yet."""
+        ...
+
+    def take_requests(self, limit: int) -> list[Entry]:
+        """Up to `limit` handed-over requests, oldest first: the caller now works on them."""
+        ...
+
+    def handed_over(self) -> list[int]:
+        """The requests handed over and not taken yet (this process holds them)."""
+        ...
 
     @property
-    def hand_statuses(self) -> bool: ...
+    def handing_statuses(self) -> bool:
+        """New statuses are handed over as they are committed (else only `unpublished` finds them)."""
+        ...
 
-    @hand_statuses.setter
-    def hand_statuses(self, value: bool) -> None: ...
+    def take_statuses(self, limit: int) -> list[tuple[int, bytes]]:
+        """Up to `limit` handed-over statuses (seq, status), oldest first."""
+        ...
+
+    def give_back_statuses(self, rows: list[tuple[int, bytes]]) -> None:
+        """Statuses taken and not published (the broker refused them): first in line again."""
+        ...
+
+    def query_statuses(self) -> None:
+        """Statuses may wait that were not handed over (another process changed the journal): find them with
+        `unpublished` before trusting the hand-over again."""
+        ...
 
     # -- requests in ---------------------------------------------------------------------------------
     async def admit(
@@ -165,7 +199,7 @@ async def until_written(
         except SidClaimed:
             raise
         except Exception:
-            if journal.damage.is_set():
+            if journal.damaged is not None:
                 raise  # waiting mends nothing: the connector stops
             if journal.writable:
                 defects += 1
