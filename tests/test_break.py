@@ -35,9 +35,10 @@ from conftest import (
 from twilio_connector.domain.admission import Admission
 from twilio_connector.domain.contract import Kind, Notification
 from twilio_connector.domain.policy import Limits
+from twilio_connector.domain.records import dedupe_key, key_of
 from twilio_connector.domain.storms import StormRule
 from twilio_connector.journal.front import Journal
-from twilio_connector.journal.sqlite import JournalCore, dedupe_key, key_of
+from twilio_connector.journal.sqlite import SqliteCore
 from twilio_connector.settings.config import resolve_credentials
 from twilio_connector.twilio import reauth
 from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Fault
@@ -71,7 +72,7 @@ def test_keys_without_a_nul_are_what_they_were() -> None:
 def test_a_journal_of_the_previous_version_is_keyed_again(tmp_path: Path) -> None:
     """A request holding a NUL, recorded under the old key, is found by its new one after the upgrade."""
     path = str(tmp_path / "j.db")
-    core = JournalCore(path)
+    core = SqliteCore(path)
     note = Notification("a1", Kind.SMS, "+12345000000", "+15005550006", "b\x00c", "d", 2)
     core.db.execute("BEGIN")
     seq = accept(core, note, 1e12, 1e12)
@@ -83,7 +84,7 @@ def test_a_journal_of_the_previous_version_is_keyed_again(tmp_path: Path) -> Non
     core.db.execute("COMMIT")
     core.db.execute("PRAGMA user_version = 0")
     core.close()
-    reopened = JournalCore(path)
+    reopened = SqliteCore(path)
     try:
         assert reopened.db.execute("PRAGMA user_version").fetchone()[0] == 1
         _, duplicate = reopened.duplicate(note, 1e12, 1e12)
@@ -211,7 +212,7 @@ def damage_table(path: Path, table: str = "requests") -> None:
 
 
 def journal_with_backlog(path: Path, count: int = 400) -> None:
-    core = JournalCore(str(path))
+    core = SqliteCore(str(path))
     core.db.execute("BEGIN")
     for n in range(count):
         accept(core, Notification(f"b{n}", Kind.SMS, f"+1234500{n:04d}", "+15005550006", "Darla", "hot", 2), 0, 0)
@@ -275,7 +276,7 @@ async def test_journal_check_tells_a_damaged_journal_and_a_cut_log(tmp_path: Pat
     code, out, _ = await cli("journal", "--journal-path", str(journal), "check")
     assert code == 0 and "intact" in out and "accepted 400" in out, out
     copy = tmp_path / "copy.db"
-    core = JournalCore(str(journal))  # held open: its log stays, as while the connector runs
+    core = SqliteCore(str(journal))  # held open: its log stays, as while the connector runs
     core.db.execute("BEGIN")
     accept(core, Notification("late", Kind.SMS, "+12345000000", "+15005550006", "Darla", "hot", 2), 1, 0)
     core.db.execute("COMMIT")
@@ -370,7 +371,7 @@ async def test_the_watchdog_takes_up_a_request_nothing_works_on(
     spawned.append(connector)
     await connector.ready()
     lost = Notification("lost", Kind.SMS, "+12345000000", "+15005550006", "Darla", "freezer 3 above -5 C", 2)
-    core = JournalCore(str(journal))  # as a defect would leave it: begun a minute ago, no task at work on it
+    core = SqliteCore(str(journal))  # as a defect would leave it: begun a minute ago, no task at work on it
     try:
         core.db.execute("BEGIN IMMEDIATE")
         identity, _ = core.duplicate(lost, 0, 0)

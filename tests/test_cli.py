@@ -15,7 +15,7 @@ import pytest
 
 from conftest import CLI, Broker, accept, clean_env, cli
 from twilio_connector.domain.contract import Kind, Notification
-from twilio_connector.journal.sqlite import JournalCore
+from twilio_connector.journal.sqlite import SqliteCore
 from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 
 SEED_REQUEST = json.dumps(
@@ -201,7 +201,7 @@ def test_mosquitto_pub_request_gets_its_status_and_sigterm_exits_zero(
 
 def test_journal_command(tmp_path: Path) -> None:
     path = str(tmp_path / "j.db")
-    core = JournalCore(path)
+    core = SqliteCore(path)
     note = Notification("r1", Kind.SMS, "+12345000000", "+15005550006", "Darla", "hi", 0)
     failed = accept(core, note, 0.0, 0)
     core.finish(failed, "failed", b"{}", None, "The 'To' number is not valid")  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from twilio_connector.engine.core import Engine
 from twilio_connector.engine.delivery import Delivery
 from twilio_connector.engine.options import DeliveryOptions
 from twilio_connector.journal.front import Journal
-from twilio_connector.journal.sqlite import JournalCore
+from twilio_connector.journal.sqlite import SqliteCore, SqliteJournal
 from twilio_connector.ops.metrics import Metrics
 from twilio_connector.ports import journal as ports
 from twilio_connector.service import engine_options
@@ -176,7 +176,7 @@ async def test_a_defect_is_raised_after_its_tries(monkeypatch: pytest.MonkeyPatc
     assert claimed == [1]
 
 
-class Defective(Journal):
+class Defective(SqliteJournal):
     """A journal whose admission of one request always fails, the journal otherwise well (a defect)."""
 
     async def admit(self, admission: Any, notification: Notification, **how: Any) -> Any:
@@ -191,7 +191,7 @@ async def test_a_request_that_cannot_be_admitted_gets_a_failure_status(
     """Not left unacknowledged for good (a broker never redelivers on a live connection): after a few tries it
     is failed with `InternalError`, and the requests after it go on."""
     monkeypatch.setattr(ports, "WAIT_FIRST", 0.001)
-    journal = Defective(JournalCore(str(tmp_path / "j.db"), hand_over_limit=0))
+    journal = Defective(SqliteCore(str(tmp_path / "j.db"), hand_over_limit=0))
     engine = Engine(
         engine_options(Settings(default_from="+15005550006")),
         Twilio(),

@@ -29,7 +29,7 @@ from twilio_connector.domain.lifecycle import lookup_offsets, next_lookup
 from twilio_connector.domain.policy import Limits
 from twilio_connector.domain.records import Duplicate
 from twilio_connector.domain.storms import StormRule
-from twilio_connector.journal.sqlite import JournalCore
+from twilio_connector.journal.sqlite import SqliteCore
 from twilio_connector.settings.secrets import Secret
 from twilio_connector.twilio.client import TRIAL_PREFIX, TwilioClient, same_body
 from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Fault
@@ -193,7 +193,7 @@ def test_a_redelivery_is_a_duplicate_as_long_as_the_session_lasts(tmp_path: Path
     PUBACK; a fresh publish of the same request after the short window is a new alert (devices reuse ids).
     And a duplicate is never refused by a guard, even once the caps are used up."""
     now = [0.0]
-    core = JournalCore(str(tmp_path / "j.db"))
+    core = SqliteCore(str(tmp_path / "j.db"))
     admission = Admission(Limits(per_minute=1), StormRule(0, 60.0), (600.0, 7 * 86400.0), 5, clock=lambda: now[0])
     alert = Notification("a1", Kind.SMS, "+12345000000", "+15005550006", "D", "gas alarm", 0)
     first = admission.admit(core, alert)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, free_port, make_settings, sms
-from twilio_connector.journal import front as journal
+from twilio_connector.journal import opening as journal
 from twilio_connector.journal import sqlite as store
 from twilio_connector.twilio.simulator import Fault
 
@@ -148,14 +148,14 @@ async def test_work_past_the_hand_over_limit_waits_in_the_journal(
     monkeypatch.setattr(journal, "HAND_OVER_LIMIT", 3)
     found = {"due": 0, "unpublished": 0}  # what the queries found: the overflow paths ran
     for name in found:
-        original = getattr(store.JournalCore, name)
+        original = getattr(store.SqliteCore, name)
 
-        def counting(self: store.JournalCore, *args: Any, _name: str = name, _original: Any = original) -> Any:
+        def counting(self: store.SqliteCore, *args: Any, _name: str = name, _original: Any = original) -> Any:
             result = _original(self, *args)
             found[_name] += len(result[0] if _name == "due" else result)
             return result
 
-        monkeypatch.setattr(store.JournalCore, name, counting)
+        monkeypatch.setattr(store.SqliteCore, name, counting)
     simulator.sim.latency = 0.01
     simulator.sim.faults.append(Fault(status=503, code=20503, message="Unavailable", count=20))
     running = await RunningConnector(make_settings(broker, simulator, max_in_flight=4)).wait_ready()

@@ -12,9 +12,10 @@ import pytest
 from conftest import accept, journal_accept
 from twilio_connector.domain.contract import Kind, Notification
 from twilio_connector.domain.records import Duplicate
-from twilio_connector.journal import sqlite as store
+from twilio_connector.journal import front
 from twilio_connector.journal.front import Journal
-from twilio_connector.journal.sqlite import JournalCore
+from twilio_connector.journal.rows import COLUMNS, entry_of
+from twilio_connector.journal.sqlite import SqliteCore
 from twilio_connector.ports.journal import SidClaimed
 
 
@@ -33,11 +34,11 @@ async def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Journal:
 
 def test_file_is_private_and_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
-    core = JournalCore(str(path))
+    core = SqliteCore(str(path))
     seq = accept(core, note(), time.time(), 600)
     core.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    again = JournalCore(str(path))
+    again = SqliteCore(str(path))
     assert [entry.seq for entry in again.due(time.time(), 10, set())[0]] == [seq]
     assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     again.close()
@@ -60,7 +61,7 @@ async def test_life_of_a_request(journal: Journal) -> None:
     assert isinstance(seq, int)
     assert core.unfinished() == 1
     await journal.begin_attempt(seq)
-    [doubt] = core.in_doubt()
+    [doubt] = [entry_of(row) for row in core.db.execute(f"SELECT {COLUMNS} FROM requests WHERE state = 'sending'")]
     assert (doubt.seq, doubt.attempts, doubt.notification) == (seq, 1, note())
     assert doubt.attempt_started_at is not None and doubt.attempt_started_at <= time.time()
     await journal.retry_later(seq, time.time() + 60, "HTTP 503")
@@ -116,7 +117,7 @@ async def test_hand_over_stops_at_its_limit_and_the_rest_waits_for_a_query(journ
 
 
 def test_a_rolled_back_hand_over_is_withdrawn(tmp_path: Path) -> None:
-    core = JournalCore(str(tmp_path / "j.db"), hand_over_limit=10)
+    core = SqliteCore(str(tmp_path / "j.db"), hand_over_limit=10)
     core.hand_requests = True
     seq = accept(core, note(), time.time(), 600)
     core.rolled_back()
@@ -137,7 +138,7 @@ async def test_published_marks_ride_on_the_next_commit(journal: Journal) -> None
     started = time.monotonic()
     while core.counts()["unpublished"]:  # with no other write, its own commit comes within MARK_DELAY
         await asyncio.sleep(0.01)
-    assert time.monotonic() - started < store.MARK_DELAY + 1.0
+    assert time.monotonic() - started < front.MARK_DELAY + 1.0
 
 
 async def test_due_requests_come_in_order_and_skip_busy_ones(journal: Journal) -> None:
@@ -149,14 +150,15 @@ async def test_due_requests_come_in_order_and_skip_busy_ones(journal: Journal) -
 async def test_concurrent_writes_share_commits(journal: Journal) -> None:
     commits = 0
     core = journal.core
-    original = core.run_batch if core.remote else journal._commit
+    remote = hasattr(core, "run_batch")  # PostgreSQL's: each write a transaction of its own
+    original = core.run_batch if remote else journal._commit
 
     def counting(*args: object) -> object:
         nonlocal commits
         commits += 1
         return original(*args)  # type: ignore[arg-type]
 
-    if core.remote:
+    if remote:
         core.run_batch = counting  # type: ignore[method-assign,assignment]
     else:
         journal._commit = counting  # type: ignore[method-assign,assignment]

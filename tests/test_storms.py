@@ -28,7 +28,7 @@ from twilio_connector.domain.contract import Content, Kind, Notification
 from twilio_connector.domain.policy import Limits, segments
 from twilio_connector.domain.records import Duplicate
 from twilio_connector.domain.storms import StormRule, Verdict, Window, digest_body, foldable
-from twilio_connector.journal.sqlite import JournalCore
+from twilio_connector.journal.sqlite import SqliteCore
 from twilio_connector.twilio.simulator import Fault
 
 
@@ -101,7 +101,7 @@ def admission(**limits: int) -> Admission:
 
 
 def test_admission_folds_past_the_threshold_into_one_digest(tmp_path: Path) -> None:
-    core = JournalCore(str(tmp_path / "j.db"))
+    core = SqliteCore(str(tmp_path / "j.db"))
     admit = admission()
     results = [admit.admit(core, text(f"r{n}", body=f"alert {n}")) for n in range(6)]
     assert [type(result) for result in results] == [Accepted] * 3 + [Folded] * 3
@@ -121,12 +121,12 @@ def test_admission_folds_past_the_threshold_into_one_digest(tmp_path: Path) -> N
 
 def test_windows_and_counts_survive_a_restart(tmp_path: Path) -> None:
     path = str(tmp_path / "j.db")
-    core = JournalCore(path)
+    core = SqliteCore(path)
     admit = admission(per_recipient_per_day=4)
     for n in range(3):
         assert isinstance(admit.admit(core, text(f"a{n}", to=f"+1234500000{n}")), Accepted)
     core.close()
-    core = JournalCore(path)
+    core = SqliteCore(path)
     admit = admission(per_recipient_per_day=4)
     for n in range(3):
         assert isinstance(admit.admit(core, text(f"b{n}")), Accepted if n < 2 else Folded)  # a0 counted already
@@ -138,7 +138,7 @@ def test_windows_and_counts_survive_a_restart(tmp_path: Path) -> None:
 
 
 def test_bucketed_state_is_pruned(tmp_path: Path) -> None:
-    core = JournalCore(str(tmp_path / "j.db"))
+    core = SqliteCore(str(tmp_path / "j.db"))
     admit = admission(per_recipient_per_minute=100, per_day=100_000)
     for n in range(50):
         admit.admit(core, text(f"r{n}", to=f"+1234500{n:04d}"))

@@ -17,6 +17,7 @@ from .engine.core import Engine
 from .engine.options import DeliveryOptions, EngineOptions
 from .engine.tracking import DeliveryTracker, TrackingOptions
 from .journal.front import Journal
+from .journal.opening import open_journal
 from .mqtt.session import BrokerError, MqttOptions, MqttTransport
 from .mqtt.tls import TlsFiles
 from .ops.callbacks import CallbackListener
@@ -144,7 +145,7 @@ async def run(
         connect_timeout=settings.connect_timeout,
         status_callback=settings.callback_url if settings.delivery_tracking == "callback" else None,
     )
-    journal = await Journal.open(
+    journal = await open_journal(
         settings.journal, settings.journal_sync, node=settings.client_id, lease=settings.journal_lease
     )
     try:
@@ -178,7 +179,8 @@ async def run(
                 log.info("guard: %s", line)
             watch = _broker_lost(transport.connected, settings.broker_give_up)
             gave_up = asyncio.Event()
-            if await _first(transport.connect(), stop.wait(), watch(gave_up), journal.damage_found()) == 0:  # SIGTERM too
+            connected = _first(transport.connect(), stop.wait(), watch(gave_up), journal.damage_found())
+            if await connected == 0:  # not stopped (SIGTERM too), the broker not given up, the journal sound
                 if ready is not None:
                     ready.set()
                 if anonymous_and_unbounded(settings):

@@ -18,10 +18,12 @@ import shtab
 from .. import service
 from ..domain.policy import describe_limits
 from ..domain.states import STATES
-from ..journal.front import JournalDamaged, MissingExtra, damage_advice, is_damage
+from ..journal.opening import MissingExtra
+from ..journal.sqlite import damage_advice, is_damage
 from ..mqtt.session import BrokerError
 from ..mqtt.tls import tls_context
 from ..ops import logs
+from ..ports.journal import JournalDamaged
 from ..settings.config import (
     ANONYMOUS_WARNING,
     ConfigError,

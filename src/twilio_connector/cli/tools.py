@@ -24,8 +24,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from ..domain.states import UNFINISHED, State
 from ..journal.check import check
-from ..journal.front import MissingExtra, open_core
-from ..journal.sqlite import REFUSED_AGAIN, JournalCore, NotAJournal
+from ..journal.core import REFUSED_AGAIN, SqlCore
+from ..journal.opening import MissingExtra, open_core
+from ..journal.sqlite import NotAJournal
 from ..mqtt.tls import tls_hint
 from ..settings.config import ConfigError, load_settings
 from ..settings.parsers import BrokerAddress
@@ -183,7 +184,7 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
 
 
-def _journal_action(core: JournalCore, args: argparse.Namespace) -> int:
+def _journal_action(core: SqlCore, args: argparse.Namespace) -> int:
     if args.action == "counts":
         for state, count in sorted(core.counts().items()):
             print(f"{state}: {count}")
@@ -196,7 +197,7 @@ def _journal_action(core: JournalCore, args: argparse.Namespace) -> int:
     return 0
 
 
-def _retry(core: JournalCore, seq: int, force: bool, wait: float) -> None:
+def _retry(core: SqlCore, seq: int, force: bool, wait: float) -> None:
     """Ask for failed request `seq` to be sent again, and say what the connector decided within `wait` s."""
     if not core.request_retry(seq, force=force):
         raise UserError(f"request {seq} is not a failed request", EXIT_FAILURE)

@@ -1,22 +1,14 @@
-"""The journal's async front: SQLite statements on the event loop, group commits on one worker thread.
-
-Statements take microseconds (the pages are in memory), so they run on the event loop; only COMMIT, which waits
-for the disk (fsync), runs on a worker thread. Writes are group-committed: while one commit is under way, the
-writes that arrive queue up and share the next commit, so durability costs one fsync per batch rather than one
-per request. The connection is never used by both at once: reads asked for during a commit run after it.
-(Running every statement on the worker thread cost more: each one handed the GIL back and forth with the busy
-event loop, and a commit of a few writes took 3 ms at the median, 18 ms at p99.)
-
-`Journal` implements `ports.JournalPort`, what the engine's parts need of a journal; `store.JournalCore` holds
-the SQL.
+"""The journal's async front, what the engine's parts use (`ports.journal.JournalPort`): writes grouped into
+commits, published marks recorded with the next commit, the journal's health (writable, damaged), and the
+in-memory hand-over of new work. `sqlite.SqliteJournal` and `postgres.PostgresJournal` say how a group of writes
+and a read reach their database; `open_journal` (opening.py) picks one for a path or URL.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
-import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,41 +19,24 @@ from ..domain.contract import Kind, Notification
 from ..domain.records import Duplicate, Entry, Track, Tracked
 from ..domain.states import State
 from ..ports.journal import JournalDamaged, SidClaimed
-from .sqlite import HAND_OVER_LIMIT, MARK_DELAY, JournalCore
+from .core import SqlCore
 
-__all__ = ["Journal", "JournalDamaged", "MissingExtra", "damage_advice", "is_damage", "open_core"]
+__all__ = ["MARK_DELAY", "Journal", "attempt"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-#: Writes run per group on a remote database (each is its own transaction there).
-REMOTE_GROUP = 16
+#: Seconds a published status may wait for another commit to record it before it gets one of its own.
+MARK_DELAY = 0.2
 
 
-def _attempt(
+def attempt(
     operation: Callable[[], Any], error: type[Exception], checked: Callable[[BaseException], BaseException]
 ) -> tuple[bool, Any]:
+    """Run `operation`: (True, its result), or (False, the error it raised, as `checked` says it)."""
     try:
         return True, operation()
     except error as exc:
         return False, checked(exc)
-
-
-#: SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB.
-_DAMAGE_CODES = frozenset({11, 26})
-
-
-def is_damage(exc: BaseException) -> bool:
-    """Whether `exc` says the journal's file is damaged (not busy, not full: nothing waiting mends it)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(exc, sqlite3.DatabaseError) and code is not None and code & 0xFF in _DAMAGE_CODES
-
-
-def damage_advice(where: str) -> str:
-    return (
-        f"the journal at {where} is damaged: stop the connector, move the file aside with its -wal and -shm files, "
-        f"and start again with a new one; `twilio-connector journal --journal-path {where} check` tells what can "
-        "still be read (docs/operations.md: a damaged journal)"
-    )
 
 
 def _settle(outcomes: Iterable[tuple[asyncio.Future[Any], tuple[bool, Any]]]) -> None:
@@ -74,37 +49,13 @@ def _settle(outcomes: Iterable[tuple[asyncio.Future[Any], tuple[bool, Any]]]) ->
             future.set_exception(value)
 
 
-def open_core(
-    path: str,
-    sync: str = "full",
-    *,
-    hand_over_limit: int = 0,
-    node: str | None = None,
-    lease: float = 30.0,
-    create: bool = True,
-) -> JournalCore:
-    """The journal's storage at `path`: a postgresql:// URL (PostgreSQL), else an SQLite file (blocking).
-    `create`: make an SQLite journal where there is none (else `store.NotAJournal`)."""
-    if path.startswith(("postgresql://", "postgres://")):
-        try:
-            from .postgres import PgCore  # noqa: PLC0415  (psycopg is needed only then)
-        except ImportError as exc:
-            raise MissingExtra(
-                f"a PostgreSQL journal ({path}) needs psycopg, which is not installed: install the connector "
-                f"with its postgres extra (pip install 'twilio-connector[postgres]') ({exc})"
-            ) from None
-        return PgCore(path, sync, hand_over_limit=hand_over_limit, node=node, lease=lease)
-    return JournalCore(path, sync, hand_over_limit=hand_over_limit, create=create)
+class Journal(abc.ABC):
+    """The async front of a `SqlCore`; its children say how a group of writes and a read reach the database."""
 
+    #: Writes per group (per commit): all that waited, unless a database runs each write on its own.
+    GROUP: int | None = None
 
-class MissingExtra(Exception):
-    """An optional dependency the configuration needs is not installed."""
-
-
-class Journal:
-    """Async front of `JournalCore`: statements on the event loop, group commits on one worker thread."""
-
-    def __init__(self, core: JournalCore, clock: Callable[[], float] = time.time, where: str = "") -> None:
+    def __init__(self, core: SqlCore, clock: Callable[[], float] = time.time, where: str = "") -> None:
         """`clock`: what the journal's timestamps (acceptance, attempt start) are read from; `where`: its path
         or URL, for the log."""
         self.core = core
@@ -139,17 +90,11 @@ class Journal:
         node: str | None = None,
         lease: float = 30.0,
     ) -> Journal:
-        """`path`: an SQLite file, or a postgresql:// URL. `hand_over_limit`: requests and statuses handed to the
-        engine in memory at most (default HAND_OVER_LIMIT; 0: none, every one found by a query). `node`: this
-        connector's name among those sharing a PostgreSQL journal (its MQTT client id), and `lease` how long its
-        claims last unless renewed."""
-        limit = HAND_OVER_LIMIT if hand_over_limit is None else hand_over_limit
-        loop = asyncio.get_running_loop()
-        with ThreadPoolExecutor(max_workers=1) as opener:
-            core = await loop.run_in_executor(
-                opener, lambda: open_core(path, sync, hand_over_limit=limit, node=node, lease=lease)
-            )
-        return cls(core, clock, path)
+        """The journal at `path` (an SQLite file, or a postgresql:// URL), opened off the event loop: see
+        `opening.open_journal`."""
+        from .opening import open_journal  # noqa: PLC0415  (opening imports the children of this class)
+
+        return await open_journal(path, sync, hand_over_limit=hand_over_limit, clock=clock, node=node, lease=lease)
 
     async def close(self) -> None:
         if self.damaged is None:
@@ -175,32 +120,36 @@ class Journal:
     async def damage_found(self) -> None:
         await self._damage.wait()
 
+    @abc.abstractmethod
     async def read(self, operation: Callable[[], T]) -> T:
-        """Run `operation` (a query) now, or right after the commit under way; on a remote database, on the
-        journal's thread (where the writes run too, one at a time)."""
-        if self.core.remote:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self._remote, operation)
-        if not self._flushing:
-            try:
-                return operation()
-            except sqlite3.Error as exc:
-                raise self._checked(exc) from None
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._reads.append((operation, future))
-        return await future
+        """Run `operation` (a query): now, or once the database may be used (after the commit under way)."""
 
     def _checked(self, exc: BaseException) -> BaseException:
-        """`exc`, or, if it says the file is damaged, `JournalDamaged` (and the damage is known for good: every
-        later read or write would meet it, and nothing the connector does can mend it)."""
-        if self._damaged is None and is_damage(exc):
-            self._damaged = JournalDamaged(f"{damage_advice(self.where)} ({exc})")
+        """`exc` as the callers should see it (the SQLite journal tells a damaged file apart)."""
+        return exc
+
+    def _found_damaged(self, message: str) -> JournalDamaged:
+        """The journal is damaged: known for good (every later read or write would meet it, and nothing the
+        connector does can mend it)."""
+        if self._damaged is None:
+            self._damaged = JournalDamaged(message)
             self._damage.set()
             self._writable = False
-        return JournalDamaged(*self._damaged.args) if self._damaged is not None and is_damage(exc) else exc
+        return JournalDamaged(*self._damaged.args)
 
-    def _remote(self, operation: Callable[[], T]) -> T:
-        self.core.revive()
-        return operation()
+    @abc.abstractmethod
+    async def _group(
+        self, batch: list[Callable[[], Any]], marks: tuple[list[int], list[int]]
+    ) -> list[tuple[bool, Any]]:
+        """Run a group of writes and the published marks, durably: each write's outcome, as (True, result) or
+        (False, exception). Raises if the group as a whole was not committed."""
+
+    def _rolled_back(self) -> None:  # noqa: B027  (nothing to do where a failed transaction ends itself)
+        """The group was not committed: end its transaction if the database left it open."""
+
+    def _healthy(self) -> bool:
+        """The connection still works after a group (a remote database's may be lost)."""
+        return True
 
     async def write(self, operation: Callable[[], T]) -> T:
         """Run `operation` in the next group commit; return once it is committed."""
@@ -248,20 +197,13 @@ class Journal:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                # A remote database runs each write as a transaction of its own: a short group lets published
-                # marks (recorded first in each group) wait behind less.
-                size = REMOTE_GROUP if self.core.remote else len(self._batch)
+                size = self.GROUP or len(self._batch)
                 batch, self._batch = self._batch[:size], self._batch[size:]
                 marks, self._marks = self._marks, ([], [])
                 try:
-                    if self.core.remote:
-                        operations = [operation for operation, _ in batch]
-                        outcomes = await loop.run_in_executor(self._executor, self.core.run_batch, operations, marks)
-                    else:
-                        outcomes = self._execute(batch, marks)
-                        await loop.run_in_executor(self._executor, self._commit)
+                    outcomes = await self._group([operation for operation, _ in batch], marks)
                     self.core.committed()
-                    self._writes(self.core.healthy())
+                    self._writes(self._healthy())
                 except Exception as exc:
                     outcomes = self._abandon(exc, len(batch))
                 for marking, marked in zip(self._marking, marks, strict=True):
@@ -269,9 +211,7 @@ class Journal:
                 reads, self._reads = self._reads, []
                 try:
                     _settle(zip((future for _, future in batch), outcomes, strict=True))
-                    _settle(
-                        (future, _attempt(operation, self.core.Error, self._checked)) for operation, future in reads
-                    )
+                    _settle((future, attempt(operation, self.core.Error, self._checked)) for operation, future in reads)
                 except Exception as exc:
                     # A defect. A caller left waiting would hold its request forever, unacknowledged: each one
                     # still waiting gets the error instead, and the journal goes on.
@@ -285,31 +225,8 @@ class Journal:
             if any(self._marks) and self._mark_timer is None:
                 self._mark_timer = loop.call_later(MARK_DELAY, self._start_flush)
 
-    def _execute(
-        self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]], marks: tuple[list[int], list[int]]
-    ) -> list[tuple[bool, Any]]:
-        """Begin a transaction and run the batch's statements in it (on the event loop: microseconds each)."""
-        self.core.db.execute("BEGIN IMMEDIATE")
-        # No savepoint per operation (they cost two statements each): a failing statement changes nothing by
-        # itself, and one failed operation must not sink the batch.
-        outcomes = [_attempt(operation, sqlite3.Error, self._checked) for operation, _ in batch]
-        try:
-            if marks[0]:
-                self.core.mark_published(marks[0])
-            if marks[1]:
-                self.core.mark_followups_published(marks[1])
-        except sqlite3.Error:
-            pass  # left unmarked, they are published again after a restart: better than sinking the batch
-        return outcomes
-
-    def _commit(self) -> None:
-        """COMMIT, on the worker thread: it waits for the disk."""
-        self.core.db.execute("COMMIT")
-
     def _abandon(self, exc: Exception, size: int) -> list[tuple[bool, Any]]:
-        if not self.core.remote:  # a remote transaction rolled itself back
-            with contextlib.suppress(sqlite3.Error):
-                self.core.db.execute("ROLLBACK")
+        self._rolled_back()
         self.core.rolled_back()
         failure = self._checked(exc)
         if self.damaged is None:

@@ -1,11 +1,11 @@
-"""The journal's storage in PostgreSQL (`journal_url`): the same tables, states and statements as the SQLite one
-(store.py), on psycopg 3.
+"""The journal in PostgreSQL (`journal_url`), on psycopg 3: the tables of schema.py and the statements of core.py,
+which the SQLite journal shares, and here what PostgreSQL does its own way.
 
-The statements are store.py's own, written in the SQL both engines share; `_Connection` only turns SQLite's `?`
-placeholders into psycopg's `%s` and drops SQLite's index hints. What differs is said here: the schema's types,
-its versioned creation (under an advisory lock, as several connectors may start at once), and transactions:
-each write is a transaction of its own (SQLite's journal groups them), so that a failed statement (a SID claim
-refused), which aborts a whole PostgreSQL transaction, sinks only its own write.
+Statements reach the server through psycopg's raw cursor, with PostgreSQL's own `$1` placeholders (so `%` means
+nothing special); core.py's are numbered so as they are sent (`_numbered`, once per statement). What differs
+from SQLite: the schema's migration under an advisory lock (several connectors may start at once), and
+transactions: each write is a transaction of its own (SQLite's journal groups them), so that a failed statement
+(a SID claim refused), which aborts a whole PostgreSQL transaction, sinks only its own write.
 
 Several connectors may share one database. What keeps them from doing the same work twice is the database's:
 - a connector claims the requests it works on (`owner`, `lease_until`) and the statuses it publishes
@@ -21,115 +21,32 @@ One transaction per write also keeps two connectors' admissions, which take advi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
 import os
-import re
 import socket
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
 from ..domain.contract import Notification
 from ..domain.records import Duplicate, Entry, Identity, dedupe_key, stored_options
 from ..domain.storms import Window
+from .core import SqlCore
+from .front import Journal
 from .rows import PREFIXED, entry_of
-from .sqlite import JournalCore
+from .schema import MIGRATIONS, POSTGRES, statements
 
-__all__ = ["PgCore"]
+__all__ = ["PostgresCore", "PostgresJournal", "migrate"]
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-#: Each version's statements, applied in order to a database that has the previous ones.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE requests (
-        seq BIGSERIAL PRIMARY KEY,
-        dedupe_key BYTEA NOT NULL,
-        request_id TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        to_number TEXT NOT NULL,
-        from_number TEXT NOT NULL,
-        name TEXT NOT NULL,
-        content TEXT NOT NULL,
-        retries INTEGER NOT NULL,
-        options TEXT NOT NULL DEFAULT '{}',
-        state TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at DOUBLE PRECISION NOT NULL,
-        attempt_started_at DOUBLE PRECISION,
-        sid TEXT,
-        last_error TEXT,
-        status BYTEA,
-        status_published INTEGER NOT NULL DEFAULT 0,
-        accepted_at DOUBLE PRECISION NOT NULL,
-        updated_at DOUBLE PRECISION NOT NULL,
-        digest_seq BIGINT,
-        members INTEGER NOT NULL DEFAULT 0,
-        lookups INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE TABLE tracking (
-        seq BIGINT PRIMARY KEY,
-        sid TEXT NOT NULL,
-        next_check_at DOUBLE PRECISION NOT NULL,
-        "interval" DOUBLE PRECISION NOT NULL,
-        deadline DOUBLE PRECISION NOT NULL,
-        last_status TEXT NOT NULL
-    );
-    CREATE TABLE followups (
-        id BIGSERIAL PRIMARY KEY,
-        payload BYTEA NOT NULL,
-        published INTEGER NOT NULL DEFAULT 0,
-        created_at DOUBLE PRECISION NOT NULL
-    );
-    CREATE TABLE windows (
-        key TEXT PRIMARY KEY,
-        opens_at DOUBLE PRECISION NOT NULL,
-        closes_at DOUBLE PRECISION NOT NULL,
-        passed INTEGER NOT NULL,
-        next_at DOUBLE PRECISION NOT NULL,
-        digest_seq BIGINT
-    );
-    CREATE TABLE counters (
-        span TEXT NOT NULL,
-        scope TEXT NOT NULL,
-        bucket BIGINT NOT NULL,
-        n BIGINT NOT NULL,
-        PRIMARY KEY (span, scope, bucket)
-    );
-    CREATE INDEX requests_dedupe ON requests (dedupe_key, accepted_at);
-    CREATE INDEX requests_waiting ON requests (seq) WHERE state = 'accepted';
-    CREATE INDEX requests_due ON requests (next_attempt_at) WHERE state = 'accepted';
-    CREATE INDEX requests_sending ON requests (seq) WHERE state = 'sending';
-    CREATE INDEX requests_doubt ON requests (next_attempt_at) WHERE state = 'doubt';
-    CREATE INDEX requests_folded ON requests (seq) WHERE state = 'folded';
-    CREATE INDEX requests_members ON requests (digest_seq) WHERE digest_seq IS NOT NULL;
-    CREATE INDEX requests_unpublished ON requests (seq) WHERE status IS NOT NULL AND status_published = 0;
-    CREATE UNIQUE INDEX requests_sid_claim ON requests (sid) WHERE sid IS NOT NULL;
-    CREATE INDEX requests_finished ON requests (updated_at) WHERE status_published = 1;
-    CREATE INDEX tracking_sid ON tracking (sid);
-    CREATE INDEX tracking_due ON tracking (next_check_at);
-    CREATE INDEX followups_unpublished ON followups (id) WHERE published = 0;
-    CREATE INDEX windows_closing ON windows (closes_at);
-    """,
-    # 2: claims. A connector holds the requests it works on (`owner`, until `lease_until`, renewed while it
-    # lives) and the statuses it publishes (`publisher`, until `publish_lease`); what a dead one held is taken
-    # over once its lease lapses.
-    """
-    ALTER TABLE requests ADD COLUMN owner TEXT, ADD COLUMN lease_until DOUBLE PRECISION,
-        ADD COLUMN publisher TEXT, ADD COLUMN publish_lease DOUBLE PRECISION;
-    CREATE INDEX requests_leased ON requests (owner) WHERE state IN ('accepted', 'sending', 'doubt');
-    CREATE INDEX requests_publishing ON requests (publisher) WHERE status IS NOT NULL AND status_published = 0;
-    """,
-    # 3: retries an operator asked for wait in `retry` for a connector to admit them again.
-    """
-    CREATE INDEX requests_retry ON requests (seq) WHERE state = 'retry';
-    """,
-)
 #: pg_advisory_lock key held while the schema is created or migrated ("twilio-c" in ASCII); and the one held
 #: by the connector that prunes ("twilio-p").
 _SCHEMA_LOCK = 0x7477696C696F2D63
@@ -137,20 +54,37 @@ _PRUNE_LOCK = 0x7477696C696F2D70
 #: Seconds a claim lasts unless renewed (the living renew theirs every third of it): longer than an attempt at
 #: Twilio (http_timeout, 15 s by default), so that a slow answer does not let another connector take over.
 LEASE = 30.0
-_INDEX_HINT = re.compile(r"\s+INDEXED BY \w+")
+
+
+def _numbered(sql: str) -> str:
+    """`sql` with each `?` placeholder numbered for PostgreSQL (`$1`, `$2`, ...). A `?` inside a string literal or
+    a quoted name is left as it is, and so is everything else: this is no rewriting of the SQL, only of SQLite's
+    placeholders, the one word core.py's statements spell SQLite's way."""
+    out, number, quote = [], 0, ""
+    for character in sql:
+        if quote:
+            quote = "" if character == quote else quote
+        elif character in "'\"":
+            quote = character
+        elif character == "?":
+            number += 1
+            out.append(f"${number}")
+            continue
+        out.append(character)
+    return "".join(out)
 
 
 class _Connection:
-    """store.py's statements on a psycopg connection: `?` placeholders become `%s`, index hints go. A connection
-    the server dropped (a restart, a failover) is replaced before the next read or group of writes (`revive`)."""
+    """A psycopg connection taking core.py's statements (see `_numbered`). A connection the server dropped (a
+    restart, a failover) is replaced before the next read or group of writes (`revive`)."""
 
     def __init__(self, url: str, sync: str) -> None:
         self._url, self._sync = url, sync
         self.connection = self._connect()
-        self._translated: dict[str, str] = {}
+        self._numbered: dict[str, str] = {}
 
     def _connect(self) -> psycopg.Connection[Any]:
-        connection = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+        connection = psycopg.connect(self._url, autocommit=True, connect_timeout=5, cursor_factory=psycopg.RawCursor)
         if self._sync != "full":
             # Commits wait for the WAL on disk unless told otherwise (a crash may then lose the last ones).
             connection.execute("SET synchronous_commit = off")
@@ -161,10 +95,10 @@ class _Connection:
             self.connection = self._connect()
 
     def _sql(self, sql: str) -> str:
-        translated = self._translated.get(sql)
-        if translated is None:
-            translated = self._translated[sql] = _INDEX_HINT.sub("", sql).replace("?", "%s")
-        return translated
+        numbered = self._numbered.get(sql)
+        if numbered is None:
+            numbered = self._numbered[sql] = _numbered(sql)
+        return numbered
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         return self.connection.execute(self._sql(sql), parameters, prepare=True)
@@ -178,10 +112,11 @@ class _Connection:
         self.connection.close()
 
 
-class PgCore(JournalCore):
+class PostgresCore(SqlCore):
+    """Synchronous journal operations on one PostgreSQL connection, shared with other connectors."""
+
     Error = psycopg.Error
     IntegrityError = psycopg.IntegrityError
-    remote = True
     shared = True
     _skip_locked = " FOR UPDATE SKIP LOCKED"  # one connector admits a retry, the others skip it
 
@@ -200,17 +135,11 @@ class PgCore(JournalCore):
         self.node = node or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease = lease
         self._mine, self._me = " AND (owner = ? OR owner IS NULL)", (self.node,)
-        super().__init__(path, sync, hand_over_limit=hand_over_limit)
-
-    def _open(self, path: str, sync: str) -> _Connection:
         self._grace = 0.0  # seconds after an attempt began that its first lookup is due (doubt_interrupted)
         self._renewed = 0.0
         db = _Connection(path, sync)
         migrate(db.connection)
-        return db
-
-    def _version(self) -> int:
-        return 0
+        super().__init__(db, hand_over_limit)
 
     def revive(self) -> None:
         self.db.revive()
@@ -368,16 +297,45 @@ class PgCore(JournalCore):
 
 
 def migrate(connection: psycopg.Connection[Any]) -> int:
-    """Bring the schema to the newest version; returns the version it was at."""
+    """Take the schema's steps this database has not taken (under a lock: several connectors may start at once);
+    returns how many it had taken."""
     with connection.transaction():
-        connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        connection.execute("SELECT pg_advisory_xact_lock($1)", (_SCHEMA_LOCK,))
         connection.execute("CREATE TABLE IF NOT EXISTS journal_schema (version INTEGER NOT NULL)")
         row = connection.execute("SELECT version FROM journal_schema").fetchone()
-        found = 0 if row is None else int(row[0])
-        for migration in MIGRATIONS[found:]:
-            connection.execute(migration)
+        taken = 0 if row is None else int(row[0])
+        for migration in MIGRATIONS[taken:]:
+            step = migration.step(POSTGRES)
+            if isinstance(step, str):
+                for statement in statements(step):
+                    connection.execute(statement)
+            elif step is not None:
+                step(connection)
         if row is None:
-            connection.execute("INSERT INTO journal_schema VALUES (%s)", (len(MIGRATIONS),))
+            connection.execute("INSERT INTO journal_schema VALUES ($1)", (len(MIGRATIONS),))
         else:
-            connection.execute("UPDATE journal_schema SET version = %s", (len(MIGRATIONS),))
-    return found
+            connection.execute("UPDATE journal_schema SET version = $1", (len(MIGRATIONS),))
+    return taken
+
+
+class PostgresJournal(Journal):
+    """`PostgresCore` for the connector: reads and groups of writes on the journal's thread (they wait on the
+    network), each write a transaction of its own."""
+
+    core: PostgresCore
+    GROUP = 16  # a short group lets published marks (recorded first in each) wait behind less
+
+    async def read(self, operation: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._revived, operation)
+
+    def _revived(self, operation: Callable[[], T]) -> T:
+        self.core.revive()
+        return operation()
+
+    async def _group(
+        self, batch: list[Callable[[], Any]], marks: tuple[list[int], list[int]]
+    ) -> list[tuple[bool, Any]]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.core.run_batch, batch, marks)
+
+    def _healthy(self) -> bool:
+        return self.core.healthy()

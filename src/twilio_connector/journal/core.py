@@ -1,0 +1,548 @@
+"""The journal's statements, the same for SQLite and PostgreSQL: every accepted request, every status not yet
+published, the storm windows and rate counts, on one synchronous connection.
+
+`SqlCore` holds what both databases do alike; `sqlite.SqliteCore` and `postgres.PostgresCore`, its two
+children, what each does its own way (opening, finding due work, claims). Statements are written with `?`
+placeholders, SQLite's; the PostgreSQL connection numbers them for its own (`postgres._numbered`).
+
+Request states and which step may change them: `domain/states.py` (each state change here is guarded by its
+table). A SID is claimed by at most one request: a unique index, so two identical alerts can never both be
+finished with one message. A folded text points at its digest (`digest_seq`), a request of its own with
+`members` > 0. Storm windows (`windows`) and rate counts (`counters`, fixed time buckets) live here too, so a
+restart keeps them and their size is bounded by the traffic of a day, not of the process's life.
+
+Hand-over: while the engine keeps up, each new request and each new status is also handed to it in memory
+(`ready`, `outbox`) once committed, so finding work costs no query. Handed rows are left out of `due` and
+`unpublished`, which alone serve what was not handed: rows from before a restart, retries, and the overflow
+when the engine falls behind (past `hand_over_limit`). The journal's statements run one at a time, so a row is
+either handed or found by a query, never both.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import time
+from collections import deque
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from ..domain.contract import Kind, Notification
+from ..domain.policy import Caps
+from ..domain.records import Duplicate, Entry, Identity, Track, Tracked, dedupe_key, stored_options
+from ..domain.states import UNFINISHED, State, Step
+from ..domain.storms import Window
+from .rows import COLUMNS, PREFIXED, entry_of, tracked_of
+
+__all__ = ["HAND_OVER_LIMIT", "OVERDUE_COUNTED", "REFUSED_AGAIN", "SqlCore"]
+
+#: Requests and statuses handed to the engine in memory at most (each way); the rest waits in the journal.
+HAND_OVER_LIMIT = 1024
+#: The watchdog counts overdue requests up to this many.
+OVERDUE_COUNTED = 1000
+#: How the last error of a retry that admission refused begins.
+REFUSED_AGAIN = "retry refused: "
+
+
+class SqlCore(abc.ABC):
+    """Synchronous journal operations on one connection. The async front (front.Journal) and the CLI use it."""
+
+    #: What the connection raises; an IntegrityError is a constraint (the SID claim) refusing a statement.
+    Error: type[Exception]
+    IntegrityError: type[Exception]
+    #: Several connectors may use the journal at once.
+    shared: bool
+    #: A condition and its parameters restricting the watchdog's queries to this connector's own claims.
+    _mine: str = ""
+    _me: tuple[Any, ...] = ()
+    #: What makes a shared journal's connectors take turns over the rows a query returns (none: one connector).
+    _skip_locked: str = ""
+    #: The index that finds requests being sent, named where the database needs telling.
+    _sending_index: str = ""
+
+    def __init__(self, db: Any, hand_over_limit: int = 0) -> None:
+        """`db`: an open connection (`execute` and `executemany` returning cursors). `hand_over_limit`: requests
+        and statuses handed over in memory at most, each way (0: none, as for the CLI and tests of the queries)."""
+        self.db = db
+        self.ready: deque[Entry] = deque()  # accepted requests handed to the dispatcher
+        self.outbox: deque[tuple[int, bytes]] = deque()  # (seq, status) handed to the publisher
+        self.hand_over_limit = hand_over_limit
+        # Whether new work is handed over: off at start (the queries find what is there) and after an overflow;
+        # back on once a query found everything not handed.
+        self.hand_requests = False
+        self.hand_statuses = False
+        self._handed_requests: set[int] = set()
+        self._handed_statuses: set[int] = set()
+        self._staged_requests: list[Entry] = []
+        self._staged_statuses: list[tuple[int, bytes]] = []
+
+    # -- what each database does its own way ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def due(self, now: float, limit: int, busy: Collection[int]) -> tuple[list[Entry], float | None]:
+        """Up to `limit` requests due for an attempt, oldest first, skipping `busy` and handed-over ones; and
+        when this should be asked again: `now` if more are due, else when the next waiting one falls due (None if
+        none waits). Finding all of them turns the hand-over of new requests (back) on."""
+
+    @abc.abstractmethod
+    def unpublished(self, limit: int, skip: Collection[int] = ()) -> list[tuple[int, bytes]]:
+        """Up to `limit` statuses to publish, leaving out those handed over and `skip` (published, the record
+        of it not committed yet). Finding all of them turns the hand-over of new statuses (back) on."""
+
+    @abc.abstractmethod
+    def tend(self, held: Collection[int] = ()) -> bool:
+        """Keep alive the claims on what this process holds (`held`), and say whether someone else changed the
+        journal since the last call."""
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- writes ---------------------------------------------------------------------------------------------
+
+    def duplicate(self, notification: Notification, now: float, window: float) -> tuple[Identity, Duplicate | None]:
+        """The request's identity, and the request recorded with it within `window` seconds if there is one."""
+        options = stored_options(notification)
+        identity = Identity(dedupe_key(notification, options), options)
+        row = self.db.execute(
+            "SELECT seq, status FROM requests WHERE dedupe_key = ? AND accepted_at >= ? ORDER BY seq DESC LIMIT 1",
+            (identity.key, now - window),
+        ).fetchone()
+        return identity, None if row is None else Duplicate(row[0], row[1])
+
+    def record(
+        self,
+        notification: Notification,
+        identity: Identity,
+        now: float,
+        *,
+        begin: bool = False,
+        start_at: float | None = None,
+        digest: int | None = None,
+        refused: tuple[bytes, str] | None = None,
+    ) -> int:
+        """Record a request: due at `start_at` (default `now`), begun at once (`begin`), folded into the digest
+        request `digest`, or refused with (status, reason)."""
+        n, start = notification, now if start_at is None else start_at
+        if refused is not None:
+            state, attempts, started, status, error = "failed", 0, None, *refused
+        elif digest is not None:
+            state, attempts, started, status, error = "folded", 0, None, None, None
+        else:
+            state, attempts, started = ("sending", 1, now) if begin else ("accepted", 0, None)
+            status, error = None, None
+        seq = int(
+            self.db.execute(
+                "INSERT INTO requests (dedupe_key, request_id, kind, to_number, from_number, name, content, retries, "
+                "options, state, attempts, attempt_started_at, next_attempt_at, accepted_at, updated_at, digest_seq, "
+                "status, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+                (
+                    *(identity.key, n.id, n.kind.value, n.to, n.from_, n.name, n.content, n.retries, identity.options),
+                    *(state, attempts, started, start, now, now, digest, status, error),
+                ),
+            ).fetchone()[0]
+        )
+        if digest is not None:
+            self.db.execute("UPDATE requests SET members = members + 1 WHERE seq = ?", (digest,))
+        elif status is not None:
+            self._stage_status(seq, status)
+        elif self.hand_requests and not begin and start <= now:
+            if len(self.ready) + len(self._staged_requests) < self.hand_over_limit:
+                self._handed_requests.add(seq)
+                self._staged_requests.append(Entry(seq, notification, State.ACCEPTED, 0, None, None))
+            else:
+                self.hand_requests = False  # the dispatcher is behind: the overflow waits for `due` to find it
+        return seq
+
+    # -- storms and rate counts -------------------------------------------------------------------------------
+
+    def window(self, key: str) -> Window | None:
+        row = self.db.execute(
+            "SELECT opens_at, closes_at, passed, next_at, digest_seq FROM windows WHERE key = ?", (key,)
+        ).fetchone()
+        return None if row is None else Window(*row)
+
+    def save_window(self, key: str, window: Window) -> None:
+        self.db.execute(
+            "INSERT INTO windows (key, opens_at, closes_at, passed, next_at, digest_seq) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET opens_at = excluded.opens_at, closes_at = excluded.closes_at, "
+            "passed = excluded.passed, next_at = excluded.next_at, digest_seq = excluded.digest_seq",
+            (key, window.opens_at, window.closes_at, window.passed, window.next_at, window.digest),
+        )
+
+    def open_digest(self, template: Notification, send_at: float, retries: int, now: float) -> int:
+        """A digest request for the texts folded like `template`, due when their window closes. Its body is
+        written when it is sent, from its members (`digest_texts`)."""
+        digest = Notification(
+            "digest", Kind.SMS, template.to, template.from_, template.name, "", retries,
+            messaging_service_sid=template.messaging_service_sid,
+        )  # fmt: skip
+        seq = self.record(digest, Identity(os.urandom(16), stored_options(digest)), now, start_at=send_at)
+        self.db.execute("UPDATE requests SET request_id = ? WHERE seq = ?", (f"digest-{seq}", seq))
+        return seq
+
+    def count(self, span: str, scope: str, oldest: int) -> int:
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(n), 0) FROM counters WHERE span = ? AND scope = ? AND bucket >= ?",
+            (span, scope, oldest),
+        ).fetchone()
+        return int(row[0])
+
+    def bump(self, span: str, scope: str, bucket: int) -> None:
+        self.db.execute(
+            "INSERT INTO counters (span, scope, bucket, n) VALUES (?, ?, ?, 1) "
+            "ON CONFLICT (span, scope, bucket) DO UPDATE SET n = counters.n + 1",
+            (span, scope, bucket),
+        )
+
+    def digest_texts(self, seq: int, limit: int) -> list[str]:
+        """The first `limit` texts folded into digest `seq`, oldest first."""
+        rows = self.db.execute(
+            "SELECT content FROM requests WHERE digest_seq = ? ORDER BY seq LIMIT ?", (seq, limit)
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def members(self, seq: int) -> list[Entry]:
+        rows = self.db.execute(
+            f"SELECT {COLUMNS} FROM requests WHERE digest_seq = ? AND state = 'folded' ORDER BY seq", (seq,)
+        ).fetchall()
+        return [entry_of(row) for row in rows]
+
+    def finish_digest(
+        self, seq: int, state: State, sid: str | None, error: str | None, statuses: list[tuple[int, bytes]]
+    ) -> None:
+        """Finish a digest and, with it, each folded request with its own status. The digest has no status of
+        its own to publish: nobody asked for it."""
+        now = time.time()
+        self._handed_requests.discard(seq)
+        self.db.execute(
+            "UPDATE requests SET state = ?, sid = ?, last_error = ?, status_published = 1, updated_at = ? "
+            "WHERE seq = ?",
+            (state, sid, error, now, seq),
+        )
+        self.db.executemany(
+            "UPDATE requests SET state = ?, status = ?, last_error = ?, status_published = 0, updated_at = ? "
+            f"WHERE seq = ? AND {Step.FINISH_MEMBER.sql_from()}",
+            [(state, status, error, now, member) for member, status in statuses],
+        )
+        for member, status in statuses:
+            self._stage_status(member, status)
+
+    def _stage_status(self, seq: int, status: bytes) -> None:
+        if not self.hand_statuses:
+            return
+        if len(self.outbox) + len(self._staged_statuses) < self.hand_over_limit:
+            self._handed_statuses.add(seq)
+            self._staged_statuses.append((seq, status))
+        else:
+            self.hand_statuses = False
+
+    def committed(self) -> None:
+        """Hand over what the transaction just committed staged (so nothing is handed before it is durable)."""
+        self.ready.extend(self._staged_requests)
+        self.outbox.extend(self._staged_statuses)
+        self._staged_requests.clear()
+        self._staged_statuses.clear()
+
+    def rolled_back(self, since: tuple[int, int] = (0, 0)) -> None:
+        """Forget what was staged for hand-over since `since` (see `staged`; default: all of it): its
+        transaction did not commit."""
+        requests, statuses = self._staged_requests[since[0] :], self._staged_statuses[since[1] :]
+        self._handed_requests.difference_update(entry.seq for entry in requests)
+        self._handed_statuses.difference_update(seq for seq, _ in statuses)
+        del self._staged_requests[since[0] :]
+        del self._staged_statuses[since[1] :]
+
+    def staged(self) -> tuple[int, int]:
+        """A mark of what is staged for hand-over now, for `rolled_back`."""
+        return len(self._staged_requests), len(self._staged_statuses)
+
+    def reject(self, kind: Kind, request_id: str | None, status: bytes, reason: str, now: float) -> int:
+        """Record an invalid request with its failure status, so the status goes out like any other."""
+        seq = int(
+            self.db.execute(
+                "INSERT INTO requests (dedupe_key, request_id, kind, to_number, from_number, name, content, retries, "
+                "state, next_attempt_at, last_error, status, accepted_at, updated_at) "
+                "VALUES (?, ?, ?, '', '', '', '', 0, 'invalid', 0, ?, ?, ?, ?) RETURNING seq",
+                (os.urandom(16), request_id or "", kind.value, reason, status, now, now),
+            ).fetchone()[0]
+        )
+        self._stage_status(seq, status)
+        return seq
+
+    def begin_attempt(self, seq: int, now: float) -> bool:
+        """Record an attempt as begun; False if the request no longer waits for one (another connector, its
+        claim on it lapsed meanwhile, finished it): then nothing must be sent."""
+        self._handed_requests.discard(seq)
+        return bool(
+            self.db.execute(
+                "UPDATE requests SET state = 'sending', attempts = attempts + 1, attempt_started_at = ?, "
+                f"updated_at = ? WHERE seq = ? AND {Step.BEGIN_ATTEMPT.sql_from()}",
+                (now, now, seq),
+            ).rowcount
+        )
+
+    def doubt(self, seq: int, at: float, lookups: int, error: str | None = None) -> None:
+        """The attempt's outcome is unknown: look it up at Twilio at `at` (`lookups` done so far). `error`: why
+        it is in doubt (kept from the first time)."""
+        self._handed_requests.discard(seq)  # handed over for its lookup: it waits in the journal again
+        self.db.execute(
+            "UPDATE requests SET state = 'doubt', next_attempt_at = ?, lookups = ?, "
+            "last_error = COALESCE(?, last_error), updated_at = ? "
+            f"WHERE seq = ? AND {Step.DOUBT.sql_from()}",
+            (at, lookups, error, time.time(), seq),
+        )
+
+    def doubt_interrupted(self, grace: float) -> int:
+        """Attempts cut short by a stop (rows left in `sending`) are in doubt: looked up `grace` seconds after they
+        began. The attempt does not count against the request's retries (the connector's stop is not its fault)."""
+        return self._doubt_sending(grace)
+
+    def _doubt_sending(
+        self,
+        grace: float,
+        also: str = "",
+        where: str = "",
+        parameters: tuple[Any, ...] = (),
+        why: str = "the connector stopped while sending it",
+    ) -> int:
+        """Put rows left in `sending` in doubt (see `doubt_interrupted`); `also`: more assignments, `where`: more
+        conditions, their `parameters` following `grace`; `why`: their last error."""
+        return int(
+            self.db.execute(
+                "UPDATE requests SET state = 'doubt', lookups = 0, attempts = attempts - 1, "
+                f"last_error = ?{also}, "
+                f"next_attempt_at = COALESCE(attempt_started_at, 0) + ? WHERE {Step.INTERRUPTED.sql_from()}{where}",
+                (why, grace, *parameters),
+            ).rowcount
+        )
+
+    def abandoned(self, before: float, busy: Collection[int]) -> list[int]:
+        """Requests whose attempt began before `before` and that are still being sent, though nothing here works
+        on them (`busy`: the requests at work): a defect lost them. (The watchdog's first question.)"""
+        rows = self.db.execute(
+            f"SELECT seq FROM requests{self._sending_index} WHERE state = 'sending' "
+            f"AND attempt_started_at < ?{self._mine}",
+            (before, *self._me),
+        ).fetchall()
+        return [seq for (seq,) in rows if seq not in busy]
+
+    def doubt_abandoned(self, seqs: Collection[int], grace: float) -> int:
+        """Put abandoned attempts in doubt (as `doubt_interrupted` does at a start): looked up `grace` seconds
+        after they began."""
+        ids = sorted(seqs)
+        where = f" AND seq IN ({','.join('?' * len(ids))})" if ids else " AND 0"
+        why = "the watchdog found it abandoned while being sent"
+        return self._doubt_sending(grace, where=where, parameters=tuple(ids), why=why)
+
+    def overdue(self, before: float, busy: Collection[int]) -> int:
+        """How many requests have waited for an attempt or a lookup since before `before`, leaving out those at
+        work (`busy`: a paced attempt waits for its turn at work). Counted up to OVERDUE_COUNTED."""
+        rows = [
+            seq
+            for state in ("accepted", "doubt")
+            for (seq,) in self.db.execute(
+                f"SELECT seq FROM requests WHERE state = '{state}' AND next_attempt_at < ?{self._mine} LIMIT ?",
+                (before, *self._me, OVERDUE_COUNTED + len(busy)),
+            ).fetchall()
+        ]
+        return min(OVERDUE_COUNTED, sum(seq not in busy for seq in rows))
+
+    def retry_later(self, seq: int, at: float, error: str) -> None:
+        self._handed_requests.discard(seq)
+        self.db.execute(
+            "UPDATE requests SET state = 'accepted', next_attempt_at = ?, last_error = ?, lookups = 0, updated_at = ? "
+            f"WHERE seq = ? AND {Step.RETRY_LATER.sql_from()}",
+            (at, error, time.time(), seq),
+        )
+
+    def finish(
+        self, seq: int, state: State, status: bytes, sid: str | None, error: str | None, *, track: Track | None = None
+    ) -> None:
+        now = time.time()
+        self._handed_requests.discard(seq)  # a lookup's request is finished without a new attempt
+        finished = self.db.execute(
+            "UPDATE requests SET state = ?, status = ?, sid = ?, last_error = ?, status_published = 0, "
+            f"updated_at = ? WHERE seq = ? AND {Step.FINISH.sql_from()}",
+            (state, status, sid, error, now, seq),
+        ).rowcount
+        if not finished:
+            return  # already finished (by another connector that took it over): its status stands
+        self._stage_status(seq, status)
+        if track is not None and sid:
+            self.db.execute(
+                'INSERT INTO tracking (seq, sid, next_check_at, "interval", deadline, last_status) '
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (seq) DO UPDATE SET sid = excluded.sid, "
+                'next_check_at = excluded.next_check_at, "interval" = excluded."interval", '
+                "deadline = excluded.deadline, last_status = excluded.last_status",
+                (seq, sid, now + track.first_check, track.first_check, now + track.give_up_after, track.status),
+            )
+
+    # -- delivery tracking ----------------------------------------------------------------------------------
+
+    def tracked_due(self, now: float, limit: int) -> list[Tracked]:
+        rows = self.db.execute(
+            f'SELECT t.seq, t.sid, t."interval", t.deadline, t.last_status, {PREFIXED} FROM tracking t '
+            "JOIN requests r ON r.seq = t.seq WHERE t.next_check_at <= ? ORDER BY t.next_check_at LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [tracked_of(row) for row in rows]
+
+    def tracked_by_sid(self, sid: str) -> Tracked | None:
+        row = self.db.execute(
+            f'SELECT t.seq, t.sid, t."interval", t.deadline, t.last_status, {PREFIXED} FROM tracking t '
+            "JOIN requests r ON r.seq = t.seq WHERE t.sid = ?",
+            (sid,),
+        ).fetchone()
+        return None if row is None else tracked_of(row)
+
+    def next_check(self) -> float | None:
+        row = self.db.execute("SELECT MIN(next_check_at) FROM tracking").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def check_later(self, seq: int, at: float, interval: float, last_status: str) -> None:
+        self.db.execute(
+            'UPDATE tracking SET next_check_at = ?, "interval" = ?, last_status = ? WHERE seq = ?',
+            (at, interval, last_status, seq),
+        )
+
+    def delivered(self, seq: int, payload: bytes) -> bool:
+        """Record the follow-up status and stop tracking. False if it was no longer tracked (already done)."""
+        if self.db.execute("DELETE FROM tracking WHERE seq = ?", (seq,)).rowcount != 1:
+            return False
+        self.db.execute("INSERT INTO followups (payload, created_at) VALUES (?, ?)", (payload, time.time()))
+        return True
+
+    def unpublished_followups(self, limit: int, skip: Collection[int] = ()) -> list[tuple[int, bytes]]:
+        rows = self.db.execute(
+            "SELECT id, payload FROM followups WHERE published = 0 ORDER BY id LIMIT ?", (limit + len(skip),)
+        ).fetchall()
+        return [row for row in rows if row[0] not in skip][:limit]
+
+    def mark_followups_published(self, ids: Iterable[int]) -> None:
+        self.db.executemany("UPDATE followups SET published = 1 WHERE id = ?", [(i,) for i in ids])
+
+    def mark_published(self, seqs: Iterable[int]) -> None:
+        now = time.time()
+        rows = [(now, seq) for seq in seqs]
+        self.db.executemany("UPDATE requests SET status_published = 1, updated_at = ? WHERE seq = ?", rows)
+        self._handed_statuses.difference_update(seq for _, seq in rows)
+
+    def republish(self, seq: int, status: bytes) -> None:
+        """Publish a request's status again (its duplicate arrived). If the status is still on its way, that
+        one publication serves both."""
+        if seq in self._handed_statuses:
+            return
+        self.db.execute("UPDATE requests SET status_published = 0 WHERE seq = ? AND status IS NOT NULL", (seq,))
+        self._stage_status(seq, status)
+
+    def request_retry(self, seq: int, *, force: bool = False) -> bool:
+        """An operator asks for a failed request to be sent again. It waits in `retry` for the connector to admit
+        it again, through its guards, storms and caps (`Admission.readmit`); `force`: straight back to waiting,
+        past them. False if `seq` is not a failed request."""
+        now = time.time()
+        step = Step.FORCE_RETRY if force else Step.REQUEST_RETRY
+        if force:
+            assignments = (
+                "state = 'accepted', status = NULL, status_published = 0, next_attempt_at = ?, lookups = 0, "
+                "last_error = 'the operator forced a retry past the guards'"
+            )
+            parameters: tuple[Any, ...] = (now, now, seq)
+        else:
+            assignments, parameters = "state = 'retry'", (now, seq)
+        cursor = self.db.execute(
+            f"UPDATE requests SET {assignments}, updated_at = ? WHERE seq = ? AND {step.sql_from()} AND members = 0",
+            parameters,
+        )
+        return bool(cursor.rowcount == 1)
+
+    def state_of(self, seq: int) -> tuple[str, str | None] | None:
+        """A request's state and last error; None if there is no such request."""
+        row = self.db.execute("SELECT state, last_error FROM requests WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def retries_requested(self, limit: int) -> list[Entry]:
+        """Requests an operator asked to send again, for admission (see `request_retry`)."""
+        rows = self.db.execute(
+            f"SELECT {COLUMNS} FROM requests WHERE state = 'retry' ORDER BY seq LIMIT ?{self._skip_locked}",
+            (limit,),
+        ).fetchall()
+        return [entry_of(row) for row in rows]
+
+    def requeue(
+        self,
+        seq: int,
+        now: float,
+        *,
+        begin: bool = False,
+        start_at: float | None = None,
+        digest: int | None = None,
+        refused: tuple[bytes, str] | None = None,
+    ) -> int:
+        """A retried request's admission (see `intake.AdmissionStore.requeue`); `begin` is never asked for."""
+        if refused is not None:
+            state, error = "failed", REFUSED_AGAIN + refused[1]  # its status went out already: it stands
+            self.db.execute(
+                f"UPDATE requests SET state = ?, last_error = ?, updated_at = ? WHERE seq = ? AND {Step.READMIT.sql_from()}",
+                (state, error, now, seq),
+            )
+            return seq
+        state = "accepted" if digest is None else "folded"
+        self.db.execute(
+            "UPDATE requests SET state = ?, status = NULL, status_published = 0, next_attempt_at = ?, lookups = 0, "
+            f"digest_seq = ?, updated_at = ? WHERE seq = ? AND {Step.READMIT.sql_from()}",
+            (state, now if start_at is None else start_at, digest, now, seq),
+        )
+        if digest is not None:
+            self.db.execute("UPDATE requests SET members = members + 1 WHERE seq = ?", (digest,))
+        return seq
+
+    def prune(self, before: float) -> int:
+        self.db.execute("DELETE FROM followups WHERE published = 1 AND created_at < ?", (before,))
+        cursor = self.db.execute(
+            "DELETE FROM requests WHERE status_published = 1 AND updated_at < ? AND state != 'retry' "
+            "AND seq NOT IN (SELECT seq FROM tracking)",
+            (before,),
+        )
+        return int(cursor.rowcount)
+
+    def prune_counts(self, now: float) -> None:
+        """Forget storm windows and rate buckets that no longer count (their memory is bounded by a day)."""
+        self.db.execute("DELETE FROM windows WHERE closes_at < ? AND next_at < ?", (now, now))
+        for span in ("m", "d"):
+            self.db.execute("DELETE FROM counters WHERE span = ? AND bucket < ?", (span, Caps.bucket(span, now)[1]))
+
+    # -- reads ----------------------------------------------------------------------------------------------
+
+    def refill(self, now: float, limit: int, busy: Collection[int] = ()) -> float | None:
+        """Hand up to `limit` due requests over to `ready` (as `due` finds them); returns `due`'s `again`."""
+        entries, again = self.due(now, limit, busy)
+        self._handed_requests.update(entry.seq for entry in entries)
+        self.ready.extend(entries)
+        return again
+
+    def sid_known(self, sid: str) -> bool:
+        return self.db.execute("SELECT 1 FROM requests WHERE sid = ?", (sid,)).fetchone() is not None
+
+    def unfinished(self) -> int:
+        # One count per state, each over its partial index: `state IN (...)` would scan the whole table.
+        return sum(
+            int(self.db.execute(f"SELECT COUNT(*) FROM requests WHERE state = '{state}'").fetchone()[0])
+            for state in UNFINISHED
+        )
+
+    def counts(self) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT state, COUNT(*) FROM requests GROUP BY state UNION ALL "
+            "SELECT 'unpublished', COUNT(*) FROM requests WHERE status IS NOT NULL AND status_published = 0"
+        ).fetchall()
+        return {state: count for state, count in rows}
+
+    def rows(self, states: Iterable[str], limit: int) -> list[dict[str, Any]]:
+        wanted = list(states)
+        cursor = self.db.execute(
+            "SELECT seq, request_id, kind, to_number, state, attempts, sid, last_error, accepted_at FROM requests "
+            f"WHERE state IN ({','.join('?' * len(wanted))}) ORDER BY seq DESC LIMIT ?",
+            (*wanted, limit),
+        )
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
