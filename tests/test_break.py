@@ -38,6 +38,7 @@ from twilio_connector.domain.policy import Limits
 from twilio_connector.domain.records import dedupe_key, key_of
 from twilio_connector.domain.storms import StormRule
 from twilio_connector.journal.front import Journal
+from twilio_connector.journal.opening import open_journal
 from twilio_connector.journal.sqlite import SqliteCore
 from twilio_connector.settings.config import resolve_credentials
 from twilio_connector.twilio import reauth
@@ -397,7 +398,7 @@ async def test_the_watchdog_takes_up_a_request_nothing_works_on(
 async def test_readmission_on_either_journal(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """The connector's half of `journal retry`, on SQLite and on a shared PostgreSQL journal."""
     where = str(tmp_path / "j.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
-    journal = await Journal.open(where, hand_over_limit=0)
+    journal = await open_journal(where, hand_over_limit=0)
     admission = Admission(Limits(), StormRule(0, 60.0), (600.0, 600.0), 2)
     try:
         seqs = []
@@ -423,7 +424,7 @@ async def test_the_watchdogs_questions_on_either_journal(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     where = str(tmp_path / "j.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
-    journal = await Journal.open(where, hand_over_limit=0)
+    journal = await open_journal(where, hand_over_limit=0)
     try:
         long_ago = time.time() - 100
         seqs = []

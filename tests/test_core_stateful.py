@@ -39,6 +39,7 @@ from twilio_connector.domain.storms import StormRule
 from twilio_connector.engine.delivery import Delivery
 from twilio_connector.engine.options import DeliveryOptions
 from twilio_connector.journal.front import Journal
+from twilio_connector.journal.opening import open_journal
 from twilio_connector.ops.metrics import Metrics
 from twilio_connector.twilio.client import same_body
 
@@ -124,7 +125,7 @@ class DeliveryCore(RuleBasedStateMachine):
 
     def _open(self) -> Journal:
         path = str(Path(self.directory) / "journal.db")
-        journal = self.loop.run_until_complete(Journal.open(path, "off", hand_over_limit=0, clock=lambda: self.now))
+        journal = self.loop.run_until_complete(open_journal(path, "off", hand_over_limit=0, clock=lambda: self.now))
         self.delivery = Delivery(
             DeliveryOptions(http_timeout=15.0),
             self.twilio,

@@ -24,6 +24,7 @@ from twilio_connector.engine.core import Engine
 from twilio_connector.engine.delivery import Delivery
 from twilio_connector.engine.options import DeliveryOptions
 from twilio_connector.journal.front import Journal
+from twilio_connector.journal.opening import open_journal
 from twilio_connector.journal.sqlite import SqliteCore, SqliteJournal
 from twilio_connector.ops.metrics import Metrics
 from twilio_connector.ports import journal as ports
@@ -63,7 +64,7 @@ def delivery(journal: Journal, twilio: Twilio) -> Delivery:
 @pytest.fixture(params=["sqlite", "postgres"])
 async def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Journal:
     where = str(tmp_path / "j.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    opened = await Journal.open(where, hand_over_limit=0)
+    opened = await open_journal(where, hand_over_limit=0)
     yield opened  # type: ignore[misc]
     await opened.close()
 
@@ -80,7 +81,7 @@ async def test_an_outcome_is_recorded_once_the_journal_takes_writes_again(
     recorded when the disk takes writes again, without sending anything twice. It used to be left as "being
     sent" until the next restart looked it up."""
     monkeypatch.setattr(ports, "WAIT_FIRST", 0.01)
-    journal = await Journal.open(str(tmp_path / "j.db"), hand_over_limit=0)
+    journal = await open_journal(str(tmp_path / "j.db"), hand_over_limit=0)
     twilio = Twilio()
     try:
         await journal_accept(journal, NOTE, window=600)

@@ -14,6 +14,7 @@ from twilio_connector.domain.contract import Kind, Notification
 from twilio_connector.domain.records import Duplicate
 from twilio_connector.journal import front
 from twilio_connector.journal.front import Journal
+from twilio_connector.journal.opening import open_journal
 from twilio_connector.journal.rows import COLUMNS, entry_of
 from twilio_connector.journal.sqlite import SqliteCore
 from twilio_connector.ports.journal import SidClaimed
@@ -27,7 +28,7 @@ def note(request_id: str = "r1", content: str = "hi") -> Notification:
 async def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Journal:
     """The same tests on both journals: an SQLite file, and a PostgreSQL database of its own."""
     where = str(tmp_path / "j.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    opened = await Journal.open(where)
+    opened = await open_journal(where)
     yield opened  # type: ignore[misc]
     await opened.close()
 
@@ -171,7 +172,7 @@ async def test_a_write_whose_commit_fails_gets_that_failure(pg_url: str) -> None
     """A PostgreSQL write can fail at COMMIT, after its statements ran (here a deferred constraint; in production
     a server shutting down): its caller gets the error, the writes around it their results, and the journal
     keeps working. (Counted as succeeded and failed at once, the batch once lost its callers for good.)"""
-    journal = await Journal.open(pg_url)
+    journal = await open_journal(pg_url)
     try:
         journal.core.db.execute(
             "CREATE TABLE once (n INTEGER, CONSTRAINT unique_n UNIQUE (n) DEFERRABLE INITIALLY DEFERRED)"

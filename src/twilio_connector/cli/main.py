@@ -1,278 +1,44 @@
-"""The `twilio-connector` command: its parser, `run` and `check-config`; the other commands are in tools.py."""
+"""The `twilio-connector` command: each command in a module of its own; this one dispatches and turns a user's
+mistake into one line and an exit code, never a traceback."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import difflib
-import logging
-import os
-import sqlite3
 import sys
-from collections.abc import Callable, Sequence
-from importlib.metadata import version
-from typing import Any, ClassVar, NoReturn
+from collections.abc import Sequence
+from typing import Any
 
 import shtab
 
-from .. import service
-from ..domain.policy import describe_limits
-from ..domain.states import STATES
-from ..journal.opening import MissingExtra
-from ..journal.sqlite import damage_advice, is_damage
-from ..mqtt.session import BrokerError
-from ..mqtt.tls import tls_context
-from ..ops import logs
-from ..ports.journal import JournalDamaged
-from ..settings.config import (
-    ANONYMOUS_WARNING,
-    ConfigError,
-    anonymous_and_unbounded,
-    describe,
-    load_settings,
-    resolve_credentials,
-)
-from ..settings.schema import OPTIONS, Settings
-from ..twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
-from . import tools
+from ..settings.config import ConfigError
+from .check_config import check_config
+from .common import UserError, report
+from .journal import journal
+from .parser import build_parser
+from .run import loop_factory, run
+from .send import send
+from .simulator import simulate
+from .status import status
 
-EXIT_CONFIG = 2
-
-_SECRET_FLAGS = ("--auth-token", "--api-key-secret", "--mqtt-password")
-
-
-class _Parser(argparse.ArgumentParser):
-    #: Every flag of every command, for "did you mean" (shared: argparse reports unknown flags at the top).
-    flags: ClassVar[set[str]] = set()
-
-    def add_argument(self, *names: Any, **options: Any) -> argparse.Action:
-        self.flags.update(name for name in names if isinstance(name, str) and name.startswith("--"))
-        return super().add_argument(*names, **options)
-
-    def error(self, message: str) -> NoReturn:
-        # argparse echoes unrecognised arguments, which could be a secret typed on the command line: keep
-        # only the option names.
-        if message.startswith("unrecognized arguments:"):
-            names = [word.split("=")[0] for word in message.split()[2:] if word.startswith("-")]
-            message = "unrecognized arguments: " + (" ".join(names) or "(values hidden)")
-            close = [match for name in names for match in difflib.get_close_matches(name, self.flags, n=1)]
-            if close:
-                message += f" (did you mean {' '.join(close)}?)"
-        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message} (see --help)\n")
-
-
-class _SecretFlag(argparse.Action):
-    """Swallows a secret given on the command line, remembering only which flag it was."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, *_: object) -> None:
-        namespace.secret_flag = self.option_strings[0]
-
-
-def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
-    defaults = Settings()
-    for name, option in OPTIONS.items():
-        if option.flag:
-            default = getattr(defaults, name)
-            shown = f" (default {default})" if default not in (None, "", ()) and name != "journal_path" else ""
-            parser.add_argument(option.flag, dest=name, help=option.doc + shown, metavar=name.split("_")[-1].upper())
-    for flag in _SECRET_FLAGS:
-        parser.add_argument(flag, dest="secret_flag", nargs="?", action=_SecretFlag, help=argparse.SUPPRESS)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="twilio-connector",
-        description="MQTT to Twilio SMS and voice calls: a drop-in for the Greengrass v1 Twilio Notifications "
-        "connector.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version('twilio-connector')}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    run = commands.add_parser("run", help="run the connector", description="Run the connector until SIGTERM.")
-    _add_setting_flags(run)
-    check = commands.add_parser(
-        "check-config",
-        help="validate a configuration",
-        description="Validate a configuration, load the "
-        "credentials (from Secrets Manager too) and print the effective settings with secrets hidden.",
-    )
-    _add_setting_flags(check)
-
-    journal = commands.add_parser(
-        "journal",
-        help="inspect the journal: counts, pending and failed requests, retry a failed one",
-        description="Inspect the journal of a connector (running or not).",
-    )
-    journal.add_argument("--config", metavar="FILE", help="TOML configuration file (for journal_path or journal_url)")
-    journal.add_argument("--journal-path", dest="journal_path", metavar="PATH", help="journal database file")
-    journal.add_argument("--journal-url", dest="journal_url", metavar="URL", help="PostgreSQL journal")
-    actions = journal.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    actions.add_parser("counts", help="requests by state, and statuses not yet published")
-    actions.add_parser(
-        "check",
-        help="check an SQLite journal's integrity and say what can be read (read only)",
-        description="Check an SQLite journal (running or not, read only): SQLite's integrity check, what can be "
-        "read of it, and whether its write-ahead log was cut short. Exit 0: intact; 1: damaged.",
-    )
-    listing = actions.add_parser("list", help="the newest requests in some states")
-    listing.add_argument(
-        "--state",
-        action="append",
-        choices=STATES,
-        help="states to show (repeatable; default: every state but sent and invalid)",
-    )
-    listing.add_argument("--limit", type=int, default=50)
-    retry = actions.add_parser(
-        "retry",
-        help="send a failed request again",
-        description="Send a failed request again. The running connector admits it again as it would a new one: "
-        "its guards, storms and caps decide, and a refused request stays failed.",
-    )
-    retry.add_argument("seq", type=int, help="the request's journal number (see list)")
-    retry.add_argument("--force", action="store_true", help="send it past the guards, storms and caps")
-    retry.add_argument(
-        "--wait", type=float, default=5.0, help="seconds to wait for the connector's decision (default 5)"
-    )
-
-    send = commands.add_parser(
-        "send",
-        help="publish one request and wait for its status (a smoke test)",
-        description="Publish one request on the broker, as a device would, and print its status.",
-    )
-    send.add_argument("--broker", default="mqtt://localhost:1883", help="broker URL (plain mqtt://)")
-    send.add_argument("--to", required=True, help="recipient phone number")
-    what = send.add_mutually_exclusive_group(required=True)
-    what.add_argument("--message", help="text to send")
-    what.add_argument("--call-url", help="TwiML URL: place a call instead")
-    send.add_argument("--from", dest="from_number", help="sender (default: the connector's DefaultFromPhoneNumber)")
-    send.add_argument("--id", default=None, help="request id (default: a random one)")
-    send.add_argument("--topic-prefix", default="", help="prefix of the connector's topics, e.g. site-7/")
-    send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the status")
-    status = commands.add_parser(
-        "status",
-        help="ask a running connector whether it is ready",
-        description="Query a running connector's /readyz (needs metrics_listen).",
-    )
-    status.add_argument("--url", default="http://127.0.0.1:9108", help="the connector's metrics_listen address")
-
-    completion = commands.add_parser(
-        "completion",
-        help="print a shell completion script",
-        description='Print a completion script: eval "$(twilio-connector completion bash)"',
-    )
-    completion.add_argument("shell", choices=["bash", "zsh", "tcsh"])
-
-    sim = commands.add_parser(
-        "simulator",
-        help="run a local Twilio API simulator",
-        description="Serve Twilio's Messages and Calls API locally.",
-    )
-    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    sim.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
-    sim.add_argument("--account-sid", default=DEFAULT_ACCOUNT_SID, help="account SID it accepts")
-    sim.add_argument(
-        "--auth-token",
-        default=os.environ.get("SIMULATOR_AUTH_TOKEN", DEFAULT_AUTH_TOKEN),
-        help="auth token it accepts (default $SIMULATOR_AUTH_TOKEN or simulator-token)",
-    )
-    sim.add_argument("--latency-ms", type=float, default=0.0, help="delay before every answer")
-    return parser
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    if args.secret_flag:
-        raise ConfigError(
-            [
-                f"{args.secret_flag} is not accepted: other users can read command lines. Use the environment "
-                "(TWILIO_AUTH_TOKEN, TWILIO_API_SECRET, MQTT_PASSWORD) or auth_token_file"
-            ]
-        )
-    flags = {name: getattr(args, name) for name, option in OPTIONS.items() if option.flag}
-    return load_settings(args.config, os.environ, flags)
-
-
-def _report(error: ConfigError) -> int:
-    for problem in error.problems:
-        print(f"twilio-connector: configuration error: {problem}", file=sys.stderr)
-    return EXIT_CONFIG
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when installed: it halves the event loop's share of the CPU per notification."""
-    try:
-        import uvloop  # noqa: PLC0415
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-def _run(args: argparse.Namespace) -> int:
-    try:
-        settings = _settings(args)
-        logs.configure(settings.log_level, settings.log_format)
-        credentials = resolve_credentials(settings)
-    except ConfigError as error:
-        return _report(error)
-    try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(service.run(settings, credentials))
-    except ConfigError as error:  # found once the parts are built: a TLS file that cannot serve
-        return _report(error)
-    except BrokerError as exc:
-        logging.getLogger("twilio_connector").error("%s", exc)
-        return 1
-    except JournalDamaged as exc:
-        logging.getLogger("twilio_connector").error("cannot go on: %s", exc)
-        return 1
-    except MissingExtra as exc:
-        logging.getLogger("twilio_connector").error("cannot start: %s", exc)
-        return EXIT_CONFIG
-    except sqlite3.Error as exc:  # a journal that cannot be opened
-        advice = damage_advice(settings.journal) if is_damage(exc) else f"the journal at {settings.journal}"
-        logging.getLogger("twilio_connector").error("cannot start: %s (%s)", advice, exc)
-        return 1
-    except OSError as exc:  # a port already taken
-        logging.getLogger("twilio_connector").error("cannot start: %s", tools.os_error_words(exc))
-        return 1
-    return 0
-
-
-def _check_config(args: argparse.Namespace) -> int:
-    try:
-        settings = _settings(args)
-        credentials = resolve_credentials(settings)
-    except ConfigError as error:
-        return _report(error)
-    if settings.broker.tls or settings.ca_file or settings.cert_file:
-        tls_context(service.tls_files(settings))  # the TLS files load, or a ConfigError says which and why
-    print("# The effective settings, as TOML (secrets hidden): `--config` takes this file back.")
-    for line in describe(settings):
-        print(line)
-    for line in describe_limits(settings.limits, settings.fold_threshold, settings.fold_window):
-        print(f"# guard: {line}")
-    if anonymous_and_unbounded(settings):
-        print(f"twilio-connector: warning: {ANONYMOUS_WARNING}", file=sys.stderr)
-    print(f"# configuration OK (Twilio credentials found for {credentials.account_sid}, user {credentials.username})")
-    return 0
+__all__ = ["main"]
 
 
 def _dispatch(args: Any) -> int:
     if args.command == "run":
-        return _run(args)
+        return run(args)
     if args.command == "check-config":
-        return _check_config(args)
+        return check_config(args)
     if args.command == "journal":
-        return tools.journal(args)
+        return journal(args)
     if args.command == "completion":
         print(shtab.complete(build_parser(), shell=args.shell))
         return 0
     if args.command == "send":
-        return tools.send(args)
+        return send(args)
     if args.command == "status":
-        return asyncio.run(tools.status(args))
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(tools.simulate(args))
+        return asyncio.run(status(args))
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(simulate(args))
     return 0
 
 
@@ -283,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ConfigError as error:
-        return _report(error)
-    except tools.UserError as error:
+        return report(error)
+    except UserError as error:
         print(f"twilio-connector: {error}", file=sys.stderr)
         return error.code
     except KeyboardInterrupt:

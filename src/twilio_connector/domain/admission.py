@@ -24,7 +24,7 @@ __all__ = ["Accepted", "Admission", "AdmissionStore", "Folded", "Refused"]
 
 
 class AdmissionStore(Protocol):
-    """The journal's side of admission, run in one transaction (`store.JournalCore` is the SQLite one)."""
+    """The journal's side of admission, run in one transaction (`journal.core.SqlCore` serves it for both databases)."""
 
     def duplicate(self, notification: Notification, now: float, window: float) -> tuple[Identity, Duplicate | None]: ...
 

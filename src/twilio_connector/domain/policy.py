@@ -4,7 +4,7 @@ Whoever can publish on the request topics can make the owner's Twilio account te
 pumping) or run up the bill with a flood. The default guards refuse only what no real alert is sent to
 (premium-rate and shared-cost numbers, international networks); every other guard is opt-in, one setting
 each, or a recommended set at once with the `strict` preset. Storms to one recipient are folded, not refused
-(see `storms`). Rate counts live in the journal (see `intake`): this module only decides.
+(see `storms`). Rate counts live in the journal (see `admission`): this module only decides.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The engine takes requests in (`handle`: validate, admit in one journal transaction, return; the transport
 acknowledges the MQTT message after that) and wires the parts that do the rest, each a module of its own:
-- `intake.Admission`: dedupe, guards, storms and rate counts, decided in the transaction that records a request;
+- `domain.admission.Admission`: dedupe, guards, storms and rate counts, decided in the transaction that records a request;
 - `dispatch.Dispatcher`: start due requests, at most `max_in_flight` at Twilio at once;
 - `delivery.Delivery`: one attempt or lookup at a time, and what `lifecycle.Lifecycle` (pure) says follows;
 - `publisher.StatusPublisher`: send statuses, and mark them once the broker acknowledged them;

@@ -32,19 +32,18 @@ from ..domain.policy import Caps
 from ..domain.records import Duplicate, Entry, Identity, Track, Tracked, dedupe_key, stored_options
 from ..domain.states import UNFINISHED, State, Step
 from ..domain.storms import Window
+from .operator import OperatorStatements
 from .rows import COLUMNS, PREFIXED, entry_of, tracked_of
 
-__all__ = ["HAND_OVER_LIMIT", "OVERDUE_COUNTED", "REFUSED_AGAIN", "SqlCore"]
+__all__ = ["HAND_OVER_LIMIT", "OVERDUE_COUNTED", "SqlCore"]
 
 #: Requests and statuses handed to the engine in memory at most (each way); the rest waits in the journal.
 HAND_OVER_LIMIT = 1024
 #: The watchdog counts overdue requests up to this many.
 OVERDUE_COUNTED = 1000
-#: How the last error of a retry that admission refused begins.
-REFUSED_AGAIN = "retry refused: "
 
 
-class SqlCore(abc.ABC):
+class SqlCore(OperatorStatements, abc.ABC):
     """Synchronous journal operations on one connection. The async front (front.Journal) and the CLI use it."""
 
     #: What the connection raises; an IntegrityError is a constraint (the SID claim) refusing a statement.
@@ -435,67 +434,6 @@ class SqlCore(abc.ABC):
         self.db.execute("UPDATE requests SET status_published = 0 WHERE seq = ? AND status IS NOT NULL", (seq,))
         self._stage_status(seq, status)
 
-    def request_retry(self, seq: int, *, force: bool = False) -> bool:
-        """An operator asks for a failed request to be sent again. It waits in `retry` for the connector to admit
-        it again, through its guards, storms and caps (`Admission.readmit`); `force`: straight back to waiting,
-        past them. False if `seq` is not a failed request."""
-        now = time.time()
-        step = Step.FORCE_RETRY if force else Step.REQUEST_RETRY
-        if force:
-            assignments = (
-                "state = 'accepted', status = NULL, status_published = 0, next_attempt_at = ?, lookups = 0, "
-                "last_error = 'the operator forced a retry past the guards'"
-            )
-            parameters: tuple[Any, ...] = (now, now, seq)
-        else:
-            assignments, parameters = "state = 'retry'", (now, seq)
-        cursor = self.db.execute(
-            f"UPDATE requests SET {assignments}, updated_at = ? WHERE seq = ? AND {step.sql_from()} AND members = 0",
-            parameters,
-        )
-        return bool(cursor.rowcount == 1)
-
-    def state_of(self, seq: int) -> tuple[str, str | None] | None:
-        """A request's state and last error; None if there is no such request."""
-        row = self.db.execute("SELECT state, last_error FROM requests WHERE seq = ?", (seq,)).fetchone()
-        return None if row is None else (row[0], row[1])
-
-    def retries_requested(self, limit: int) -> list[Entry]:
-        """Requests an operator asked to send again, for admission (see `request_retry`)."""
-        rows = self.db.execute(
-            f"SELECT {COLUMNS} FROM requests WHERE state = 'retry' ORDER BY seq LIMIT ?{self._skip_locked}",
-            (limit,),
-        ).fetchall()
-        return [entry_of(row) for row in rows]
-
-    def requeue(
-        self,
-        seq: int,
-        now: float,
-        *,
-        begin: bool = False,
-        start_at: float | None = None,
-        digest: int | None = None,
-        refused: tuple[bytes, str] | None = None,
-    ) -> int:
-        """A retried request's admission (see `intake.AdmissionStore.requeue`); `begin` is never asked for."""
-        if refused is not None:
-            state, error = "failed", REFUSED_AGAIN + refused[1]  # its status went out already: it stands
-            self.db.execute(
-                f"UPDATE requests SET state = ?, last_error = ?, updated_at = ? WHERE seq = ? AND {Step.READMIT.sql_from()}",
-                (state, error, now, seq),
-            )
-            return seq
-        state = "accepted" if digest is None else "folded"
-        self.db.execute(
-            "UPDATE requests SET state = ?, status = NULL, status_published = 0, next_attempt_at = ?, lookups = 0, "
-            f"digest_seq = ?, updated_at = ? WHERE seq = ? AND {Step.READMIT.sql_from()}",
-            (state, now if start_at is None else start_at, digest, now, seq),
-        )
-        if digest is not None:
-            self.db.execute("UPDATE requests SET members = members + 1 WHERE seq = ?", (digest,))
-        return seq
-
     def prune(self, before: float) -> int:
         self.db.execute("DELETE FROM followups WHERE published = 1 AND created_at < ?", (before,))
         cursor = self.db.execute(
@@ -529,20 +467,3 @@ class SqlCore(abc.ABC):
             int(self.db.execute(f"SELECT COUNT(*) FROM requests WHERE state = '{state}'").fetchone()[0])
             for state in UNFINISHED
         )
-
-    def counts(self) -> dict[str, int]:
-        rows = self.db.execute(
-            "SELECT state, COUNT(*) FROM requests GROUP BY state UNION ALL "
-            "SELECT 'unpublished', COUNT(*) FROM requests WHERE status IS NOT NULL AND status_published = 0"
-        ).fetchall()
-        return {state: count for state, count in rows}
-
-    def rows(self, states: Iterable[str], limit: int) -> list[dict[str, Any]]:
-        wanted = list(states)
-        cursor = self.db.execute(
-            "SELECT seq, request_id, kind, to_number, state, attempts, sid, last_error, accepted_at FROM requests "
-            f"WHERE state IN ({','.join('?' * len(wanted))}) ORDER BY seq DESC LIMIT ?",
-            (*wanted, limit),
-        )
-        names = [column[0] for column in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

@@ -79,23 +79,6 @@ class Journal(abc.ABC):
         self._damage = asyncio.Event()  # set, for good, once a statement found the file damaged
         self._damaged: JournalDamaged | None = None
 
-    @classmethod
-    async def open(
-        cls,
-        path: str,
-        sync: str = "full",
-        *,
-        hand_over_limit: int | None = None,
-        clock: Callable[[], float] = time.time,
-        node: str | None = None,
-        lease: float = 30.0,
-    ) -> Journal:
-        """The journal at `path` (an SQLite file, or a postgresql:// URL), opened off the event loop: see
-        `opening.open_journal`."""
-        from .opening import open_journal  # noqa: PLC0415  (opening imports the children of this class)
-
-        return await open_journal(path, sync, hand_over_limit=hand_over_limit, clock=clock, node=node, lease=lease)
-
     async def close(self) -> None:
         if self.damaged is None:
             await self.flush()

@@ -1,4 +1,4 @@
-"""The configuration reference, in Markdown, from the settings table (options.py) and the defaults (Settings).
+"""The configuration reference, in Markdown, from the settings' declarations (settings/schema.py).
 
 docs/reference.md is its output (`python -m twilio_connector.settings.reference > docs/reference.md`), and a test
 fails when the two differ: the page cannot drift from the code."""
@@ -14,7 +14,7 @@ __all__ = ["settings_reference"]
 
 _INTRO = """# Configuration reference
 
-Generated from the settings table in the code (`src/twilio_connector/options.py`); do not edit by hand. Each setting can be given
+Generated from the settings' declarations in the code (`src/twilio_connector/settings/schema.py`); do not edit by hand. Each setting can be given
 in the TOML file under its name, in the environment as `TWILIO_CONNECTOR_<NAME>` (or under the other names
 shown, the original Greengrass ones among them), and, where a flag is shown, on the command line; later
 sources win: defaults, file, environment, flags. Secrets have no flag: other users can read command lines.

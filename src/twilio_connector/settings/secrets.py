@@ -7,7 +7,8 @@ from pathlib import Path
 
 __all__ = ["SECRET_ARN", "Secret", "SecretError", "fetch_secrets_manager", "read_secret_file"]
 
-# The original connector's ARN pattern, with the extraction damage repaired (see CONTRACT.md).
+# The pattern the original connector's documentation gives for TwilioAuthTokenSecretArn (its published text had
+# lost a few characters of it; they are restored here).
 SECRET_ARN = re.compile(
     r"arn:aws:secretsmanager:[a-z0-9\-]+:[0-9]{12}:secret:([a-zA-Z0-9\\]+/)*[a-zA-Z0-9/_+=,.@\-]+-[a-zA-Z0-9]+"
 )
