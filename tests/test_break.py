@@ -39,6 +39,7 @@ from twilio_connector.domain.records import dedupe_key, key_of
 from twilio_connector.domain.storms import StormRule
 from twilio_connector.journal.front import Journal
 from twilio_connector.journal.opening import open_journal
+from twilio_connector.journal.schema import MIGRATIONS
 from twilio_connector.journal.sqlite import SqliteCore
 from twilio_connector.settings.config import resolve_credentials
 from twilio_connector.twilio import reauth
@@ -87,7 +88,9 @@ def test_a_journal_of_the_previous_version_is_keyed_again(tmp_path: Path) -> Non
     core.close()
     reopened = SqliteCore(path)
     try:
-        assert reopened.db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert reopened.db.execute("PRAGMA user_version").fetchone()[0] == len(
+            MIGRATIONS
+        )  # the newest (it was 1, before one list for both databases)
         _, duplicate = reopened.duplicate(note, 1e12, 1e12)
         assert duplicate is not None and duplicate.seq == seq
     finally:
