@@ -2,7 +2,8 @@
 which the SQLite journal shares, and here what PostgreSQL does its own way.
 
 Statements reach the server through psycopg's raw cursor, with PostgreSQL's own `$1` placeholders (so `%` means
-nothing special); core.py's are numbered so as they are sent (`_numbered`, once per statement). What differs
+nothing special). Those shared with SQLite, and those written here in the same style, mark their parameters
+with `?`; each is numbered once, as it is first sent (`_numbered`). What differs
 from SQLite: the schema's migration under an advisory lock (several connectors may start at once), and
 transactions: each write is a transaction of its own (SQLite's journal groups them), so that a failed statement
 (a SID claim refused), which aborts a whole PostgreSQL transaction, sinks only its own write.

@@ -113,16 +113,16 @@ def tables(dialect: Dialect) -> str:
 
 
 #: A step is SQL (a script), or a function given the connection, for what SQL alone cannot do.
-Step = str | Callable[[Any], None] | None
+MigrationStep = str | Callable[[Any], None] | None
 
 
 @dataclass(frozen=True, slots=True)
 class Migration:
     why: str
-    sqlite: Step
-    postgres: Step
+    sqlite: MigrationStep
+    postgres: MigrationStep
 
-    def step(self, dialect: Dialect) -> Step:
+    def step(self, dialect: Dialect) -> MigrationStep:
         return self.sqlite if dialect is SQLITE else self.postgres
 
 
