@@ -59,10 +59,7 @@ class Step(enum.Enum):
 
     def sql_from(self) -> str:
         """The SQL condition that the request is in a state this step may move it from (constants only)."""
-        states = sorted(self.sources)
-        if len(states) == 1:
-            return f"state = '{states[0]}'"
-        return "state IN (" + ", ".join(f"'{state}'" for state in states) + ")"
+        return _SQL_FROM[self]
 
 
 #: step -> (the states it may move a request from, the states it may move it to). ADMIT creates the request.
@@ -81,3 +78,14 @@ TRANSITIONS: dict[Step, tuple[frozenset[State], frozenset[State]]] = {
     # Admitted again (waiting or folded), or refused again (failed, its first status standing).
     Step.READMIT: (frozenset({State.RETRY}), frozenset({State.ACCEPTED, State.FOLDED, State.FAILED})),
 }
+
+
+def _condition(states: frozenset[State]) -> str:
+    ordered = sorted(states)
+    if len(ordered) == 1:
+        return f"state = '{ordered[0]}'"
+    return "state IN (" + ", ".join(f"'{state}'" for state in ordered) + ")"
+
+
+#: Built once: the journals ask for them with every state change.
+_SQL_FROM = {step: _condition(sources) for step, (sources, _) in TRANSITIONS.items()}
