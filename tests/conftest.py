@@ -44,8 +44,9 @@ CLI = [sys.executable, "-m", "twilio_connector"]
 
 #: Fixtures that start a real process (a broker, a database, a connector): a test using one is `slow`.
 PROCESS_FIXTURES = frozenset({"broker", "probe", "connector", "spawned", "postgres", "postgres_server", "pg_url"})
-#: Modules whose tests start processes of their own (the connector's CLI, Prism, mkdocs, a wheel build, NATS).
-PROCESS_MODULES = frozenset(
+#: Modules whose tests start processes of their own (the connector's CLI, Prism, mkdocs, a wheel build, NATS), or
+#: run long by design (the fuzzing sample: thousands of documents).
+SLOW_MODULES = frozenset(
     {
         "test_break",
         "test_cli",
@@ -53,6 +54,7 @@ PROCESS_MODULES = frozenset(
         "test_conformance",
         "test_crash",
         "test_docs",
+        "test_fuzz",
         "test_ha",
         "test_mosquitto_faults",
         "test_nats",
@@ -64,12 +66,13 @@ PROCESS_MODULES = frozenset(
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the real-process tests `slow`: `pytest -m "not slow"` is the fast layer (pure and in-process)."""
+    """Mark the real-process and long tests `slow`: `pytest -m "not slow"` is the fast layer (pure and in-process,
+    in seconds); `pytest` runs both, as CI does."""
     for item in items:
         if not isinstance(item, pytest.Function):
             continue
         on_postgres = "postgres" in getattr(getattr(item, "callspec", None), "params", {}).values()
-        if item.module.__name__ in PROCESS_MODULES or PROCESS_FIXTURES.intersection(item.fixturenames) or on_postgres:
+        if item.module.__name__ in SLOW_MODULES or PROCESS_FIXTURES.intersection(item.fixturenames) or on_postgres:
             item.add_marker(pytest.mark.slow)
 
 
