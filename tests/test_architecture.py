@@ -14,7 +14,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "src" / "twilio_connector"
-ADAPTERS = ("journal", "mqtt", "twilio", "ops")
+ADAPTERS = ("journal", "mqtt", "greengrass", "twilio", "ops")
 #: Libraries that reach outside the process (or the clock's event loop): never in domain.
 IO_LIBRARIES = frozenset(
     {"asyncio", "socket", "ssl", "sqlite3", "psycopg", "aiohttp", "paho", "boto3", "subprocess", "httptools", "uvloop"}

@@ -16,15 +16,18 @@ from .domain.policy import describe_limits
 from .engine.core import Engine
 from .engine.options import DeliveryOptions, EngineOptions
 from .engine.tracking import DeliveryTracker, TrackingOptions
+from .greengrass.secrets import fetch_from_nucleus
+from .greengrass.session import GreengrassTransport, options_from_environment
 from .journal.front import Journal
 from .journal.opening import open_journal
 from .mqtt.session import BrokerError, MqttOptions, MqttTransport
 from .mqtt.tls import TlsFiles
 from .ops.callbacks import CallbackListener
 from .ops.metrics import Metrics
-from .ports.messaging import Messaging
+from .ports.messaging import Messaging, RequestHandler
 from .settings.config import ANONYMOUS_WARNING, ConfigError, Credentials, anonymous_and_unbounded, resolve_credentials
 from .settings.schema import Settings
+from .settings.secrets import Secret, fetch_secrets_manager
 from .twilio.client import TwilioClient
 from .twilio.reauth import Reauthenticating
 
@@ -158,17 +161,13 @@ async def run(
 
             tracker, callbacks = await _tracking(settings, credentials, journal, client)
             metrics = Metrics()
-            sender = Reauthenticating(client, credentials, partial(resolve_credentials, settings))
+            sender = Reauthenticating(
+                client, credentials, partial(resolve_credentials, settings, secret_source(settings))
+            )
             metrics.credentials_rejected.set_function(lambda: sender.rejected is not None)
             engine = Engine(engine_options(settings), sender, journal, publish, tracker=tracker, metrics=metrics)
             metrics.loops_failing.set_function(lambda: len(engine.loops.failing))
-            transport = MqttTransport(
-                mqtt_options(settings),
-                settings.request_filters,
-                engine.handle,
-                on_state=metrics.broker_connected.set,
-                on_fault=lambda kind: metrics.broker_faults.labels(kind).inc(),
-            )
+            transport = messaging(settings, engine.handle, metrics)
             operations: web.AppRunner | None = None
             if settings.metrics_listen:
                 operations = await _serve_operations(
@@ -271,3 +270,26 @@ def engine_options(settings: Settings) -> EngineOptions:
         reconcile_window=settings.reconcile_window,
         delivery=DeliveryOptions(settings.http_timeout, settings.sender_rate, settings.limits.max_segments),
     )
+
+
+def messaging(settings: Settings, handler: RequestHandler, metrics: Metrics) -> Messaging:
+    """Requests in and statuses out as `transport` says: an MQTT broker, or the Greengrass nucleus."""
+    if settings.transport == "greengrass":
+        options = options_from_environment()
+        topics = [settings.txt_topic, settings.call_topic]
+        return GreengrassTransport(options, topics, handler, on_state=metrics.broker_connected.set)
+    return MqttTransport(
+        mqtt_options(settings),
+        settings.request_filters,
+        handler,
+        on_state=metrics.broker_connected.set,
+        on_fault=lambda kind: metrics.broker_faults.labels(kind).inc(),
+    )
+
+
+def secret_source(settings: Settings) -> Callable[[str], Secret]:
+    """Where the secret an ARN names is read: from the Greengrass nucleus with that transport (no network, no AWS
+    credentials), else from AWS Secrets Manager."""
+    if settings.transport == "greengrass":
+        return partial(fetch_from_nucleus, options_from_environment())
+    return fetch_secrets_manager

@@ -17,7 +17,7 @@ __all__ = ["check_config"]
 def check_config(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
-        credentials = resolve_credentials(settings)
+        credentials = resolve_credentials(settings, service.secret_source(settings))
     except ConfigError as error:
         return report(error)
     if settings.broker.tls or settings.ca_file or settings.cert_file:

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
         logs.configure(settings.log_level, settings.log_format)
-        credentials = resolve_credentials(settings)
+        credentials = resolve_credentials(settings, service.secret_source(settings))
     except ConfigError as error:
         return report(error)
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -140,22 +140,23 @@ def _cross_checks(settings: Settings) -> list[str]:
     return problems
 
 
-def _auth_token(settings: Settings) -> Secret | None:
+def _auth_token(settings: Settings, fetch: Callable[[str], Secret]) -> Secret | None:
     if settings.auth_token:
         return settings.auth_token
     if settings.auth_token_file:
         return read_secret_file(settings.auth_token_file)
     if settings.auth_token_secret_arn:
-        return fetch_secrets_manager(settings.auth_token_secret_arn)
+        return fetch(settings.auth_token_secret_arn)
     return None
 
 
-def resolve_credentials(settings: Settings) -> Credentials:
-    """Find the Twilio credentials. Blocking (it may call AWS Secrets Manager). Raises `ConfigError`."""
+def resolve_credentials(settings: Settings, fetch: Callable[[str], Secret] = fetch_secrets_manager) -> Credentials:
+    """Find the Twilio credentials. Blocking: `fetch` reads the secret an ARN names (AWS Secrets Manager; the
+    Greengrass nucleus with that transport). Raises `ConfigError`."""
     if not settings.account_sid:
         raise ConfigError(["TWILIO_ACCOUNT_SID (account_sid) is required"])
     try:
-        token = _auth_token(settings)
+        token = _auth_token(settings, fetch)
     except SecretError as exc:
         raise ConfigError([str(exc)]) from None
     if settings.api_key_sid and settings.api_key_secret:
@@ -180,6 +181,8 @@ ANONYMOUS_WARNING = (
 def anonymous_and_unbounded(settings: Settings) -> bool:
     """The connector logs in to its broker with no credentials (so the broker takes anonymous clients) and no
     guard limits how much a flood of requests can send."""
+    if settings.transport == "greengrass":
+        return False  # the nucleus lets publish to the connector's topics only the components its policy names
     return not (settings.mqtt_username or settings.cert_file) and not settings.limits.limits_volume
 
 

@@ -17,6 +17,7 @@ ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 API_KEY_SID = re.compile(r"SK[0-9a-fA-F]{32}")
 # The settings that take one of a few words, each a Literal: the type checker knows the words, and so do the
 # parsers and their error messages (`get_args`).
+Transport = Literal["mqtt", "greengrass"]
 MqttVersion = Literal["5", "3.1.1"]
 JournalSync = Literal["full", "normal", "off"]
 Tracking = Literal["off", "poll", "callback"]
@@ -264,3 +265,7 @@ def log_format(value: Any) -> LogFormat:
 
 def log_level(value: Any) -> LogLevel:
     return cast(LogLevel, _one_of(text(value).upper(), get_args(LogLevel)))
+
+
+def transport(value: Any) -> Transport:
+    return cast(Transport, _one_of(value, get_args(Transport)))

@@ -16,7 +16,7 @@ from typing import Any
 from ..domain.policy import DEFAULT_REFUSED_TYPES, PRESETS, Limits
 from ..domain.storms import StormRule
 from . import parsers as p
-from .parsers import BrokerAddress, JournalSync, LogFormat, LogLevel, MqttVersion, Tracking
+from .parsers import BrokerAddress, JournalSync, LogFormat, LogLevel, MqttVersion, Tracking, Transport
 from .secrets import Secret
 
 __all__ = ["DEFAULT_API_URL", "OPTIONS", "SECRET_OPTIONS", "Option", "Settings"]
@@ -80,6 +80,14 @@ class Settings:
         p.broker_url,
         "The MQTT broker: mqtt://host:port, or mqtts://host:port for TLS (port 8883 by default).",
         "--broker",
+        section=BROKER,
+    )
+    transport: Transport = setting(
+        "mqtt",
+        p.transport,
+        "Where requests come from and statuses go: mqtt (the broker at broker_url) or greengrass (the Greengrass v2 "
+        "nucleus's local publish/subscribe, over IPC; with it, auth_token_secret_arn is read from the nucleus).",
+        "--transport",
         section=BROKER,
     )
     mqtt_version: MqttVersion = setting(

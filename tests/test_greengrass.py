@@ -1,0 +1,107 @@
+"""The connector as a Greengrass v2 component: requests and statuses over the nucleus's local publish/subscribe,
+the token from the nucleus. The nucleus is the stand-in of tests/nucleus.py (event-stream RPC on a Unix socket);
+the client is the real awsiotsdk one, inside the connector."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
+
+import orjson
+import pytest
+
+from conftest import CREDENTIALS, RunningConnector, SimulatorHandle, make_settings, sms
+from nucleus import Nucleus
+from twilio_connector.greengrass.secrets import fetch_from_nucleus
+from twilio_connector.greengrass.session import GreengrassOptions
+from twilio_connector.service import secret_source
+from twilio_connector.settings.config import resolve_credentials
+from twilio_connector.settings.schema import Settings
+from twilio_connector.settings.secrets import Secret, SecretError
+from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+
+TOKEN = "component-token"
+ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:twilio-auth-token-AbCdEf"
+STATUS = "twilio/message/status"
+
+
+@pytest.fixture
+async def nucleus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Nucleus]:
+    # A short path: a Unix socket's path is limited to about 100 bytes.
+    path = f"/tmp/gg-{uuid.uuid4().hex[:8]}.socket"
+    stand_in = Nucleus(path, TOKEN, secrets={ARN: DEFAULT_AUTH_TOKEN})
+    await stand_in.start()
+    monkeypatch.setenv("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT", path)
+    monkeypatch.setenv("SVCUID", TOKEN)
+    yield stand_in
+    await stand_in.stop()
+    Path(path).unlink(missing_ok=True)
+
+
+def settings(simulator: SimulatorHandle, **overrides: object) -> Settings:
+    unused = SimpleNamespace(url="mqtt://127.0.0.1:1")  # no broker: requests come from the nucleus
+    return replace(make_settings(unused, simulator, transport="greengrass"), **overrides)  # type: ignore[arg-type]
+
+
+async def statuses(nucleus: Nucleus, count: int, timeout: float = 30.0) -> list[dict[str, object]]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while len(nucleus.on_topic(STATUS)) < count:
+        assert asyncio.get_running_loop().time() < deadline, f"statuses: {nucleus.on_topic(STATUS)}"
+        await asyncio.sleep(0.02)
+    return [orjson.loads(payload) for payload in nucleus.on_topic(STATUS)]
+
+
+async def test_a_request_over_local_pubsub_gets_its_status_there(nucleus: Nucleus, simulator: SimulatorHandle) -> None:
+    running = await RunningConnector(settings(simulator)).wait_ready()
+    try:
+        assert nucleus.states == ["RUNNING"]  # told once subscribed
+        await nucleus.subscribed("twilio/call")
+        assert nucleus.publish("twilio/txt", orjson.dumps(sms("g1"))) == 1
+        nucleus.publish("twilio/txt", b"{not json")
+        bad, first = sorted(await statuses(nucleus, 2), key=lambda status: str(status["id"]))
+        assert first["id"] == "g1" and first["response"]["status"] == "success"  # type: ignore[index]
+        assert bad["response"]["status"] == "fail"  # type: ignore[index]
+        assert [entry["params"]["To"] for entry in simulator.created()] == ["+12345000000"]
+    finally:
+        await running.stop()
+
+
+async def test_the_nucleus_restarting_is_survived(nucleus: Nucleus, simulator: SimulatorHandle) -> None:
+    """The nucleus goes away and comes back: the connector connects and subscribes again, and takes requests."""
+    running = await RunningConnector(settings(simulator)).wait_ready()
+    try:
+        await nucleus.subscribed("twilio/txt")
+        await nucleus.stop()
+        await asyncio.sleep(0.2)
+        await nucleus.start()
+        await nucleus.subscribed("twilio/txt")
+        nucleus.publish("twilio/txt", orjson.dumps(sms("after")))
+        (status,) = await statuses(nucleus, 1)
+        assert status["id"] == "after" and nucleus.connections == 2
+    finally:
+        await running.stop()
+
+
+async def test_the_auth_token_is_read_from_the_nucleus(nucleus: Nucleus) -> None:
+    """No boto3, no AWS credentials, no network: the secret the ARN names comes over IPC."""
+    configured = Settings(transport="greengrass", account_sid=DEFAULT_ACCOUNT_SID, auth_token_secret_arn=ARN)
+    read = partial(resolve_credentials, configured, secret_source(configured))
+    credentials = await asyncio.get_running_loop().run_in_executor(None, read)
+    assert credentials.password == Secret(DEFAULT_AUTH_TOKEN) and credentials.username == DEFAULT_ACCOUNT_SID
+    assert CREDENTIALS.password == credentials.password
+
+
+async def test_a_missing_secret_or_a_wrong_token_is_said_in_words(nucleus: Nucleus) -> None:
+    loop = asyncio.get_running_loop()
+    options = GreengrassOptions(nucleus.path, Secret(TOKEN))
+    with pytest.raises(SecretError, match="did not give arn:nope"):
+        await loop.run_in_executor(None, fetch_from_nucleus, options, "arn:nope")
+    wrong = GreengrassOptions(nucleus.path, Secret("not-the-token"))
+    with pytest.raises(SecretError, match="cannot reach the Greengrass nucleus") as raised:
+        await loop.run_in_executor(None, fetch_from_nucleus, wrong, ARN)
+    assert "not-the-token" not in str(raised.value)
