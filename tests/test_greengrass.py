@@ -105,3 +105,20 @@ async def test_a_missing_secret_or_a_wrong_token_is_said_in_words(nucleus: Nucle
     with pytest.raises(SecretError, match="cannot reach the Greengrass nucleus") as raised:
         await loop.run_in_executor(None, fetch_from_nucleus, wrong, ARN)
     assert "not-the-token" not in str(raised.value)
+
+
+async def test_the_migration_guides_publisher_snippet_reaches_the_connector(
+    nucleus: Nucleus, simulator: SimulatorHandle
+) -> None:
+    """The one-call change docs/migration.md gives v1 functions, run as a component would run it."""
+    guide = (Path(__file__).parent.parent / "docs" / "migration.md").read_text()
+    snippet = guide.split("The change is one call:", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    running = await RunningConnector(settings(simulator)).wait_ready()
+    try:
+        await nucleus.subscribed("twilio/txt")
+        await asyncio.get_running_loop().run_in_executor(None, exec, snippet, {})
+        (status,) = await statuses(nucleus, 1)
+        assert status["id"] == "freezer-3-0001" and status["response"]["status"] == "success"  # type: ignore[index]
+        assert simulator.created()[0]["params"]["Body"] == "Freezer 3 is warm"
+    finally:
+        await running.stop()

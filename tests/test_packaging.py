@@ -100,6 +100,8 @@ def test_greengrass_build_produces_a_sound_recipe(tmp_path: Path) -> None:
             assert key in defaults, key
         environment[name] = re.sub(r"\{[^}]+\}", "x", value)
     environment.update(
+        {name: "" for name, value in lifecycle["Setenv"].items() if value.endswith(("File}", "Username}"))},
+        TWILIO_CONNECTOR_TRANSPORT=defaults["Transport"],
         TWILIO_ACCOUNT_SID="AC" + "0" * 32,
         DefaultFromPhoneNumber="+15005550006",
         TwilioAuthTokenSecretArn="arn:aws:secretsmanager:us-east-1:123456789012:secret:greengrass-twilio-AbCdEf",
@@ -110,7 +112,39 @@ def test_greengrass_build_produces_a_sound_recipe(tmp_path: Path) -> None:
     )
     settings = load_settings(env=environment)
     assert settings.auth_token_secret_arn and settings.txt_topic == "twilio/txt"
+    assert settings.transport == "greengrass"
     assert lifecycle["Run"]["Script"].endswith("twilio-connector run")
+    # The install pins what CI tested and refuses a Python older than 3.11 in words, within a time limit.
+    install = lifecycle["Install"]
+    assert install["Timeout"] > 0 and "constraints.txt" in install["Script"] and "3, 11" in install["Script"]
+    assert {artifact["URI"].rsplit("/", 1)[1] for artifact in manifest["Artifacts"]} == {wheel.name, "constraints.txt"}
+    assert "aws.greengrass.SecretManager" in recipe["ComponentDependencies"]
+
+
+def test_greengrass_access_control_grants_exactly_the_configured_topics_and_secret() -> None:
+    """The recipe's accessControl names the topics its configuration names, and the deployment the docs give
+    names the secret its configuration reads."""
+    recipe = yaml.safe_load((PACKAGING / "greengrass" / "recipe.yaml").read_text())
+    defaults = recipe["ComponentConfiguration"]["DefaultConfiguration"]
+    pubsub = defaults["accessControl"]["aws.greengrass.ipc.pubsub"].values()
+    granted = {
+        (operation, resource)
+        for policy in pubsub
+        for operation in policy["operations"]
+        for resource in policy["resources"]
+    }
+    assert granted == {
+        ("aws.greengrass#SubscribeToTopic", defaults["TxtTopic"]),
+        ("aws.greengrass#SubscribeToTopic", defaults["CallTopic"]),
+        ("aws.greengrass#PublishToTopic", defaults["StatusTopic"]),
+    }
+    deployment = json.loads((PACKAGING / "greengrass" / "deployment.json").read_text())
+    merge = json.loads(deployment["components"]["community.TwilioNotifications"]["configurationUpdate"]["merge"])
+    [secrets] = merge["accessControl"]["aws.greengrass.SecretManager"].values()
+    assert secrets["operations"] == ["aws.greengrass#GetSecretValue"]
+    assert secrets["resources"] == [merge["TwilioAuthTokenSecretArn"]]
+    manager = json.loads(deployment["components"]["aws.greengrass.SecretManager"]["configurationUpdate"]["merge"])
+    assert {"arn": merge["TwilioAuthTokenSecretArn"]} in manager["cloudSecrets"]
 
 
 def test_containerfile_passes_hadolint() -> None:
