@@ -45,7 +45,7 @@ CLI = [sys.executable, "-m", "twilio_connector"]
 #: Fixtures that start a real process (a broker, a database, a connector): a test using one is `slow`.
 PROCESS_FIXTURES = frozenset({"broker", "probe", "connector", "spawned", "postgres", "postgres_server", "pg_url"})
 #: Modules whose tests start processes of their own (the connector's CLI, Prism, mkdocs, a wheel build, NATS), or
-#: run long by design (the fuzzing sample: thousands of documents).
+#: run long by design (the fuzzing sample: thousands of documents; the nucleus stand-in's slow Twilio answers).
 SLOW_MODULES = frozenset(
     {
         "test_break",
@@ -55,6 +55,7 @@ SLOW_MODULES = frozenset(
         "test_crash",
         "test_docs",
         "test_fuzz",
+        "test_greengrass",
         "test_ha",
         "test_mosquitto_faults",
         "test_nats",

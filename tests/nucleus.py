@@ -5,9 +5,10 @@ No nucleus can run here (it is a Java service needing a device identity). What t
 connector uses, as the nucleus does: the event-stream framing (prelude, typed headers, CRC32s), CONNECT with the
 component's token (`authToken`) answered by CONNECT_ACK (accepted, or the connection closed for a wrong token,
 as the nucleus does), and the operations SubscribeToTopic (a stream of SubscriptionResponseMessage),
-PublishToTopic, GetSecretValue and UpdateState, each on its own stream id. Message and header names are those of
+PublishToTopic, GetSecretValue, UpdateState, SubscribeToComponentUpdates (a stream of ComponentUpdatePolicyEvents)
+and DeferComponentUpdate, each on its own stream id. Message and header names are those of
 awsiotsdk's generated model (`awsiot.greengrasscoreipc.model`). Not modelled: authorization policies
-(accessControl), IoT Core operations, component updates.
+(accessControl), IoT Core operations, and the nucleus's side of a deployment (it only announces one: `announce_update`).
 """
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ class Nucleus:
     #: Every message published to local pub/sub, by anyone: (topic, bytes).
     published: list[tuple[str, bytes]] = field(default_factory=list)
     states: list[str] = field(default_factory=list)
+    #: DeferComponentUpdate requests: (deployment id, recheckAfterMs); 0 acknowledges the update.
+    deferrals: list[tuple[str, int]] = field(default_factory=list)
     connections: int = 0
+    _update_watchers: list[tuple[asyncio.StreamWriter, Callable[[str], None]]] = field(default_factory=list)
     _server: asyncio.Server | None = None
     _subscriptions: list[tuple[str, Callable[[str, bytes], None]]] = field(default_factory=list)
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
@@ -117,6 +121,7 @@ class Nucleus:
             await self._server.wait_closed()
             self._server = None
         self._subscriptions.clear()
+        self._update_watchers.clear()
         self._subscribed.clear()
 
     async def subscribed(self, topic: str, timeout: float = 30.0) -> None:
@@ -134,6 +139,12 @@ class Nucleus:
                 deliver(topic, payload)
                 delivered += 1
         return delivered
+
+    def announce_update(self, deployment_id: str) -> int:
+        """A deployment will update the component: tell the subscribers (PreComponentUpdateEvent)."""
+        for _, notify in list(self._update_watchers):
+            notify(deployment_id)
+        return len(self._update_watchers)
 
     def on_topic(self, topic: str) -> list[bytes]:
         return [payload for published, payload in self.published if published == topic]
@@ -157,6 +168,7 @@ class Nucleus:
             for subscription in mine:
                 with contextlib.suppress(ValueError):
                     self._subscriptions.remove(subscription)
+            self._update_watchers = [(owner, notify) for owner, notify in self._update_watchers if owner is not writer]
             self._writers.discard(writer)
             writer.close()
 
@@ -213,6 +225,17 @@ class Nucleus:
                 return
             answer = {"secretId": request["secretId"], "versionId": "v1", "versionStage": ["AWSCURRENT"]}
             reply("GetSecretValueResponse", {**answer, "secretValue": {"secretString": secret}}, TERMINATE_STREAM)
+        elif operation == "SubscribeToComponentUpdates":
+
+            def notify(deployment_id: str) -> None:
+                event = {"deploymentId": deployment_id, "isGgcRestarting": False}
+                reply("ComponentUpdatePolicyEvents", {"preUpdateEvent": event})
+
+            reply("SubscribeToComponentUpdatesResponse", {})
+            self._update_watchers.append((writer, notify))
+        elif operation == "DeferComponentUpdate":
+            self.deferrals.append((request["deploymentId"], int(request.get("recheckAfterMs") or 0)))
+            reply("DeferComponentUpdateResponse", {}, TERMINATE_STREAM)
         elif operation == "UpdateState":
             self.states.append(request["state"])
             reply("UpdateStateResponse", {}, TERMINATE_STREAM)

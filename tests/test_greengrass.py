@@ -5,7 +5,9 @@ the client is the real awsiotsdk one, inside the connector."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from functools import partial
@@ -15,7 +17,7 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from conftest import CREDENTIALS, RunningConnector, SimulatorHandle, make_settings, sms
+from conftest import CREDENTIALS, ConnectorProcess, RunningConnector, SimulatorHandle, make_settings, sms, wait_until
 from nucleus import Nucleus
 from twilio_connector.greengrass.secrets import fetch_from_nucleus
 from twilio_connector.greengrass.session import GreengrassOptions
@@ -120,5 +122,108 @@ async def test_the_migration_guides_publisher_snippet_reaches_the_connector(
         (status,) = await statuses(nucleus, 1)
         assert status["id"] == "freezer-3-0001" and status["response"]["status"] == "success"  # type: ignore[index]
         assert simulator.created()[0]["params"]["Body"] == "Freezer 3 is warm"
+    finally:
+        await running.stop()
+
+
+async def test_a_rotated_secret_is_read_again_from_the_nucleus(nucleus: Nucleus, simulator: SimulatorHandle) -> None:
+    """Twilio refuses the token (401): the connector reads the secret again over IPC and sends with the new one."""
+    configured = settings(simulator, auth_token_secret_arn=ARN)
+    read = partial(resolve_credentials, configured, secret_source(configured))
+    credentials = await asyncio.get_running_loop().run_in_executor(None, read)
+    running = await RunningConnector(configured, credentials).wait_ready()
+    try:
+        simulator.sim.rotate_auth_token("rotated-token")
+        nucleus.secrets[ARN] = "rotated-token"  # SecretManager's copy, synced from the cloud
+        await nucleus.subscribed("twilio/txt")
+        nucleus.publish("twilio/txt", orjson.dumps(sms("after-rotation")))
+        (status,) = await statuses(nucleus, 1)
+        assert status["id"] == "after-rotation" and status["response"]["status"] == "success"  # type: ignore[index]
+    finally:
+        await running.stop()
+
+
+async def test_kill_9_mid_burst_over_ipc_offline(
+    nucleus: Nucleus, simulator: SimulatorHandle, tmp_path: Path, spawned: list[ConnectorProcess]
+) -> None:
+    """A connector process with no network but the nucleus (its token from the nucleus, no AWS credentials, AWS
+    out of reach) is killed with -9 while its requests are at Twilio, and started again: every request it took
+    is sent once, and each gets a status."""
+    simulator.sim.latency = 0.2
+    burst, log = 200, tmp_path / "connector.log"
+    offline = {
+        "TWILIO_CONNECTOR_TRANSPORT": "greengrass",
+        "TwilioAuthTokenSecretArn": ARN,
+        "TWILIO_AUTH_TOKEN": "",
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # were Secrets Manager asked, it would fail
+    }
+    unused = SimpleNamespace(url="mqtt://127.0.0.1:9")
+    log.write_text("run:\n")
+    first = ConnectorProcess(unused, simulator, tmp_path / "j.db", log, "--max-in-flight", "32", **offline)  # type: ignore[arg-type]
+    spawned.append(first)
+    await first.ready()
+    await nucleus.subscribed("twilio/call")
+    for n in range(burst):
+        assert nucleus.publish("twilio/txt", orjson.dumps(sms(f"k{n}", message=f"text k{n}"))) == 1
+    await wait_until(lambda: len(simulator.created()) >= burst // 2)
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(10)
+    log.write_text(log.read_text() + "run:\n")
+    second = ConnectorProcess(unused, simulator, tmp_path / "j.db", log, "--max-in-flight", "32", **offline)  # type: ignore[arg-type]
+    spawned.append(second)
+    await second.ready()
+    ids = {f"k{n}" for n in range(burst)}
+    await wait_until(lambda: ids <= {status["id"] for status in map(orjson.loads, nucleus.on_topic(STATUS))}, 60)
+    second.process.send_signal(signal.SIGTERM)
+    assert second.process.wait(20) == 0
+    sent = Counter(entry["params"]["Body"] for entry in simulator.created())
+    doubled = [body for body, times in sent.items() if times > 1]
+    # A create retried after a lookup found nothing is a second create request, not a second message: count
+    # what Twilio stored.
+    stored = Counter(item["body"] for item in simulator.sim._resources["Messages"].items.values())
+    assert set(stored) == {f"text k{n}" for n in range(burst)} and max(stored.values()) == 1, doubled
+    assert "were being sent when the connector stopped" in log.read_text().rsplit("run:", 1)[-1]
+    assert "Secrets Manager" not in log.read_text()
+
+
+async def test_a_component_update_waits_for_the_requests_at_twilio(
+    nucleus: Nucleus, simulator: SimulatorHandle
+) -> None:
+    """A deployment announced while a request is at Twilio is deferred (asked again in a second); once nothing is
+    at Twilio it is acknowledged; and a busy connector defers for `shutdown_timeout` at most."""
+    simulator.sim.latency = 1.5
+    running = await RunningConnector(settings(simulator, shutdown_timeout=3.0)).wait_ready()
+    try:
+        await nucleus.subscribed("twilio/txt")
+        nucleus.publish("twilio/txt", orjson.dumps(sms("slow")))
+        await wait_until(lambda: len(simulator.sim.received) == 1)
+        assert nucleus.announce_update("deployment-1") == 1
+        await wait_until(lambda: len(nucleus.deferrals) == 1)
+        assert nucleus.deferrals == [("deployment-1", 1000)]  # deferred: a request is at Twilio
+        await statuses(nucleus, 1)
+        nucleus.announce_update("deployment-1")  # the nucleus asks again after the recheck
+        await wait_until(lambda: len(nucleus.deferrals) == 2)
+        assert nucleus.deferrals[1] == ("deployment-1", 0)  # acknowledged: nothing at Twilio now
+    finally:
+        await running.stop()
+
+
+async def test_a_component_update_is_deferred_for_the_shutdown_timeout_at_most(
+    nucleus: Nucleus, simulator: SimulatorHandle
+) -> None:
+    simulator.sim.latency = 3.0  # at Twilio through both notices
+    running = await RunningConnector(settings(simulator, shutdown_timeout=0.5)).wait_ready()
+    try:
+        await nucleus.subscribed("twilio/txt")
+        nucleus.publish("twilio/txt", orjson.dumps(sms("stuck")))
+        await wait_until(lambda: len(simulator.sim.received) == 1)
+        nucleus.announce_update("deployment-2")
+        await wait_until(lambda: len(nucleus.deferrals) == 1)
+        await asyncio.sleep(0.6)  # past shutdown_timeout since the first notice (the nucleus rechecks later)
+        nucleus.announce_update("deployment-2")
+        await wait_until(lambda: len(nucleus.deferrals) == 2)
+        assert nucleus.deferrals == [("deployment-2", 1000), ("deployment-2", 0)]  # still busy, but no longer
     finally:
         await running.stop()

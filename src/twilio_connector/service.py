@@ -24,7 +24,7 @@ from .mqtt.session import BrokerError, MqttOptions, MqttTransport
 from .mqtt.tls import TlsFiles
 from .ops.callbacks import CallbackListener
 from .ops.metrics import Metrics
-from .ports.messaging import Messaging, RequestHandler
+from .ports.messaging import Messaging
 from .settings.config import ANONYMOUS_WARNING, ConfigError, Credentials, anonymous_and_unbounded, resolve_credentials
 from .settings.schema import Settings
 from .settings.secrets import Secret, fetch_secrets_manager
@@ -167,7 +167,7 @@ async def run(
             metrics.credentials_rejected.set_function(lambda: sender.rejected is not None)
             engine = Engine(engine_options(settings), sender, journal, publish, tracker=tracker, metrics=metrics)
             metrics.loops_failing.set_function(lambda: len(engine.loops.failing))
-            transport = messaging(settings, engine.handle, metrics)
+            transport = messaging(settings, engine, metrics)
             operations: web.AppRunner | None = None
             if settings.metrics_listen:
                 operations = await _serve_operations(
@@ -272,16 +272,23 @@ def engine_options(settings: Settings) -> EngineOptions:
     )
 
 
-def messaging(settings: Settings, handler: RequestHandler, metrics: Metrics) -> Messaging:
+def messaging(settings: Settings, engine: Engine, metrics: Metrics) -> Messaging:
     """Requests in and statuses out as `transport` says: an MQTT broker, or the Greengrass nucleus."""
     if settings.transport == "greengrass":
         options = options_from_environment()
         topics = [settings.txt_topic, settings.call_topic]
-        return GreengrassTransport(options, topics, handler, on_state=metrics.broker_connected.set)
+        return GreengrassTransport(
+            options,
+            topics,
+            engine.handle,
+            on_state=metrics.broker_connected.set,
+            busy=lambda: engine.in_flight > 0,
+            defer_for=settings.shutdown_timeout,
+        )
     return MqttTransport(
         mqtt_options(settings),
         settings.request_filters,
-        handler,
+        engine.handle,
         on_state=metrics.broker_connected.set,
         on_fault=lambda kind: metrics.broker_faults.labels(kind).inc(),
     )

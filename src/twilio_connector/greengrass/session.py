@@ -33,6 +33,8 @@ SOCKET_VARIABLE = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
 TOKEN_VARIABLE = "SVCUID"
 RECONNECT_BASE, RECONNECT_CAP = 0.25, 30.0
 CONNECT_TIMEOUT = 10.0
+#: Milliseconds after which the nucleus asks again about an update we deferred.
+DEFER_RECHECK_MS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +80,16 @@ class GreengrassTransport:
         topics: Sequence[str],
         handler: RequestHandler,
         on_state: Callable[[bool], None] | None = None,
+        *,
+        busy: Callable[[], bool] = lambda: False,
+        defer_for: float = 20.0,
     ) -> None:
+        """`busy`: requests are at Twilio now; a component update (a deployment) is deferred while they are, for
+        `defer_for` seconds at most (the shutdown timeout: what a stop would give them anyway)."""
         self._options = options
+        self._busy = busy
+        self._defer_for = defer_for
+        self._updates: dict[str, float] = {}  # deployment id -> when we first heard of it
         self._topics = list(topics)
         self._handler = handler
         self._on_state = on_state or (lambda ready: None)
@@ -130,6 +140,7 @@ class GreengrassTransport:
                     on_stream_error=self._stream_failed,
                     on_stream_closed=self._stream_closed,
                 )
+            client.subscribe_to_component_updates(on_stream_event=self._update_announced)
             if self._options.running_state:
                 client.update_state(state="RUNNING")
         except BaseException:
@@ -190,6 +201,30 @@ class GreengrassTransport:
             await self._handler(topic, payload, False)
         except Exception:
             log.exception("a request on %s could not be taken", topic)
+
+    # -- component updates --------------------------------------------------------------------------------------
+
+    def _update_announced(self, event: Any) -> None:
+        """On the client's thread: a deployment will stop this component to update it."""
+        if event.pre_update_event is not None:
+            deployment = str(event.pre_update_event.deployment_id)
+            self._loop.call_soon_threadsafe(self._answer_update, deployment)
+
+    def _answer_update(self, deployment: str) -> None:
+        """Defer the update while requests are at Twilio (asked again in a second), up to `defer_for` seconds
+        from the first notice; else acknowledge it (a recheck of 0), and the nucleus stops us as SIGTERM would."""
+        first = self._updates.setdefault(deployment, self._loop.time())
+        defer = self._busy() and self._loop.time() - first < self._defer_for
+        recheck = DEFER_RECHECK_MS if defer else 0
+        if not defer:
+            self._updates.pop(deployment, None)
+        log.info("deployment %s: %s", deployment, "deferred: requests are at Twilio" if defer else "may go ahead")
+        client = self._client
+        if client is not None:
+            answer = client.defer_component_update_async(
+                deployment_id=deployment, message="requests at Twilio" if defer else "", recheck_after_ms=recheck
+            )
+            answer.add_done_callback(lambda future: future.exception())  # retrieved: a failure is the nucleus's
 
     # -- statuses out -------------------------------------------------------------------------------------------
 
