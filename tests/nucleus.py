@@ -4,11 +4,12 @@ spoken to the real awsiotsdk client inside the connector.
 No nucleus can run here (it is a Java service needing a device identity). What this one serves is what the
 connector uses, as the nucleus does: the event-stream framing (prelude, typed headers, CRC32s), CONNECT with the
 component's token (`authToken`) answered by CONNECT_ACK (accepted, or the connection closed for a wrong token,
-as the nucleus does), and the operations SubscribeToTopic (a stream of SubscriptionResponseMessage),
-PublishToTopic, GetSecretValue, UpdateState, SubscribeToComponentUpdates (a stream of ComponentUpdatePolicyEvents)
-and DeferComponentUpdate, each on its own stream id. Message and header names are those of
+as the nucleus does), and the operations, each on its own stream id: SubscribeToTopic (a stream of
+SubscriptionResponseMessage) and PublishToTopic; SubscribeToIoTCore (a stream of IoTCoreMessage) and
+PublishToIoTCore, for messages from and to AWS IoT Core; GetSecretValue; UpdateState; SubscribeToComponentUpdates
+(a stream of ComponentUpdatePolicyEvents) and DeferComponentUpdate. Message and header names are those of
 awsiotsdk's generated model (`awsiot.greengrasscoreipc.model`). Not modelled: authorization policies
-(accessControl), IoT Core operations, and the nucleus's side of a deployment (it only announces one: `announce_update`).
+(accessControl), and the nucleus's side of a deployment (it only announces one: `announce_update`).
 """
 
 from __future__ import annotations
@@ -100,9 +101,14 @@ class Nucleus:
     #: Every message published to local pub/sub, by anyone: (topic, bytes).
     published: list[tuple[str, bytes]] = field(default_factory=list)
     states: list[str] = field(default_factory=list)
+    #: Every message published to AWS IoT Core through the nucleus (PublishToIoTCore): (topic, bytes, qos).
+    to_cloud: list[tuple[str, bytes, str]] = field(default_factory=list)
     #: DeferComponentUpdate requests: (deployment id, recheckAfterMs); 0 acknowledges the update.
     deferrals: list[tuple[str, int]] = field(default_factory=list)
     connections: int = 0
+    _cloud_subscriptions: list[tuple[asyncio.StreamWriter, str, Callable[[str, bytes], None]]] = field(
+        default_factory=list
+    )
     _update_watchers: list[tuple[asyncio.StreamWriter, Callable[[str], None]]] = field(default_factory=list)
     _server: asyncio.Server | None = None
     _subscriptions: list[tuple[str, Callable[[str, bytes], None]]] = field(default_factory=list)
@@ -140,6 +146,20 @@ class Nucleus:
                 delivered += 1
         return delivered
 
+    def from_cloud(self, topic: str, payload: bytes) -> int:
+        """A message from AWS IoT Core on `topic`, as the nucleus's MQTT connection receives it."""
+        delivered = 0
+        for _, wanted, deliver in list(self._cloud_subscriptions):
+            if wanted == topic:
+                deliver(topic, payload)
+                delivered += 1
+        return delivered
+
+    async def subscribed_in_cloud(self, topic: str, timeout: float = 30.0) -> None:
+        while not any(wanted == topic for _, wanted, _ in self._cloud_subscriptions):
+            self._subscribed.clear()
+            await asyncio.wait_for(self._subscribed.wait(), timeout)
+
     def announce_update(self, deployment_id: str) -> int:
         """A deployment will update the component: tell the subscribers (PreComponentUpdateEvent)."""
         for _, notify in list(self._update_watchers):
@@ -169,6 +189,7 @@ class Nucleus:
                 with contextlib.suppress(ValueError):
                     self._subscriptions.remove(subscription)
             self._update_watchers = [(owner, notify) for owner, notify in self._update_watchers if owner is not writer]
+            self._cloud_subscriptions = [entry for entry in self._cloud_subscriptions if entry[0] is not writer]
             self._writers.discard(writer)
             writer.close()
 
@@ -225,6 +246,19 @@ class Nucleus:
                 return
             answer = {"secretId": request["secretId"], "versionId": "v1", "versionStage": ["AWSCURRENT"]}
             reply("GetSecretValueResponse", {**answer, "secretValue": {"secretString": secret}}, TERMINATE_STREAM)
+        elif operation == "SubscribeToIoTCore":
+            wanted = request["topicName"]
+
+            def from_cloud(topic: str, payload: bytes) -> None:
+                message = {"topicName": topic, "payload": base64.b64encode(payload).decode()}
+                reply("IoTCoreMessage", {"message": message})
+
+            reply("SubscribeToIoTCoreResponse", {})
+            self._cloud_subscriptions.append((writer, wanted, from_cloud))
+            self._subscribed.set()
+        elif operation == "PublishToIoTCore":
+            self.to_cloud.append((request["topicName"], base64.b64decode(request.get("payload", "")), request["qos"]))
+            reply("PublishToIoTCoreResponse", {}, TERMINATE_STREAM)
         elif operation == "SubscribeToComponentUpdates":
 
             def notify(deployment_id: str) -> None:

@@ -22,7 +22,7 @@ from nucleus import Nucleus
 from twilio_connector.greengrass.secrets import fetch_from_nucleus
 from twilio_connector.greengrass.session import GreengrassOptions
 from twilio_connector.service import secret_source
-from twilio_connector.settings.config import resolve_credentials
+from twilio_connector.settings.config import ConfigError, load_settings, resolve_credentials
 from twilio_connector.settings.schema import Settings
 from twilio_connector.settings.secrets import Secret, SecretError
 from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
@@ -227,3 +227,24 @@ async def test_a_component_update_is_deferred_for_the_shutdown_timeout_at_most(
         assert nucleus.deferrals == [("deployment-2", 1000), ("deployment-2", 0)]  # still busy, but no longer
     finally:
         await running.stop()
+
+
+async def test_statuses_to_iot_core_and_requests_from_it(nucleus: Nucleus, simulator: SimulatorHandle) -> None:
+    """As the v1 tutorial's subscription did: each status also goes to AWS IoT Core (QoS 1), and requests
+    published in the cloud are taken too."""
+    running = await RunningConnector(settings(simulator, status_to_iot_core=True, iot_core_requests=True)).wait_ready()
+    try:
+        await nucleus.subscribed_in_cloud("twilio/txt")
+        assert nucleus.from_cloud("twilio/txt", orjson.dumps(sms("from-the-cloud"))) == 1
+        (status,) = await statuses(nucleus, 1)
+        assert status["id"] == "from-the-cloud"
+        await wait_until(lambda: len(nucleus.to_cloud) == 1)
+        [(topic, payload, qos)] = nucleus.to_cloud
+        assert (topic, qos) == (STATUS, "1") and orjson.loads(payload) == status
+    finally:
+        await running.stop()
+
+
+def test_iot_core_needs_the_greengrass_transport() -> None:
+    with pytest.raises(ConfigError, match="need transport = greengrass"):
+        load_settings(env={"TWILIO_CONNECTOR_STATUS_TO_IOT_CORE": "true"})

@@ -102,6 +102,8 @@ def test_greengrass_build_produces_a_sound_recipe(tmp_path: Path) -> None:
     environment.update(
         {name: "" for name, value in lifecycle["Setenv"].items() if value.endswith(("File}", "Username}"))},
         TWILIO_CONNECTOR_TRANSPORT=defaults["Transport"],
+        TWILIO_CONNECTOR_STATUS_TO_IOT_CORE=defaults["StatusToIoTCore"],
+        TWILIO_CONNECTOR_IOT_CORE_REQUESTS=defaults["IoTCoreRequests"],
         TWILIO_ACCOUNT_SID="AC" + "0" * 32,
         DefaultFromPhoneNumber="+15005550006",
         TwilioAuthTokenSecretArn="arn:aws:secretsmanager:us-east-1:123456789012:secret:greengrass-twilio-AbCdEf",

@@ -275,7 +275,9 @@ def engine_options(settings: Settings) -> EngineOptions:
 def messaging(settings: Settings, engine: Engine, metrics: Metrics) -> Messaging:
     """Requests in and statuses out as `transport` says: an MQTT broker, or the Greengrass nucleus."""
     if settings.transport == "greengrass":
-        options = options_from_environment()
+        options = options_from_environment(
+            statuses_to_cloud=settings.status_to_iot_core, requests_from_cloud=settings.iot_core_requests
+        )
         topics = [settings.txt_topic, settings.call_topic]
         return GreengrassTransport(
             options,

@@ -44,9 +44,13 @@ class GreengrassOptions:
     socket_path: str
     token: Secret = field(repr=False)
     running_state: bool = True  # tell the nucleus RUNNING once subscribed (UpdateState)
+    statuses_to_cloud: bool = False  # also publish each status to AWS IoT Core (PublishToIoTCore, QoS 1)
+    requests_from_cloud: bool = False  # also take requests from AWS IoT Core (SubscribeToIoTCore)
 
 
-def options_from_environment(environ: dict[str, str] | None = None) -> GreengrassOptions:
+def options_from_environment(
+    environ: dict[str, str] | None = None, *, statuses_to_cloud: bool = False, requests_from_cloud: bool = False
+) -> GreengrassOptions:
     """The nucleus's socket and token, from the environment it starts the component with."""
     env = os.environ if environ is None else environ
     missing = [name for name in (SOCKET_VARIABLE, TOKEN_VARIABLE) if not env.get(name)]
@@ -55,7 +59,12 @@ def options_from_environment(environ: dict[str, str] | None = None) -> Greengras
             f"transport = greengrass needs {' and '.join(missing)}, which the Greengrass nucleus sets for the "
             "components it runs: is the connector running as a Greengrass v2 component?"
         )
-    return GreengrassOptions(env[SOCKET_VARIABLE], Secret(env[TOKEN_VARIABLE]))
+    return GreengrassOptions(
+        env[SOCKET_VARIABLE],
+        Secret(env[TOKEN_VARIABLE]),
+        statuses_to_cloud=statuses_to_cloud,
+        requests_from_cloud=requests_from_cloud,
+    )
 
 
 def _client(options: GreengrassOptions) -> Any:
@@ -140,6 +149,15 @@ class GreengrassTransport:
                     on_stream_error=self._stream_failed,
                     on_stream_closed=self._stream_closed,
                 )
+            if self._options.requests_from_cloud:
+                for topic in self._topics:
+                    client.subscribe_to_iot_core(
+                        topic_name=topic,
+                        qos="1",
+                        on_stream_event=self._received_from_cloud,
+                        on_stream_error=self._stream_failed,
+                        on_stream_closed=self._stream_closed,
+                    )
             client.subscribe_to_component_updates(on_stream_event=self._update_announced)
             if self._options.running_state:
                 client.update_state(state="RUNNING")
@@ -191,6 +209,12 @@ class GreengrassTransport:
             payload = json.dumps(message.message).encode()
         self._loop.call_soon_threadsafe(self._take, topic, payload)
 
+    def _received_from_cloud(self, event: Any) -> None:
+        """On the client's thread: a request published to AWS IoT Core, received by the nucleus."""
+        message = event.message
+        if message is not None:
+            self._loop.call_soon_threadsafe(self._take, str(message.topic_name or ""), bytes(message.payload or b""))
+
     def _take(self, topic: str, payload: bytes) -> None:
         task = self._loop.create_task(self._handle(topic, payload))
         self._handling.add(task)
@@ -238,7 +262,11 @@ class GreengrassTransport:
             failed.set_exception(ConnectionError("not connected to the Greengrass nucleus"))
             return failed
         message = PublishMessage(binary_message=BinaryMessage(message=payload))
-        answer = asyncio.wrap_future(client.publish_to_topic_async(topic=topic, publish_message=message))
+        answers = [asyncio.wrap_future(client.publish_to_topic_async(topic=topic, publish_message=message))]
+        if self._options.statuses_to_cloud:
+            cloud = client.publish_to_iot_core_async(topic_name=topic, qos="1", payload=payload)
+            answers.append(asyncio.wrap_future(cloud))
+        answer = asyncio.gather(*answers)  # taken once both took it: the status stays in the journal until then
         done: asyncio.Future[None] = self._loop.create_future()
 
         def settle(future: asyncio.Future[Any]) -> None:

@@ -130,6 +130,10 @@ def _cross_checks(settings: Settings) -> list[str]:
         problems.append("give twilio_api_url or twilio_edge/twilio_region, not both")
     if len({settings.txt_topic, settings.call_topic, settings.status_topic, settings.delivery_topic}) < 4:
         problems.append("txt_topic, call_topic, status_topic and delivery_topic must all differ")
+    if settings.transport != "greengrass" and (settings.status_to_iot_core or settings.iot_core_requests):
+        problems.append(
+            "status_to_iot_core and iot_core_requests need transport = greengrass (the nucleus's IoT Core link)"
+        )
     if settings.delivery_tracking == "callback":
         if not settings.callback_url:
             problems.append("delivery_tracking = callback needs callback_url, the public URL Twilio will call")

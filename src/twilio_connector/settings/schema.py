@@ -90,6 +90,19 @@ class Settings:
         "--transport",
         section=BROKER,
     )
+    status_to_iot_core: bool = setting(
+        False,
+        p.boolean,
+        "With transport = greengrass: also publish each status to AWS IoT Core through the nucleus (QoS 1; the "
+        "nucleus spools them while the core is offline).",
+        section=BROKER,
+    )
+    iot_core_requests: bool = setting(
+        False,
+        p.boolean,
+        "With transport = greengrass: also take requests published to AWS IoT Core on the request topics.",
+        section=BROKER,
+    )
     mqtt_version: MqttVersion = setting(
         "5", p.mqtt_version, "MQTT protocol version: 5 or 3.1.1.", "--mqtt-version", section=BROKER
     )
