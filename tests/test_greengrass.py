@@ -17,7 +17,17 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from conftest import CREDENTIALS, ConnectorProcess, RunningConnector, SimulatorHandle, make_settings, sms, wait_until
+from conftest import (
+    CREDENTIALS,
+    ConnectorProcess,
+    RunningConnector,
+    SimulatorHandle,
+    free_port,
+    make_settings,
+    sms,
+    until_ready_is,
+    wait_until,
+)
 from nucleus import Nucleus
 from twilio_connector.greengrass.secrets import fetch_from_nucleus
 from twilio_connector.greengrass.session import GreengrassOptions
@@ -74,14 +84,18 @@ async def test_a_request_over_local_pubsub_gets_its_status_there(nucleus: Nucleu
 
 
 async def test_the_nucleus_restarting_is_survived(nucleus: Nucleus, simulator: SimulatorHandle) -> None:
-    """The nucleus goes away and comes back: the connector connects and subscribes again, and takes requests."""
-    running = await RunningConnector(settings(simulator)).wait_ready()
+    """The nucleus goes away and comes back: the connector says it is not ready meanwhile, connects and subscribes
+    again, and takes requests."""
+    port = free_port()
+    running = await RunningConnector(settings(simulator, metrics_listen=f"127.0.0.1:{port}")).wait_ready()
     try:
         await nucleus.subscribed("twilio/txt")
+        await until_ready_is(port, 200)
         await nucleus.stop()
-        await asyncio.sleep(0.2)
+        await until_ready_is(port, 503, problem="Greengrass nucleus")
         await nucleus.start()
         await nucleus.subscribed("twilio/txt")
+        await until_ready_is(port, 200)
         nucleus.publish("twilio/txt", orjson.dumps(sms("after")))
         (status,) = await statuses(nucleus, 1)
         assert status["id"] == "after" and nucleus.connections == 2
