@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ..ports.messaging import RequestHandler
@@ -107,6 +108,7 @@ class GreengrassTransport:
         self.refused: list[str] = []
         self.problem: str | None = "not connected to the Greengrass nucleus yet"
         self._client: Any = None
+        self._generation = 0  # connections opened so far: a closed stream of an older one changes nothing
         self._lost = asyncio.Event()
         self._closing = False
         self._keeper: asyncio.Task[None] | None = None
@@ -123,8 +125,9 @@ class GreengrassTransport:
     async def _until_connected(self) -> None:
         delay = RECONNECT_BASE
         while not self._closing:
+            self._generation += 1
             try:
-                self._client = await self._loop.run_in_executor(None, self._open)
+                self._client = await self._loop.run_in_executor(None, self._open, self._generation)
             except Exception as exc:
                 self.problem = f"cannot reach the Greengrass nucleus at {self._options.socket_path}: {_words(exc)}"
                 log.warning("%s; retrying in %.1fs", self.problem, delay)
@@ -138,16 +141,17 @@ class GreengrassTransport:
             log.info("connected to the Greengrass nucleus; subscribed to %s", " and ".join(self._topics))
             return
 
-    def _open(self) -> Any:
+    def _open(self, generation: int) -> Any:
         """Connect, subscribe to every request topic, say RUNNING (on a worker thread: the client blocks)."""
         client = _client(self._options)
+        failed, closed = partial(self._stream_failed, generation), partial(self._stream_closed, generation)
         try:
             for topic in self._topics:
                 client.subscribe_to_topic(
                     topic=topic,
                     on_stream_event=self._received,
-                    on_stream_error=self._stream_failed,
-                    on_stream_closed=self._stream_closed,
+                    on_stream_error=failed,
+                    on_stream_closed=closed,
                 )
             if self._options.requests_from_cloud:
                 for topic in self._topics:
@@ -155,8 +159,8 @@ class GreengrassTransport:
                         topic_name=topic,
                         qos="1",
                         on_stream_event=self._received_from_cloud,
-                        on_stream_error=self._stream_failed,
-                        on_stream_closed=self._stream_closed,
+                        on_stream_error=failed,
+                        on_stream_closed=closed,
                     )
             client.subscribe_to_component_updates(on_stream_event=self._update_announced)
             if self._options.running_state:
@@ -178,14 +182,18 @@ class GreengrassTransport:
             self._close_client()
             await self._until_connected()
 
-    def _stream_failed(self, error: Exception) -> bool:
+    def _stream_failed(self, generation: int, error: Exception) -> bool:
         log.warning("a subscription to the Greengrass nucleus failed: %s", _words(error))
-        self._loop.call_soon_threadsafe(self._lost.set)
+        self._loop.call_soon_threadsafe(self._lose, generation)
         return True  # close the stream
 
-    def _stream_closed(self) -> None:
-        if not self._closing:
-            self._loop.call_soon_threadsafe(self._lost.set)
+    def _stream_closed(self, generation: int) -> None:
+        self._loop.call_soon_threadsafe(self._lose, generation)
+
+    def _lose(self, generation: int) -> None:
+        """A subscription of connection `generation` ended: the connection is lost, if it is still the current."""
+        if generation == self._generation and not self._closing:
+            self._lost.set()
 
     def _close_client(self) -> None:
         client, self._client = self._client, None
