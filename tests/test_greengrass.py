@@ -262,3 +262,25 @@ async def test_statuses_to_iot_core_and_requests_from_it(nucleus: Nucleus, simul
 def test_iot_core_needs_the_greengrass_transport() -> None:
     with pytest.raises(ConfigError, match="need transport = greengrass"):
         load_settings(env={"TWILIO_CONNECTOR_STATUS_TO_IOT_CORE": "true"})
+
+
+async def test_a_status_finished_while_the_nucleus_is_away_goes_out_once_it_is_back(
+    nucleus: Nucleus, simulator: SimulatorHandle
+) -> None:
+    simulator.sim.latency = 0.5
+    running = await RunningConnector(settings(simulator)).wait_ready()
+    try:
+        await nucleus.subscribed("twilio/txt")
+        nucleus.publish("twilio/txt", orjson.dumps(sms("meanwhile")))
+        await wait_until(lambda: len(simulator.sim.received) == 1)
+        await nucleus.stop()  # Twilio answers while the nucleus is away
+        await wait_until(lambda: running.task.done() or (simulator.sim.received and not nucleus.on_topic(STATUS)), 5)
+        await asyncio.sleep(1.0)  # the answer came, the status could not go out
+        assert not nucleus.on_topic(STATUS)
+        await nucleus.start()
+        back = asyncio.get_running_loop().time()
+        (status,) = await statuses(nucleus, 1, timeout=10)
+        assert status["id"] == "meanwhile"
+        assert asyncio.get_running_loop().time() - back < 3.0  # as soon as it is back, not after a backoff
+    finally:
+        await running.stop()

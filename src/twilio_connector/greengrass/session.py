@@ -113,6 +113,7 @@ class GreengrassTransport:
         self._closing = False
         self._keeper: asyncio.Task[None] | None = None
         self._handling: set[asyncio.Task[None]] = set()
+        self._publishing: set[asyncio.Task[None]] = set()
 
     # -- connection ---------------------------------------------------------------------------------------------
 
@@ -261,34 +262,30 @@ class GreengrassTransport:
     # -- statuses out -------------------------------------------------------------------------------------------
 
     def publish(self, topic: str, payload: bytes) -> asyncio.Future[None]:
-        """Resolves once the nucleus took the status (PublishToTopic answered); fails while not connected."""
+        """Resolves once the nucleus took the status (PublishToTopic answered, and PublishToIoTCore when statuses go
+        to the cloud too). While the nucleus is away it waits for the connection, so that a status goes out as
+        soon as it is back; a connection lost during the publish fails it (the publisher tries again)."""
+        task = self._loop.create_task(self._publish(topic, payload))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+        return task
+
+    async def _publish(self, topic: str, payload: bytes) -> None:
         from awsiot.greengrasscoreipc.model import BinaryMessage, PublishMessage  # noqa: PLC0415
 
+        await self.connected.wait()
         client = self._client
-        if client is None or not self.connected.is_set():
-            failed: asyncio.Future[None] = self._loop.create_future()
-            failed.set_exception(ConnectionError("not connected to the Greengrass nucleus"))
-            return failed
+        if client is None:
+            raise ConnectionError("not connected to the Greengrass nucleus")
         message = PublishMessage(binary_message=BinaryMessage(message=payload))
         answers = [asyncio.wrap_future(client.publish_to_topic_async(topic=topic, publish_message=message))]
         if self._options.statuses_to_cloud:
             cloud = client.publish_to_iot_core_async(topic_name=topic, qos="1", payload=payload)
             answers.append(asyncio.wrap_future(cloud))
-        answer = asyncio.gather(*answers)  # taken once both took it: the status stays in the journal until then
-        done: asyncio.Future[None] = self._loop.create_future()
-
-        def settle(future: asyncio.Future[Any]) -> None:
-            if done.done():
-                return
-            if future.cancelled():
-                done.set_exception(ConnectionError("the publish was cancelled"))
-            elif future.exception() is not None:
-                done.set_exception(ConnectionError(_words(future.exception())))
-            else:
-                done.set_result(None)
-
-        answer.add_done_callback(settle)
-        return done
+        try:
+            await asyncio.gather(*answers)  # taken once both took it: the status stays in the journal until then
+        except Exception as exc:
+            raise ConnectionError(_words(exc)) from None
 
     async def disconnect(self, grace: float = 5.0) -> None:
         """Stop taking requests and close the connection (the statuses in flight have `grace` s to be taken)."""
@@ -297,6 +294,10 @@ class GreengrassTransport:
             self._keeper.cancel()
         if self._handling:
             await asyncio.wait(self._handling, timeout=grace)
+        if self._publishing and self.connected.is_set():
+            await asyncio.wait(self._publishing, timeout=grace)
+        for waiting in self._publishing:
+            waiting.cancel()  # left unpublished in the journal, published after the next start
         self.connected.clear()
         await self._loop.run_in_executor(None, self._close_client)
 
