@@ -5,7 +5,7 @@ so a core that boots offline starts."""
 from __future__ import annotations
 
 from ..settings.secrets import Secret, SecretError
-from .session import GreengrassOptions, _client, _words
+from .session import GreengrassOptions, in_words, open_client
 
 __all__ = ["fetch_from_nucleus"]
 
@@ -13,13 +13,13 @@ __all__ = ["fetch_from_nucleus"]
 def fetch_from_nucleus(options: GreengrassOptions, arn: str) -> Secret:
     """The secret string `arn` names, read from the nucleus (blocking). Raises `SecretError` in words."""
     try:
-        client = _client(options)
+        client = open_client(options)
     except Exception as exc:
-        raise SecretError(f"cannot reach the Greengrass nucleus for {arn}: {_words(exc)}") from None
+        raise SecretError(f"cannot reach the Greengrass nucleus for {arn}: {in_words(exc)}") from None
     try:
         answer = client.get_secret_value(secret_id=arn)
     except Exception as exc:
-        raise SecretError(f"the Greengrass nucleus did not give {arn}: {_words(exc)}") from None
+        raise SecretError(f"the Greengrass nucleus did not give {arn}: {in_words(exc)}") from None
     finally:
         client.close()
     value = answer.secret_value.secret_string if answer.secret_value is not None else None

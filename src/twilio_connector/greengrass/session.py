@@ -26,7 +26,7 @@ from typing import Any
 from ..ports.messaging import RequestHandler
 from ..settings.secrets import Secret
 
-__all__ = ["GreengrassOptions", "GreengrassTransport", "options_from_environment"]
+__all__ = ["GreengrassOptions", "GreengrassTransport", "in_words", "open_client", "options_from_environment"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def options_from_environment(
     )
 
 
-def _client(options: GreengrassOptions) -> Any:
+def open_client(options: GreengrassOptions) -> Any:
     """A connected V2 client (blocking). awsiotsdk is imported here only: a connector on MQTT needs none of it."""
     import awsiot.greengrasscoreipc  # noqa: PLC0415
     from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2  # noqa: PLC0415
@@ -130,7 +130,7 @@ class GreengrassTransport:
             try:
                 self._client = await self._loop.run_in_executor(None, self._open, self._generation)
             except Exception as exc:
-                self.problem = f"cannot reach the Greengrass nucleus at {self._options.socket_path}: {_words(exc)}"
+                self.problem = f"cannot reach the Greengrass nucleus at {self._options.socket_path}: {in_words(exc)}"
                 log.warning("%s; retrying in %.1fs", self.problem, delay)
                 await asyncio.sleep(delay)
                 delay = min(RECONNECT_CAP, delay * 2)
@@ -144,7 +144,7 @@ class GreengrassTransport:
 
     def _open(self, generation: int) -> Any:
         """Connect, subscribe to every request topic, say RUNNING (on a worker thread: the client blocks)."""
-        client = _client(self._options)
+        client = open_client(self._options)
         failed, closed = partial(self._stream_failed, generation), partial(self._stream_closed, generation)
         try:
             for topic in self._topics:
@@ -184,7 +184,7 @@ class GreengrassTransport:
             await self._until_connected()
 
     def _stream_failed(self, generation: int, error: Exception) -> bool:
-        log.warning("a subscription to the Greengrass nucleus failed: %s", _words(error))
+        log.warning("a subscription to the Greengrass nucleus failed: %s", in_words(error))
         self._loop.call_soon_threadsafe(self._lose, generation)
         return True  # close the stream
 
@@ -285,7 +285,7 @@ class GreengrassTransport:
         try:
             await asyncio.gather(*answers)  # taken once both took it: the status stays in the journal until then
         except Exception as exc:
-            raise ConnectionError(_words(exc)) from None
+            raise ConnectionError(in_words(exc)) from None
 
     async def disconnect(self, grace: float = 5.0) -> None:
         """Stop taking requests and close the connection (the statuses in flight have `grace` s to be taken)."""
@@ -302,7 +302,7 @@ class GreengrassTransport:
         await self._loop.run_in_executor(None, self._close_client)
 
 
-def _words(exc: BaseException | None) -> str:
+def in_words(exc: BaseException | None) -> str:
     """An IPC error in words: modelled errors print as empty strings, their text is in `.message`."""
     if exc is None:
         return "unknown error"
