@@ -43,7 +43,9 @@ CLI = [sys.executable, "-m", "twilio_connector"]
 
 
 #: Fixtures that start a real process (a broker, a database, a connector): a test using one is `slow`.
-PROCESS_FIXTURES = frozenset({"broker", "probe", "connector", "spawned", "postgres", "postgres_server", "pg_url"})
+PROCESS_FIXTURES = frozenset(
+    {"broker", "probe", "connector", "spawned", "postgres", "postgres_server", "pg_url", "proxy"}
+)
 #: Modules whose tests start processes of their own (the connector's CLI, Prism, mkdocs, a wheel build, NATS), or
 #: run long by design (the fuzzing sample: thousands of documents; the nucleus stand-in's slow Twilio answers).
 SLOW_MODULES = frozenset(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import ssl
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from functools import partial
 from typing import Any
 
@@ -29,6 +31,7 @@ from .settings.config import ANONYMOUS_WARNING, ConfigError, Credentials, anonym
 from .settings.schema import Settings
 from .settings.secrets import Secret, fetch_secrets_manager
 from .twilio.client import TwilioClient
+from .twilio.http1 import Proxy, proxy_for
 from .twilio.reauth import Reauthenticating
 
 __all__ = ["run"]
@@ -147,6 +150,8 @@ async def run(
         timeout=settings.http_timeout,
         connect_timeout=settings.connect_timeout,
         status_callback=settings.callback_url if settings.delivery_tracking == "callback" else None,
+        proxy=twilio_proxy(settings, os.environ),
+        ssl_context=twilio_tls(settings),
     )
     journal = await open_journal(
         settings.journal, settings.journal_sync, node=settings.client_id, lease=settings.journal_lease
@@ -302,3 +307,22 @@ def secret_source(settings: Settings) -> Callable[[str], Secret]:
     if settings.transport == "greengrass":
         return partial(fetch_from_nucleus, options_from_environment())
     return fetch_secrets_manager
+
+
+def twilio_proxy(settings: Settings, environ: Mapping[str, str]) -> Proxy | None:
+    """The proxy to reach Twilio through: `twilio_proxy` (`none`: no proxy), else the environment's."""
+    if settings.twilio_proxy is not None:
+        url = settings.twilio_proxy.reveal()
+        return None if url.lower() == "none" else Proxy.parse(url)
+    return proxy_for(settings.api_base_url, environ)
+
+
+def twilio_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The CAs that verify Twilio's certificate (or a TLS-inspecting proxy's): `twilio_ca_file`, else the system's."""
+    if not settings.twilio_ca_file:
+        return None
+    try:
+        return ssl.create_default_context(cafile=settings.twilio_ca_file)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc.__class__.__name__
+        raise ConfigError([f"twilio_ca_file {settings.twilio_ca_file}: {reason}"]) from None

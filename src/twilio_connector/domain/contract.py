@@ -431,6 +431,7 @@ def failure_status(
     http_status: int | None = None,
     attempts: int | None = None,
     recipient: str | None = None,
+    twilio_request_id: str | None = None,
 ) -> dict[str, Any]:
     response: dict[str, Any] = {
         "status": "fail",
@@ -444,6 +445,8 @@ def failure_status(
         response["http_status"] = http_status
     if attempts is not None:
         response["attempts"] = attempts
+    if twilio_request_id is not None:
+        response["twilio_request_id"] = twilio_request_id  # what Twilio's support asks for
     status: dict[str, Any] = {"response": response, "id": request_id}
     if recipient is not None:
         status["recipient"] = recipient

@@ -25,3 +25,4 @@ class TwilioFailure:
     http_status: int | None = None
     code: int | None = None
     retry_after: float | None = None
+    request_id: str | None = None  # Twilio-Request-Id of the answer, when there was one

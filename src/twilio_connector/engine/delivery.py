@@ -180,8 +180,8 @@ class Delivery:
         elif isinstance(decision, Retry):
             failure = decision.failure
             log.info(
-                "request id=%s attempt=%d failed (%s, HTTP %s); retrying in %.2fs",
-                *(notification.id, decision.attempt, failure.message, failure.http_status),
+                "request id=%s attempt=%d failed (%s, HTTP %s, Twilio-Request-Id %s); retrying in %.2fs",
+                *(notification.id, decision.attempt, failure.message, failure.http_status, failure.request_id),
                 decision.at - self._clock(),
             )
             await self._recorded(notification, partial(journal.retry_later, entry.seq, decision.at, failure.message))
@@ -208,7 +208,9 @@ class Delivery:
             await self._recorded(
                 notification, partial(self._journal.finish, entry.seq, state, status, None, outcome.message)
             )
-            _log_outcome(notification, result, attempt, started, code=outcome.code)
+            _log_outcome(
+                notification, result, attempt, started, code=outcome.code, twilio_request_id=outcome.request_id
+            )
         self._count(result)
         self._finished(1)
 
@@ -280,6 +282,7 @@ def final(
             http_status=outcome.http_status,
             attempts=attempt,
             recipient=notification.to if notification.listed else None,
+            twilio_request_id=outcome.request_id,
         )
         state, result = State.FAILED, error.value
     if folded:

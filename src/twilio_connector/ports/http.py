@@ -33,6 +33,7 @@ class Answer:
     status: int
     body: bytes
     retry_after: str | None = None
+    request_id: str | None = None  # Twilio-Request-Id: what Twilio's support asks for
 
 
 class HttpTransport(Protocol):

@@ -269,3 +269,16 @@ def log_level(value: Any) -> LogLevel:
 
 def transport(value: Any) -> Transport:
     return cast(Transport, _one_of(value, get_args(Transport)))
+
+
+def proxy(value: Any) -> Secret | None:
+    """An HTTP proxy's URL, kept as a secret (it may carry a password); `none`: no proxy, whatever the
+    environment says."""
+    url = text(value) if value else ""
+    if not url:
+        return None
+    if url.lower() != "none":
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("must look like http://[user:password@]host:port (an HTTP proxy), or none")
+    return Secret(url)

@@ -70,7 +70,7 @@ def setting(
     option = {"option": Option(parse, doc, flag, aliases, section)}
     if factory is not None:
         return field(default_factory=factory, metadata=option)
-    return field(default=default, metadata=option, repr=parse is not p.secret)
+    return field(default=default, metadata=option, repr=parse not in (p.secret, p.proxy))
 
 
 @dataclass(frozen=True)
@@ -187,6 +187,21 @@ class Settings:
         "Twilio region (au1, ie1, us1, ...); an edge alone implies us1.",
         "--twilio-region",
         ("TWILIO_REGION",),
+        section=TWILIO,
+    )
+    twilio_proxy: Secret | None = setting(
+        None,
+        p.proxy,
+        "HTTP proxy to reach Twilio through (http://[user:password@]host:port; https is tunnelled with CONNECT), "
+        "or none. Unset: HTTPS_PROXY as the environment gives it, NO_PROXY honoured. Environment or file only "
+        "(it may carry a password).",
+        section=TWILIO,
+    )
+    twilio_ca_file: str | None = setting(
+        None,
+        p.optional_text,
+        "CA certificate(s) to verify Twilio's (or a TLS-inspecting proxy's) certificate; the system's CAs when unset.",
+        "--twilio-ca-file",
         section=TWILIO,
     )
     account_sid: str | None = setting(
@@ -463,4 +478,4 @@ class Settings:
 
 #: Each setting's option, by name, in declaration order.
 OPTIONS: dict[str, Option] = {item.name: item.metadata["option"] for item in fields(Settings)}
-SECRET_OPTIONS = frozenset(name for name, option in OPTIONS.items() if option.parse is p.secret)
+SECRET_OPTIONS = frozenset(name for name, option in OPTIONS.items() if option.parse in (p.secret, p.proxy))

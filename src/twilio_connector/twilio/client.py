@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ssl
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any
@@ -15,7 +16,7 @@ from ..domain.contract import Kind, Notification, SendResult
 from ..domain.outcomes import FailureKind, TwilioFailure
 from ..ports.http import Answer, ConnectFailed, HttpError, HttpTransport
 from ..settings.secrets import Secret
-from .http1 import Http1Pool
+from .http1 import Http1Pool, Proxy
 
 __all__ = ["FailureKind", "TwilioClient", "TwilioFailure"]
 
@@ -78,7 +79,7 @@ def _rejection(answer: Answer) -> TwilioFailure:
     # Any 5xx may come after Twilio acted: a 500 from its application, a 502 or 504 from a gateway that gave up
     # waiting for it, a 503 from a layer that cannot say. Only a 4xx (429 included) proves nothing was created.
     kind = FailureKind.AMBIGUOUS if status >= 500 else FailureKind.REJECTED
-    return TwilioFailure(kind, message, status, code, _retry_after(answer.retry_after))
+    return TwilioFailure(kind, message, status, code, _retry_after(answer.retry_after), answer.request_id)
 
 
 def _created(body: bytes, notification: Notification) -> SendResult | TwilioFailure:
@@ -161,9 +162,12 @@ class TwilioClient:
         connect_timeout: float = 5.0,
         status_callback: str | None = None,
         transport: HttpTransport | None = None,
+        proxy: Proxy | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """`transport`: how requests reach `base_url` (default: a pool of kept-alive HTTP/1.1 connections, of
-        `max_connections` at most, with these timeouts)."""
+        `max_connections` at most, with these timeouts, through `proxy` if one is given, verifying Twilio's
+        certificate with `ssl_context`'s CAs: the system's by default)."""
         base = base_url.rstrip("/")
         self._status_callback = status_callback
         self._urls = {  # parsed once, not per request
@@ -175,6 +179,8 @@ class TwilioClient:
             max_connections=max_connections,
             timeout=timeout,
             connect_timeout=connect_timeout,
+            proxy=proxy,
+            ssl_context=ssl_context,
         )
         self._pool.set_headers(**{"User-Agent": "twilio-connector"})
         self.authenticate(username, password)

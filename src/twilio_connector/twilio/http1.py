@@ -13,17 +13,23 @@ left this machine; `NoAnswer` means the request may have reached the server.
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 from collections import deque
-from typing import cast
-from urllib.parse import urlsplit
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar, cast
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
 from ..ports.http import Answer, ConnectFailed, HttpError, NoAnswer
 
-__all__ = ["Http1Pool"]
+__all__ = ["Http1Pool", "Proxy", "proxy_for"]
 
+#: Seconds before trying the next address of a host (RFC 8305): an address family without a route, or an address
+#: that does not answer, must not use up the connect timeout.
+HAPPY_EYEBALLS_DELAY = 0.25
 #: An answer larger than this is refused (a misbehaving gateway must not fill our memory).
 MAX_BODY = 8 * 2**20
 
@@ -37,6 +43,7 @@ class _Connection(asyncio.Protocol):
         self._answer: asyncio.Future[Answer] | None = None
         self._body = bytearray()
         self._retry_after: str | None = None
+        self._request_id: str | None = None
         self.reusable = True
         self.idle_since = 0.0
 
@@ -58,8 +65,11 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"retry-after":
+        lowered = name.lower()
+        if lowered == b"retry-after":
             self._retry_after = value.decode("latin-1").strip()
+        elif lowered == b"twilio-request-id":
+            self._request_id = value.decode("latin-1").strip()
 
     def on_body(self, body: bytes) -> None:
         self._body += body
@@ -67,10 +77,10 @@ class _Connection(asyncio.Protocol):
             self._fail(NoAnswer(f"an answer larger than {MAX_BODY} bytes"))
 
     def on_message_complete(self) -> None:
-        answer = Answer(self._parser.get_status_code(), bytes(self._body), self._retry_after)
+        answer = Answer(self._parser.get_status_code(), bytes(self._body), self._retry_after, self._request_id)
         self.reusable = self.reusable and self._parser.should_keep_alive()
         self._body.clear()
-        self._retry_after = None
+        self._retry_after = self._request_id = None
         if self._answer is not None and not self._answer.done():
             self._answer.set_result(answer)
         else:  # an answer nobody asked for: the stream is out of step
@@ -102,6 +112,88 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
 
+class _Tunnel(asyncio.Protocol):
+    """The proxy's answer to CONNECT: its status line, once its head has come (nothing follows it before ours)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.answered: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._head = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._head += data
+        if b"\r\n\r\n" in self._head and not self.answered.done():
+            status_line = self._head.split(b"\r\n", 1)[0].split()
+            ok = len(status_line) >= 2 and status_line[0].startswith(b"HTTP/") and status_line[1].isdigit()
+            self.answered.set_result(int(status_line[1]) if ok else 0)
+        elif len(self._head) > 16384 and not self.answered.done():
+            self.answered.set_result(0)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answered.done():
+            self.answered.set_result(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """An HTTP proxy (`http://[user:password@]host:port`): https is tunnelled through it with CONNECT, http sent
+    to it in absolute form. Its credentials go in a header and nowhere else (not in an error, not in a log)."""
+
+    host: str
+    port: int
+    authorization: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, url: str) -> Proxy:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("must look like http://[user:password@]host:port (an HTTP proxy)")
+        authorization = None
+        if parts.username is not None:
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            authorization = "Basic " + base64.b64encode(pair.encode()).decode()
+        return cls(parts.hostname, parts.port or 8080, authorization)
+
+    def __str__(self) -> str:
+        return f"the proxy at {self.host}:{self.port}"
+
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+async def _open(
+    factory: Callable[[], P], host: str, port: int, tls: ssl.SSLContext | None = None
+) -> tuple[asyncio.Transport, P]:
+    """A connection to `host`:`port` (TLS with `tls`), with happy eyeballs where the event loop has it (asyncio's
+    own; uvloop's create_connection takes no such argument and tries a host's addresses in turn)."""
+    loop = asyncio.get_running_loop()
+    name = host if tls else None
+    if isinstance(loop, asyncio.BaseEventLoop):
+        return await loop.create_connection(
+            factory, host, port, ssl=tls, server_hostname=name, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY
+        )
+    return await loop.create_connection(factory, host, port, ssl=tls, server_hostname=name)
+
+
+def proxy_for(origin: str, environ: Mapping[str, str]) -> Proxy | None:
+    """The proxy the environment names for `origin` (HTTPS_PROXY or HTTP_PROXY by its scheme, lower case too),
+    unless NO_PROXY lists its host (a name, a domain suffix, `*`), as curl and Python's urllib read them."""
+    parts = urlsplit(origin)
+    scheme = parts.scheme or "https"
+    url = next((environ[name] for name in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY") if environ.get(name)), "")
+    if not url:
+        return None
+    host = (parts.hostname or "").lower()
+    for entry in (environ.get("no_proxy") or environ.get("NO_PROXY") or "").split(","):
+        name = entry.strip().lower().split(":")[0].lstrip(".")
+        if name == "*" or (name and (host == name or host.endswith("." + name))):
+            return None
+    return Proxy.parse(url)
+
+
 class Http1Pool:
     """Requests to one origin (`http://host:port` or `https://...`) over at most `max_connections` kept-alive
     connections. `timeout` bounds a whole request, `connect_timeout` the opening of a connection within it."""
@@ -116,14 +208,21 @@ class Http1Pool:
         connect_timeout: float = 5.0,
         idle_timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        proxy: Proxy | None = None,
     ) -> None:
+        """`proxy`: reach the origin through this HTTP proxy (see `Proxy`)."""
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) origin: {origin!r}")
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._ssl = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
+        self._proxy = proxy
+        # Plain http through a proxy goes to it in absolute form (the request's target names the origin).
+        self._prefix = f"http://{parts.netloc}".encode("latin-1") if proxy and parts.scheme == "http" else b""
         self._headers = {"Host": parts.netloc.rpartition("@")[2], **(headers or {})}
+        if proxy and proxy.authorization and parts.scheme == "http":
+            self._headers["Proxy-Authorization"] = proxy.authorization
         self._head = b""
         self.set_headers()
         self._timeout, self._connect_timeout, self._idle_timeout = timeout, connect_timeout, idle_timeout
@@ -139,7 +238,7 @@ class Http1Pool:
     async def request(self, method: str, target: str, body: bytes = b"", content_type: str | None = None) -> Answer:
         """Send one request (`target`: path and query) and read its answer; raises `ConnectFailed` or
         `NoAnswer`."""
-        head = f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + self._head
+        head = f"{method} ".encode("latin-1") + self._prefix + f"{target} HTTP/1.1\r\n".encode("latin-1") + self._head
         if content_type:
             head += f"Content-Type: {content_type}\r\n".encode("latin-1")
         if body or method == "POST":
@@ -175,22 +274,44 @@ class Http1Pool:
         return None
 
     async def _connect(self, limit: float) -> _Connection:
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(limit):
-                _, connection = await loop.create_connection(
-                    _Connection,
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    server_hostname=self._host if self._ssl else None,
-                )
+                if self._proxy is not None:
+                    return await self._through_proxy(self._proxy)
+                _, connection = await _open(_Connection, self._host, self._port, self._ssl)
         except TimeoutError:
             raise ConnectFailed(f"no connection within {limit:g} s") from None
         except ssl.SSLError as exc:  # the certificate (verification is never turned off) or the handshake
             raise ConnectFailed(f"TLS failed: {exc.reason or exc.__class__.__name__}") from None
         except OSError as exc:  # refused, unreachable, DNS (socket.gaierror)
-            raise ConnectFailed(exc.__class__.__name__) from None
+            where = f" ({self._proxy})" if self._proxy is not None else ""
+            raise ConnectFailed(f"{exc.__class__.__name__}{where}") from None
+        return connection
+
+    async def _through_proxy(self, proxy: Proxy) -> _Connection:
+        """A connection through `proxy`: for https, a CONNECT tunnel with TLS to the origin inside it."""
+        loop = asyncio.get_running_loop()
+        if self._ssl is None:
+            _, plain = await _open(_Connection, proxy.host, proxy.port)
+            return plain
+        transport, tunnel = await _open(_Tunnel, proxy.host, proxy.port)
+        authority = f"{self._host}:{self._port}"
+        head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+        if proxy.authorization:
+            head += f"Proxy-Authorization: {proxy.authorization}\r\n"
+        transport.write((head + "\r\n").encode("latin-1"))
+        status = await tunnel.answered
+        if status != 200:
+            transport.close()
+            refused = "asks for credentials (or refused them)"  # 407; some proxies (tinyproxy) answer CONNECT 401
+            why = {401: refused, 407: refused, 0: "gave no HTTP answer"}.get(status, f"answered {status}")
+            raise ConnectFailed(f"{proxy} {why} to CONNECT {authority}")
+        connection = _Connection()
+        transport.set_protocol(connection)
+        secured = await loop.start_tls(transport, connection, self._ssl, server_hostname=self._host)
+        if secured is None:
+            raise ConnectFailed(f"TLS through {proxy} did not start")
+        connection.connection_made(secured)
         return connection
 
     async def close(self) -> None:

@@ -23,7 +23,9 @@ import asyncio
 import base64
 import binascii
 import secrets
+import ssl
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
@@ -165,6 +167,7 @@ class Simulator:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024)
+        app.on_response_prepare.append(_request_id)
         api = API.format(account="{account}")
         for name, resource in self._resources.items():
             app.router.add_post(f"{api}/{name}.json", partial(self._create, resource))
@@ -181,10 +184,11 @@ class Simulator:
         self._logins[self.account_sid] = token
         self._auth_token = token
 
-    async def serve(self, host: str, port: int) -> web.AppRunner:
+    async def serve(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
+        """Listen on `host`:`port` (0: any free port); https with `ssl_context`."""
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context).start()
         return runner
 
     # -- Twilio API --------------------------------------------------------------------------------------
@@ -449,3 +453,8 @@ class Simulator:
             resource.items.clear()
         self._created_at.clear()
         return web.Response(status=204)
+
+
+async def _request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer carries a Twilio-Request-Id, as Twilio's do (what its support asks for)."""
+    response.headers["Twilio-Request-Id"] = "RQ" + uuid.uuid4().hex
