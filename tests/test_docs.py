@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from prometheus_client import generate_latest
+
+from twilio_connector.ops.metrics import Metrics
 from twilio_connector.settings.reference import settings_reference
 from twilio_connector.settings.schema import OPTIONS
 
@@ -53,3 +56,11 @@ def test_readme_links_lead_to_pages_in_the_repository() -> None:
     for target in targets:
         if not target.startswith("http"):
             assert (ROOT / target).exists(), target
+
+
+def test_every_metric_is_documented_in_operations_md() -> None:
+    """The metrics table in docs/operations.md names exactly the metrics the connector exports."""
+    text = generate_latest(Metrics().registry).decode()
+    exported = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    table = (ROOT / "docs" / "operations.md").read_text()
+    assert set(re.findall(r"^\| `(twilio_connector_[a-z_]+)", table, re.M)) == exported

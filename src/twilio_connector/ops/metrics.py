@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from ..domain.contract import ErrorCode
 
 __all__ = ["Metrics", "serve_app"]
+
+# A `_created` series beside every counter doubles what is scraped and stored and says nothing an alert uses.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+#: Label values known in advance, exported at 0 from the start: an alert on "any increase" then sees the first.
+BROKER_FAULTS = ("connect_refused", "subscribe_refused", "publish_refused", "publish_timeout")
 
 
 class Metrics:
@@ -83,6 +99,19 @@ class Metrics:
         self.loops_failing = Gauge(
             "twilio_connector_loops_failing", "Service loops that failed within the last 15 s", registry=registry
         )
+        self.build_info = Gauge(
+            "twilio_connector_build_info", "The running version (always 1)", ["version"], registry=registry
+        )
+        self.build_info.labels(_version()).set(1)
+        for kind in BROKER_FAULTS:
+            self.broker_faults.labels(kind)
+        for found in ("yes", "no"):
+            self.reconciliations.labels(found)
+        self.statuses.labels("success", "")
+        self.digests.labels("success")
+        for error in ErrorCode:
+            self.statuses.labels("fail", error.value)
+            self.digests.labels(error.value)
 
     def app(
         self, readiness: Callable[[], dict[str, bool]], problems: Callable[[], list[str]] = list
@@ -129,3 +158,10 @@ async def serve_app(app: web.Application, listen: str, setting: str, *, default_
         await runner.cleanup()
         raise OSError(exc.errno, exc.strerror, f"{setting} {listen}") from None
     return runner
+
+
+def _version() -> str:
+    try:
+        return version("twilio-connector")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
