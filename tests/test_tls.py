@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from conftest import Broker, MqttProbe, RunningConnector, SimulatorHandle, free_port, make_settings, sms
+from conftest import CLI, Broker, MqttProbe, RunningConnector, SimulatorHandle, clean_env, free_port, make_settings, sms
 from twilio_connector.mqtt.session import BrokerError
 from twilio_connector.settings.schema import Settings
 from twilio_connector.settings.secrets import Secret
@@ -140,3 +142,34 @@ async def test_expired_broker_certificate_is_refused(
             await RunningConnector(settings).wait_ready()
     finally:
         broker.stop()
+
+
+async def test_send_reaches_a_secured_broker_with_the_connectors_own_configuration(
+    tls_broker: tuple[Broker, int], pki: dict[str, str], simulator: SimulatorHandle, tmp_path: Path
+) -> None:
+    """`send --config connector.toml` uses the broker exactly as the connector does: mqtts, the CA, the client
+    certificate, the topics (it printed "unrecognized arguments: --ca-file" before)."""
+    running = await RunningConnector(
+        replace(mutual_tls(tls_broker, pki, simulator, "ca"), txt_topic="site-7/txt", status_topic="site-7/status")
+    ).wait_ready()
+    config = tmp_path / "connector.toml"
+    config.write_text(
+        f'broker_url = "mqtts://127.0.0.1:{tls_broker[1]}"\nca_file = "{pki["ca"]}"\n'
+        f'cert_file = "{pki["client_cert"]}"\nkey_file = "{pki["client_key"]}"\n'
+        'txt_topic = "site-7/txt"\nstatus_topic = "site-7/status"\n'
+    )
+    try:
+        loop = asyncio.get_running_loop()
+        command = [*CLI, "send", "--config", str(config), "--to", "+12345000000", "--message", "over TLS"]
+        sent = await loop.run_in_executor(None, lambda: cli_run(command))
+        assert sent.returncode == 0, sent.stderr
+        assert json.loads(sent.stdout)["response"]["status"] == "success"
+        flags = [*CLI, "send", "--broker", f"mqtts://127.0.0.1:{tls_broker[1]}", "--ca-file", pki["other_ca"]]
+        wrong = await loop.run_in_executor(None, lambda: cli_run([*flags, "--to", "+12345000000", "--message", "x"]))
+        assert wrong.returncode == 2 and "certificate" in wrong.stderr.lower()
+    finally:
+        await running.stop()
+
+
+def cli_run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, env=clean_env())

@@ -42,7 +42,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
                 "(TWILIO_AUTH_TOKEN, TWILIO_API_SECRET, MQTT_PASSWORD) or auth_token_file"
             ]
         )
-    flags = {name: getattr(args, name) for name, option in OPTIONS.items() if option.flag}
+    flags = {name: getattr(args, name, None) for name, option in OPTIONS.items() if option.flag}
     return load_settings(args.config, os.environ, flags)
 
 

@@ -45,11 +45,28 @@ class _SecretFlag(argparse.Action):
         namespace.secret_flag = self.option_strings[0]
 
 
-def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+#: The settings `send` takes: how to reach the broker the connector uses, and its topics.
+SEND_SETTINGS = frozenset(
+    {
+        "broker_url",
+        "mqtt_version",
+        "mqtt_username",
+        "ca_file",
+        "cert_file",
+        "key_file",
+        "txt_topic",
+        "call_topic",
+        "status_topic",
+    }
+)
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, only: frozenset[str] | None = None) -> None:
+    """The settings' flags (`only` these), `--config`, and the secret flags that are refused in words."""
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
     defaults = Settings()
     for name, option in OPTIONS.items():
-        if option.flag:
+        if option.flag and (only is None or name in only):
             default = getattr(defaults, name)
             shown = f" (default {default})" if default not in (None, "", ()) and name != "journal_path" else ""
             parser.add_argument(option.flag, dest=name, help=option.doc + shown, metavar=name.split("_")[-1].upper())
@@ -115,9 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     send = commands.add_parser(
         "send",
         help="publish one request and wait for its status (a smoke test)",
-        description="Publish one request on the broker, as a device would, and print its status.",
+        description="Publish one request on the broker, as a device would, and print its status. The broker, its "
+        "TLS files, user name (the password: MQTT_PASSWORD) and topics are read as `run` reads them.",
     )
-    send.add_argument("--broker", default="mqtt://localhost:1883", help="broker URL (plain mqtt://)")
+    _add_setting_flags(send, only=SEND_SETTINGS)  # the broker as the connector reaches it: --config serves both
     send.add_argument("--to", required=True, help="recipient phone number")
     what = send.add_mutually_exclusive_group(required=True)
     what.add_argument("--message", help="text to send")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import ssl
 import time
 import uuid
 from typing import Any
@@ -13,9 +12,10 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ..mqtt.tls import tls_hint
-from ..settings.parsers import BrokerAddress
-from .common import EXIT_FAILURE, UserError
+from .. import service
+from ..mqtt.tls import tls_context, tls_hint
+from ..settings.schema import Settings
+from .common import EXIT_FAILURE, UserError, settings_from
 
 __all__ = ["send"]
 
@@ -23,14 +23,11 @@ __all__ = ["send"]
 def send(args: argparse.Namespace) -> int:
     """Publish one request as a device would and wait for its status. Exit 0: success status; 1: failure status;
     2: no status (unreachable or refusing broker, timeout)."""
-    try:
-        address = BrokerAddress.parse(args.broker)
-    except ValueError as exc:
-        raise UserError(f"--broker {args.broker!r} {exc}") from None
+    settings = settings_from(args)
     request_id = args.id or f"send-{uuid.uuid4().hex[:12]}"
     body = json.dumps({"request": _request(args), "id": request_id})
-    topic = args.topic_prefix + ("twilio/txt" if args.message is not None else "twilio/call")
-    answer = _exchange(args, address, topic, body, request_id)
+    topic = args.topic_prefix + (settings.txt_topic if args.message is not None else settings.call_topic)
+    answer = _exchange(args, settings, topic, body, request_id)
     print(answer.decode())
     return 0 if json.loads(answer)["response"]["status"] == "success" else EXIT_FAILURE
 
@@ -47,8 +44,9 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
     return request
 
 
-def _exchange(args: argparse.Namespace, address: BrokerAddress, topic: str, body: str, request_id: str) -> bytes:
+def _exchange(args: argparse.Namespace, settings: Settings, topic: str, body: str, request_id: str) -> bytes:
     """Subscribe to the statuses, publish the request, return its status (paho's own blocking loop)."""
+    address = settings.broker
     answer: list[bytes] = []
     refused: list[str] = []
     closed: list[bool] = []
@@ -57,7 +55,7 @@ def _exchange(args: argparse.Namespace, address: BrokerAddress, topic: str, body
         if reason.is_failure:
             refused.append(str(reason))
         else:
-            client.subscribe(args.topic_prefix + "twilio/message/status", qos=1)
+            client.subscribe(args.topic_prefix + settings.status_topic, qos=1)
 
     def on_subscribe(client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
         client.publish(topic, body, qos=1)  # subscribed first: the answer cannot be missed
@@ -70,12 +68,20 @@ def _exchange(args: argparse.Namespace, address: BrokerAddress, topic: str, body
     def on_disconnect(client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         closed.append(True)
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"twilio-connector-send-{uuid.uuid4().hex[:8]}")
+    v5 = settings.mqtt_version == "5"
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"twilio-connector-send-{uuid.uuid4().hex[:8]}",
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+    )
     client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
     client.on_disconnect = on_disconnect
+    if settings.mqtt_username:
+        password = settings.mqtt_password.reveal() if settings.mqtt_password else None
+        client.username_pw_set(settings.mqtt_username, password)
     if address.tls:
-        client.tls_set_context(ssl.create_default_context())
-    where = f"the broker at {args.broker}"
+        client.tls_set_context(tls_context(service.tls_files(settings)))
+    where = f"the broker at {settings.broker_url}"
     try:
         client.connect(address.host, address.port)
         deadline = time.monotonic() + args.timeout
