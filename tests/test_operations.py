@@ -50,6 +50,9 @@ async def test_metrics_health_and_readiness(broker: Broker, simulator: Simulator
         assert sample(text, 'twilio_connector_statuses_total{error="TwilioError",result="fail"}') == 1
         assert sample(text, 'twilio_connector_statuses_total{error="InvalidParameter",result="fail"}') == 1
         assert sample(text, "twilio_connector_twilio_request_seconds_count") == 2
+        assert sample(text, 'twilio_connector_request_seconds_count{kind="txt",result="success"}') == 1
+        assert sample(text, 'twilio_connector_request_seconds_count{kind="txt",result="fail"}') == 1  # TwilioError
+        assert sample(text, 'twilio_connector_request_seconds_count{kind="call",result="success"}') == 0
         assert sample(text, "twilio_connector_broker_connected") == 1
         assert sample(text, "twilio_connector_journal_backlog") == 0
         async with http.get(f"{base}/healthz") as response:

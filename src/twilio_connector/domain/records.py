@@ -27,6 +27,7 @@ class Entry:
     members: int = 0  # > 0: a storm's digest, standing for that many folded texts
     lookups: int = 0  # lookups at Twilio done for the attempt in doubt
     last_error: str | None = None
+    accepted_at: float | None = None  # when it was recorded (epoch seconds)
 
 
 @dataclass(frozen=True, slots=True)

@@ -267,7 +267,8 @@ class Engine:
             self.metrics.folded.inc()
             self._dispatcher.due_at(admitted.send_at)
         elif admitted.begun and not self._closing.is_set():
-            self._dispatcher.spawn(Entry(admitted.seq, notification, State.SENDING, 0, None, None), begun=True)
+            entry = Entry(admitted.seq, notification, State.SENDING, 0, None, None, accepted_at=time.time())
+            self._dispatcher.spawn(entry, begun=True)
         else:
             self._dispatcher.due_at(admitted.start_at)
 

@@ -212,6 +212,7 @@ class Delivery:
                 notification, result, attempt, started, code=outcome.code, twilio_request_id=outcome.request_id
             )
         self._count(result)
+        self._took(entry, result)
         self._finished(1)
 
     async def _finish_digest(
@@ -227,6 +228,8 @@ class Delivery:
             entry.notification, partial(self._journal.finish_digest, entry.seq, state, sid, error, rows)
         )
         self._count(result, len(members))
+        for member in members:
+            self._took(member, result)
         self._metrics.digests.labels(result).inc()
         _log_outcome(entry.notification, result, attempt, started, sid=sid, folded=len(members))
         self._finished(len(members))
@@ -248,6 +251,13 @@ class Delivery:
         await self._journal.finish(entry.seq, State.FAILED, encode_status(status), None, "internal error")
         self._count(ErrorCode.INTERNAL_ERROR.value)
         self._finished(1)
+
+    def _took(self, entry: Entry, result: str) -> None:
+        """How long the request took from its acceptance to its final status."""
+        if entry.accepted_at is not None:
+            outcome = "success" if result == "success" else "fail"
+            took = max(0.0, self._clock() - entry.accepted_at)
+            self._metrics.request_seconds.labels(entry.notification.kind.value, outcome).observe(took)
 
     def _count(self, result: str, count: int = 1) -> None:
         if result == "success":

@@ -147,7 +147,7 @@ class SqlCore(OperatorStatements, abc.ABC):
         elif self.hand_requests and not begin and start <= now:
             if len(self.ready) + len(self._staged_requests) < self.hand_over_limit:
                 self._handed_requests.add(seq)
-                self._staged_requests.append(Entry(seq, notification, State.ACCEPTED, 0, None, None))
+                self._staged_requests.append(Entry(seq, notification, State.ACCEPTED, 0, None, None, accepted_at=now))
             else:
                 self.hand_requests = False  # the dispatcher is behind: the overflow waits for `due` to find it
         return seq

@@ -15,7 +15,7 @@ __all__ = ["COLUMNS", "PREFIXED", "entry_of", "tracked_of"]
 #: The columns an `Entry` is built from, in order.
 COLUMNS = (
     "seq, request_id, kind, to_number, from_number, name, content, retries, options, state, attempts, "
-    "attempt_started_at, sid, members, lookups, last_error"
+    "attempt_started_at, sid, members, lookups, last_error, accepted_at"
 )
 
 

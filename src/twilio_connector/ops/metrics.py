@@ -17,7 +17,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from ..domain.contract import ErrorCode
+from ..domain.contract import ErrorCode, Kind
 
 __all__ = ["Metrics", "serve_app"]
 
@@ -42,6 +42,13 @@ class Metrics:
             "twilio_connector_twilio_request_seconds",
             "Time Twilio took to answer a create request",
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "twilio_connector_request_seconds",
+            "Time from a request's acceptance to its final status, by kind and result",
+            ["kind", "result"],
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
             registry=registry,
         )
         self.retries = Counter(
@@ -107,6 +114,9 @@ class Metrics:
             self.broker_faults.labels(kind)
         for found in ("yes", "no"):
             self.reconciliations.labels(found)
+        for request_kind in Kind:
+            for result in ("success", "fail"):
+                self.request_seconds.labels(request_kind.value, result)
         self.statuses.labels("success", "")
         self.digests.labels("success")
         for error in ErrorCode:
