@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -18,10 +19,12 @@ import orjson
 import pytest
 
 from conftest import (
+    CLI,
     CREDENTIALS,
     ConnectorProcess,
     RunningConnector,
     SimulatorHandle,
+    clean_env,
     free_port,
     make_settings,
     sms,
@@ -284,3 +287,13 @@ async def test_a_status_finished_while_the_nucleus_is_away_goes_out_once_it_is_b
         assert asyncio.get_running_loop().time() - back < 3.0  # as soon as it is back, not after a backoff
     finally:
         await running.stop()
+
+
+def test_the_greengrass_transport_outside_greengrass_is_one_line_not_a_traceback() -> None:
+    """Without the nucleus's socket and token in the environment, `run` and `check-config` say so (exit 2)."""
+    env = {**clean_env(), "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID, "TwilioAuthTokenSecretArn": ARN}
+    env["TWILIO_CONNECTOR_TRANSPORT"] = "greengrass"
+    for command in ("run", "check-config"):
+        result = subprocess.run([*CLI, command], capture_output=True, text=True, env=env, timeout=60, check=False)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and "SVCUID" in result.stderr

@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import orjson
+
 from ..ports.messaging import RequestHandler
+from ..settings.config import ConfigError
 from ..settings.secrets import Secret
 
 __all__ = ["GreengrassOptions", "GreengrassTransport", "in_words", "open_client", "options_from_environment"]
@@ -56,9 +59,11 @@ def options_from_environment(
     env = os.environ if environ is None else environ
     missing = [name for name in (SOCKET_VARIABLE, TOKEN_VARIABLE) if not env.get(name)]
     if missing:
-        raise ValueError(
-            f"transport = greengrass needs {' and '.join(missing)}, which the Greengrass nucleus sets for the "
-            "components it runs: is the connector running as a Greengrass v2 component?"
+        raise ConfigError(
+            [
+                f"transport = greengrass needs {' and '.join(missing)}, which the Greengrass nucleus sets for the "
+                "components it runs: is the connector running as a Greengrass v2 component?"
+            ]
         )
     return GreengrassOptions(
         env[SOCKET_VARIABLE],
@@ -210,12 +215,9 @@ class GreengrassTransport:
         if message is None:
             return
         topic = message.context.topic if message.context is not None else ""
-        if event.binary_message is not None:
-            payload = bytes(message.message or b"")
-        else:
-            import json  # noqa: PLC0415  (a JSON message: another component published a document)
-
-            payload = json.dumps(message.message).encode()
+        # A JSON message: another component published a document, which is the request's text.
+        binary = event.binary_message is not None
+        payload = bytes(message.message or b"") if binary else orjson.dumps(message.message)
         self._loop.call_soon_threadsafe(self._take, topic, payload)
 
     def _received_from_cloud(self, event: Any) -> None:
