@@ -14,11 +14,13 @@ import pytest
 import trustme
 
 from conftest import (
+    CLI,
     DEFAULT_FROM,
     Broker,
     ConnectorProcess,
     MqttProbe,
     SimulatorHandle,
+    clean_env,
     free_port,
     sms,
     wait_for_port,
@@ -170,3 +172,18 @@ async def test_the_connector_reaches_twilio_through_the_proxy(
     assert (await probe.status_of("via-proxy"))["response"]["status"] == "success"
     assert "CONNECT localhost:" in proxy.log.read_text()
     assert "s3cret" not in log.read_text()
+
+
+def test_a_twilio_ca_file_that_cannot_serve_is_named_by_check_config(tmp_path: Path) -> None:
+    bogus = tmp_path / "not-a-ca.pem"
+    bogus.write_text("not a certificate\n")
+    env = {**clean_env(), "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID, "TWILIO_AUTH_TOKEN": DEFAULT_AUTH_TOKEN}
+    result = subprocess.run(
+        [*CLI, "check-config", "--twilio-ca-file", str(bogus)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2 and f"twilio_ca_file {bogus}: holds no PEM certificate" in result.stderr

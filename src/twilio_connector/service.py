@@ -23,7 +23,7 @@ from .greengrass.session import GreengrassTransport, options_from_environment
 from .journal.front import Journal
 from .journal.opening import open_journal
 from .mqtt.session import BrokerError, MqttOptions, MqttTransport
-from .mqtt.tls import TlsFiles
+from .mqtt.tls import TlsFiles, verifying
 from .ops.callbacks import CallbackListener
 from .ops.metrics import Metrics
 from .ports.messaging import Messaging
@@ -319,10 +319,4 @@ def twilio_proxy(settings: Settings, environ: Mapping[str, str]) -> Proxy | None
 
 def twilio_tls(settings: Settings) -> ssl.SSLContext | None:
     """The CAs that verify Twilio's certificate (or a TLS-inspecting proxy's): `twilio_ca_file`, else the system's."""
-    if not settings.twilio_ca_file:
-        return None
-    try:
-        return ssl.create_default_context(cafile=settings.twilio_ca_file)
-    except (ssl.SSLError, OSError) as exc:
-        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc.__class__.__name__
-        raise ConfigError([f"twilio_ca_file {settings.twilio_ca_file}: {reason}"]) from None
+    return verifying(settings.twilio_ca_file, "twilio_ca_file") if settings.twilio_ca_file else None

@@ -22,6 +22,7 @@ def check_config(args: argparse.Namespace) -> int:
         return report(error)
     if settings.broker.tls or settings.ca_file or settings.cert_file:
         tls_context(service.tls_files(settings))  # the TLS files load, or a ConfigError says which and why
+    service.twilio_tls(settings)  # and Twilio's CA file
     print("# The effective settings, as TOML (secrets hidden): `--config` takes this file back.")
     for line in describe(settings):
         print(line)

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..settings.config import ConfigError
 from ..settings.parsers import BrokerAddress
 
-__all__ = ["ClosedEarly", "TlsFiles", "tls_context", "tls_hint"]
+__all__ = ["ClosedEarly", "TlsFiles", "tls_context", "tls_hint", "verifying"]
 
 
 class ClosedEarly(ConnectionError):
@@ -26,12 +26,18 @@ class TlsFiles:
     key_file: str | None = None
 
 
+def verifying(ca_file: str | None, setting: str = "ca_file") -> ssl.SSLContext:
+    """A client TLS context that verifies with `ca_file`'s CAs (the system's when None); a file that cannot serve
+    is a `ConfigError` naming `setting`, the file and why (the broker's and Twilio's CA files alike)."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError([f"{setting} {ca_file}: {_tls_words(exc, 'CERTIFICATE')}"]) from None
+
+
 def tls_context(files: TlsFiles) -> ssl.SSLContext:
     """The broker connection's TLS context; a file that cannot serve is a `ConfigError` naming it and why."""
-    try:
-        context = ssl.create_default_context(cafile=files.ca_file)
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError([f"ca_file {files.ca_file}: {_tls_words(exc, 'CERTIFICATE')}"]) from None
+    context = verifying(files.ca_file)
     if files.cert_file and files.key_file:
         try:
             context.load_cert_chain(files.cert_file, files.key_file)
