@@ -54,6 +54,9 @@ async def test_metrics_health_and_readiness(broker: Broker, simulator: Simulator
         assert sample(text, 'twilio_connector_request_seconds_count{kind="txt",result="fail"}') == 1  # TwilioError
         assert sample(text, 'twilio_connector_request_seconds_count{kind="call",result="success"}') == 0
         assert sample(text, "twilio_connector_broker_connected") == 1
+        # An alert on "any increase" sees the first fault: the known kinds are there at 0 from the start.
+        assert sample(text, 'twilio_connector_broker_faults_total{kind="connect_refused"}') == 0
+        assert "_created" not in text and "twilio_connector_build_info{version=" in text
         assert sample(text, "twilio_connector_journal_backlog") == 0
         async with http.get(f"{base}/healthz") as response:
             assert response.status == 200
