@@ -44,7 +44,7 @@ CLI = [sys.executable, "-m", "twilio_connector"]
 
 #: Fixtures that start a real process (a broker, a database, a connector): a test using one is `slow`.
 PROCESS_FIXTURES = frozenset(
-    {"broker", "probe", "connector", "spawned", "postgres", "postgres_server", "pg_url", "proxy"}
+    {"broker", "probe", "connector", "spawned", "postgres", "postgres_server", "pg_url", "proxy", "relay", "tls_relay"}
 )
 #: Modules whose tests start processes of their own (the connector's CLI, Prism, mkdocs, a wheel build, NATS), or
 #: run long by design (the fuzzing sample: thousands of documents; the nucleus stand-in's slow Twilio answers).

@@ -67,7 +67,8 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert problems == [
         f"config file {config}: unknown setting 'colour'",
         f"max_in_flight (in {config}) = 0: must be a whole number, at least 1",
-        "environment variable TWILIO_CONNECTOR_BROKER_URL = 'http://x': must look like mqtt://host:port or mqtts://host:port",
+        "environment variable TWILIO_CONNECTOR_BROKER_URL = 'http://x': must look like mqtt://host:port, "
+        "mqtts://host:port, ws://host:port/path or wss://host:port/path",
         "environment variable TWILIO_ACCOUNT_SID = 'abcd12345xyz': must be AC followed by 32 hexadecimal digits",
         "--default-from = '12': is not a valid phone number: expected E.164 (+ and 8 to 15 digits, first digit not 0)",
     ]
@@ -78,7 +79,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     [
         ({"cert_file": __file__}, "cert_file and key_file must be given together"),
         ({"ca_file": "/nonexistent/ca.pem", "broker_url": "mqtts://h"}, "file not found or not readable"),
-        ({"ca_file": __file__}, "ca_file/cert_file need an mqtts:// broker_url"),
+        ({"ca_file": __file__}, "ca_file/cert_file need an mqtts:// or wss:// broker_url"),
         ({"txt_topic": "twilio/message/status"}, "must all differ"),
         ({"status_topic": "twilio/#"}, "without wildcards"),
         ({"mqtt_version": "4.2"}, "must be 5 or 3.1.1"),

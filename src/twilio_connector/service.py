@@ -22,8 +22,9 @@ from .greengrass.secrets import fetch_from_nucleus
 from .greengrass.session import GreengrassTransport, options_from_environment
 from .journal.front import Journal
 from .journal.opening import open_journal
-from .mqtt.session import BrokerError, MqttOptions, MqttTransport
+from .mqtt.session import BrokerError, MqttTransport
 from .mqtt.tls import TlsFiles, verifying
+from .mqtt.wire import MqttOptions
 from .ops.callbacks import CallbackListener
 from .ops.metrics import Metrics
 from .ports.messaging import Messaging
@@ -250,6 +251,8 @@ def mqtt_options(settings: Settings) -> MqttOptions:
         tls=tls_files(settings),
         session_expiry=settings.session_expiry,
         receive_maximum=settings.max_in_flight,
+        alpn=settings.broker_alpn,
+        headers=settings.broker_headers,
     )
 
 

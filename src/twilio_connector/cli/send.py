@@ -7,13 +7,13 @@ import contextlib
 import json
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 from .. import service
-from ..mqtt.tls import tls_context, tls_hint
+from ..mqtt.wire import connection_hint, paho_client
 from ..settings.schema import Settings
 from .common import EXIT_FAILURE, UserError, settings_from
 
@@ -68,19 +68,10 @@ def _exchange(args: argparse.Namespace, settings: Settings, topic: str, body: st
     def on_disconnect(client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         closed.append(True)
 
-    v5 = settings.mqtt_version == "5"
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"twilio-connector-send-{uuid.uuid4().hex[:8]}",
-        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-    )
+    options = replace(service.mqtt_options(settings), client_id=f"twilio-connector-send-{uuid.uuid4().hex[:8]}")
+    client = paho_client(options, persistent=False)
     client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
     client.on_disconnect = on_disconnect
-    if settings.mqtt_username:
-        password = settings.mqtt_password.reveal() if settings.mqtt_password else None
-        client.username_pw_set(settings.mqtt_username, password)
-    if address.tls:
-        client.tls_set_context(tls_context(service.tls_files(settings)))
     where = f"the broker at {settings.broker_url}"
     try:
         client.connect(address.host, address.port)
@@ -88,15 +79,15 @@ def _exchange(args: argparse.Namespace, settings: Settings, topic: str, body: st
         while not (answer or refused or closed) and time.monotonic() < deadline:
             client.loop(timeout=0.1)
     except OSError as exc:
-        reason = exc.strerror or getattr(exc, "reason", None) or exc.__class__.__name__
-        raise UserError(f"cannot reach {where}: {reason}{tls_hint(address, exc)}") from None
+        reason = exc.strerror or getattr(exc, "reason", None) or str(exc) or exc.__class__.__name__
+        raise UserError(f"cannot reach {where}: {reason}{connection_hint(address, exc)}") from None
     finally:
         broker_closed = bool(closed)  # what the broker did, not our own DISCONNECT below
         client.disconnect()
     if refused:
         raise UserError(f"{where} refused the connection ({refused[0]})")
     if broker_closed and not answer:
-        raise UserError(f"{where} closed the connection{tls_hint(address, ConnectionResetError())}")
+        raise UserError(f"{where} closed the connection{connection_hint(address, ConnectionResetError())}")
     if not answer:
         raise UserError(f"no status for {request_id} within {args.timeout:g} s: is a connector running?")
     return answer[0]

@@ -17,23 +17,22 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..ports.messaging import RequestHandler
-from ..settings.parsers import BrokerAddress, MqttVersion
-from ..settings.secrets import Secret
+from ..settings.parsers import BrokerAddress
 from .loop import LoopBinding
-from .tls import ClosedEarly, TlsFiles, tls_context, tls_hint
+from .tls import ClosedEarly
+from .wire import MqttOptions, connection_hint, paho_client
 
-__all__ = ["BrokerError", "MqttOptions", "MqttTransport", "PublishRefused"]
+__all__ = ["BrokerError", "MqttTransport", "PublishRefused"]
 
 log = logging.getLogger(__name__)
 
@@ -66,24 +65,6 @@ class _Refused(Exception):
     """The broker refused the connection (CONNACK with a failure reason)."""
 
 
-@dataclass(frozen=True, slots=True)
-class MqttOptions:
-    """What the session needs to know: where the broker is, who we are to it, and how much it may hand us."""
-
-    broker_url: str
-    client_id: str
-    version: MqttVersion
-    username: str | None
-    password: Secret | None = field(repr=False)
-    tls: TlsFiles
-    session_expiry: int
-    receive_maximum: int  # requests handed to us at once (MQTT 5), and the high-water mark of our work
-
-    @property
-    def broker(self) -> BrokerAddress:
-        return BrokerAddress.parse(self.broker_url)
-
-
 @dataclass
 class _Flight:
     future: asyncio.Future[None]
@@ -92,7 +73,7 @@ class _Flight:
 
 def _describe(exc: BaseException, address: BrokerAddress) -> str:
     """A connection failure in words, for the log and /readyz."""
-    hint = tls_hint(address, exc)
+    hint = connection_hint(address, exc)
     if isinstance(exc, _Refused):
         return f"the broker refused the connection ({exc})"
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -157,21 +138,8 @@ class MqttTransport:
 
     def _make_client(self, options: MqttOptions) -> paho.Client:
         v5 = options.version == "5"
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=options.client_id,
-            clean_session=None if v5 else False,
-            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-            manual_ack=True,
-        )
-        if log.isEnabledFor(logging.DEBUG):
-            client.enable_logger(log)  # each packet in and out, without payloads or credentials
+        client = paho_client(options, manual_ack=True, log=log)
         client.max_inflight_messages = 0  # the window is ours (_pump): paho would count past a lost session
-        if options.username:
-            password = options.password.reveal() if options.password else None
-            client.username_pw_set(options.username, password)
-        if options.broker.tls:
-            client.tls_set_context(tls_context(options.tls))
         properties = None
         if v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -250,11 +218,13 @@ class MqttTransport:
 
     def _drop(self) -> None:
         """Abandon the current connection at once (no DISCONNECT: the broker may not be listening)."""
-        sock = cast(socket.socket | None, self._client.socket())
+        sock = self._client.socket()
         if sock is None:
             return
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+        # paho's socket may be a WebSocket wrapper without shutdown(): shut the connection down through a
+        # duplicate of its descriptor (shutdown acts on the connection, not on one descriptor).
+        with contextlib.suppress(OSError), socket.fromfd(sock.fileno(), socket.AF_INET, socket.SOCK_STREAM) as dup:
+            dup.shutdown(socket.SHUT_RDWR)
         self._client.loop_read()  # paho reads the end of the stream, closes the socket and calls on_disconnect
 
     def _on_connect(

@@ -1,5 +1,5 @@
-"""TLS to the broker: the context built from the configured files, and failures told in words (which file, what
-OpenSSL found wrong, or a hint when TLS meets a plain listener)."""
+"""TLS to the broker: the context built from the configured files, and a file that cannot serve told in words
+(which file, what OpenSSL found wrong)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..settings.config import ConfigError
-from ..settings.parsers import BrokerAddress
 
-__all__ = ["ClosedEarly", "TlsFiles", "tls_context", "tls_hint", "verifying"]
+__all__ = ["ClosedEarly", "TlsFiles", "tls_context", "verifying"]
 
 
 class ClosedEarly(ConnectionError):
@@ -74,14 +73,3 @@ def _tls_words(exc: Exception, block: str) -> str:
             return f"holds no PEM {block.lower()} ({words})"
         return f"{words} (OpenSSL {exc.library or 'SSL'}: {exc.reason or 'error'})"
     return (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or exc.__class__.__name__
-
-
-def tls_hint(address: BrokerAddress, exc: BaseException) -> str:
-    """A hint when a failure looks like TLS spoken to a plain listener, or plain MQTT to a TLS one."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return ""
-    if address.tls and isinstance(exc, ConnectionResetError | ssl.SSLError):
-        return f" (is port {address.port} a TLS listener? mqtts:// needs one; mqtt:// is plain)"
-    if not address.tls and isinstance(exc, ConnectionResetError | ClosedEarly):
-        return f" (if port {address.port} expects TLS, use mqtts://)"
-    return ""

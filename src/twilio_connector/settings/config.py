@@ -122,8 +122,10 @@ def _cross_checks(settings: Settings) -> list[str]:
         path = getattr(settings, name)
         if path and not os.access(path, os.R_OK):
             problems.append(f"{name} = {path!r}: file not found or not readable")
-    if (settings.ca_file or settings.cert_file) and not settings.broker_url.startswith("mqtts://"):
-        problems.append("ca_file/cert_file need an mqtts:// broker_url")
+    if (settings.ca_file or settings.cert_file) and not settings.broker.tls:
+        problems.append("ca_file/cert_file need an mqtts:// or wss:// broker_url")
+    if settings.broker_headers and not settings.broker.websockets:
+        problems.append("broker_headers need a ws:// or wss:// broker_url (they go with the WebSocket handshake)")
     if settings.api_key_sid and not settings.api_key_secret:
         problems.append("api_key_sid is set but TWILIO_API_SECRET (api_key_secret) is missing")
     if (settings.twilio_edge or settings.twilio_region) and settings.twilio_api_url != DEFAULT_API_URL:

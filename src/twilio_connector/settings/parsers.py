@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast, get_args
 from urllib.parse import urlsplit
 
+import orjson
+
 from ..domain.contract import ContractViolation, normalise_number
 from ..domain.policy import NUMBER_TYPES, PRESETS
 from .secrets import SECRET_ARN, Secret
@@ -27,21 +29,46 @@ MQTT_VERSIONS: dict[str, MqttVersion] = {"5": "5", "5.0": "5", "3.1.1": "3.1.1",
 _LOCATION_NAME = re.compile(r"[a-z0-9-]{2,32}")
 
 
+#: Each broker URL scheme: TLS or not, WebSockets or not, and its default port.
+BROKER_SCHEMES: dict[str, tuple[bool, bool, int]] = {
+    "mqtt": (False, False, 1883),
+    "mqtts": (True, False, 8883),
+    "ws": (False, True, 80),
+    "wss": (True, True, 443),
+}
+BROKER_URL_FORMS = "mqtt://host:port, mqtts://host:port, ws://host:port/path or wss://host:port/path"
+#: AWS IoT Core's ALPN name for MQTT with a client certificate on port 443; other brokers on 443 take WebSockets.
+AWS_IOT_ALPN = "x-amzn-mqtt-ca"
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerAddress:
     tls: bool
     host: str
     port: int
+    websockets: bool = False
+    path: str = "/mqtt"  # the WebSocket's path and query (ws:// and wss:// only)
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
         parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError("must look like mqtt://host:port or mqtts://host:port")
+        if parts.scheme not in BROKER_SCHEMES or not parts.hostname:
+            raise ValueError(f"must look like {BROKER_URL_FORMS}")
         if parts.username or parts.password:
             raise ValueError("must not carry credentials: use mqtt_username and MQTT_PASSWORD")
-        tls = parts.scheme == "mqtts"
-        return cls(tls, parts.hostname, parts.port or (8883 if tls else 1883))
+        tls, websockets, port = BROKER_SCHEMES[parts.scheme]
+        if not websockets and parts.path not in ("", "/"):
+            raise ValueError(f"has a path ({parts.path}): only ws:// and wss:// URLs take one")
+        path = (parts.path or "/mqtt") + (f"?{parts.query}" if parts.query else "")
+        return cls(tls, parts.hostname, parts.port or port, websockets, path)
+
+    def alpn(self, setting: str) -> list[str]:
+        """The ALPN protocols to offer: `broker_alpn`'s names, or for `auto` AWS IoT Core's on port 443 (MQTT with a
+        client certificate there needs it; any other TLS broker gets none)."""
+        if setting != "auto":
+            return [name for name in setting.split(",") if name and name != "none"]
+        aws = self.host.endswith(".amazonaws.com") and self.port == 443 and self.tls and not self.websockets
+        return [AWS_IOT_ALPN] if aws else []
 
 
 def whole(value: Any) -> int:
@@ -122,6 +149,43 @@ def mqtt_version(value: Any) -> MqttVersion:
 def broker_url(value: Any) -> str:
     BrokerAddress.parse(text(value))
     return str(value)
+
+
+def alpn(value: Any) -> str:
+    """`auto`, `none`, or ALPN protocol names separated by commas, kept as one normalised string."""
+    words = [word.strip() for word in text(value).split(",") if word.strip()]
+    if not words or any(not re.fullmatch(r"[\x21-\x7e]{1,255}", word) for word in words):
+        raise ValueError("must be auto, none, or ALPN protocol names separated by commas (x-amzn-mqtt-ca, mqtt)")
+    return ",".join(words)
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def headers(value: Any) -> Secret | None:
+    """HTTP headers for the broker's WebSocket handshake: a TOML table, or a JSON object in the environment. Kept
+    as a secret (an Authorization header is a credential)."""
+    if value in (None, "", {}):
+        return None
+    table = value
+    if isinstance(value, str):
+        try:
+            table = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise ValueError('must be a table of header names and values, or a JSON object {"Name": "value"}') from None
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise ValueError("must be a table of header names and text values")
+    for name, content in table.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"has a header name that HTTP does not allow: {name!r}")
+        if any(character in content for character in "\r\n\0"):
+            raise ValueError(f"has a line break in the value of {name}")
+    return Secret(orjson.dumps(table).decode())
+
+
+def header_table(secret: Secret | None) -> dict[str, str]:
+    """The headers a `headers` setting holds."""
+    return cast(dict[str, str], orjson.loads(secret.reveal())) if secret else {}
 
 
 def http_url(value: Any) -> str:

@@ -56,6 +56,10 @@ class Option:
     section: str = ""
 
 
+#: The parsers whose values are secrets: left out of reprs, logs and `check-config`'s listing.
+SECRET_PARSERS = (p.secret, p.proxy, p.headers)
+
+
 def setting(
     default: Any,
     parse: Callable[[Any], Any],
@@ -70,7 +74,7 @@ def setting(
     option = {"option": Option(parse, doc, flag, aliases, section)}
     if factory is not None:
         return field(default_factory=factory, metadata=option)
-    return field(default=default, metadata=option, repr=parse not in (p.secret, p.proxy))
+    return field(default=default, metadata=option, repr=parse not in SECRET_PARSERS)
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,25 @@ class Settings:
     broker_url: str = setting(
         "mqtt://localhost:1883",
         p.broker_url,
-        "The MQTT broker: mqtt://host:port, or mqtts://host:port for TLS (port 8883 by default).",
+        "The MQTT broker: mqtt://host:port, or mqtts://host:port for TLS (port 8883 by default); over WebSockets "
+        "ws://host:port/path or wss://host:port/path (port 443 and path /mqtt by default).",
         "--broker",
+        section=BROKER,
+    )
+    broker_alpn: str = setting(
+        "auto",
+        p.alpn,
+        "ALPN protocols offered in the broker's TLS handshake, separated by commas, or none. auto: x-amzn-mqtt-ca "
+        "for mqtts:// to AWS IoT Core on port 443 (MQTT with a client certificate through a firewall that opens "
+        "only 443), none otherwise.",
+        "--broker-alpn",
+        section=BROKER,
+    )
+    broker_headers: Secret | None = setting(
+        None,
+        p.headers,
+        "HTTP headers sent with the WebSocket handshake of a ws:// or wss:// broker: a TOML table, or a JSON object "
+        "in the environment (TWILIO_CONNECTOR_BROKER_HEADERS). Hidden like a secret: it may carry an Authorization header.",
         section=BROKER,
     )
     transport: Transport = setting(
@@ -478,4 +499,4 @@ class Settings:
 
 #: Each setting's option, by name, in declaration order.
 OPTIONS: dict[str, Option] = {item.name: item.metadata["option"] for item in fields(Settings)}
-SECRET_OPTIONS = frozenset(name for name, option in OPTIONS.items() if option.parse in (p.secret, p.proxy))
+SECRET_OPTIONS = frozenset(name for name, option in OPTIONS.items() if option.parse in SECRET_PARSERS)
