@@ -70,8 +70,10 @@ class LoopBinding:
             self._loop.call_soon_threadsafe(function, *args)
 
     def _socket_opened(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a status or PUBACK goes out at once
+        # A status or PUBACK goes out at once. Set through a duplicate descriptor: over WebSockets paho hands us
+        # its wrapper, which has no setsockopt (socket options belong to the connection, not the descriptor).
+        with contextlib.suppress(OSError), socket.fromfd(sock.fileno(), socket.AF_INET, socket.SOCK_STREAM) as dup:
+            dup.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # The receive buffer is left to the kernel's autotuning. paho reads a packet at a time and pause_reading()
         # stops reading, so a flood waits in the kernel, not in this process. A fixed small buffer (16 KiB, from
         # the gmqtt days, when the event loop read 256 KiB at once) halved throughput with Mosquitto: with its
