@@ -88,6 +88,9 @@ def test_status_journal_and_simulator(tmp_path: Path, taken_port: int) -> None:
     one_line(["journal", "--journal-path", str(tmp_path), "counts"], 2, "(that is a directory)")
     one_line(["journal", "--journal-path", str(tmp_path / "none.db"), "counts"], 2, "no journal at")
     one_line(["simulator", "--port", str(taken_port)], 2, "Address already in use")
+    refused = one_line(["simulator", "--auth-token", "t0ken-on-argv"], 2, "--auth-token is not accepted")
+    assert "t0ken-on-argv" not in refused and "SIMULATOR_AUTH_TOKEN or --auth-token-file" in refused
+    one_line(["simulator", "--auth-token-file", str(tmp_path / "none")], 2, "cannot read secret file")
 
 
 def test_tls_files_that_cannot_serve_are_named_with_the_reason(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ simulator cannot drift from Twilio.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -41,6 +42,10 @@ from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_
 SPEC = Path(__file__).parent / "data" / "twilio_api_v2010_sms_voice.json"
 SPEC_SHA256 = "2f601a18c34a0793d10cc4dc581fd133056955f33bef1100c0fa01d7d56dfa01"
 DOCUMENT = orjson.loads(SPEC.read_bytes())
+#: The account, its numbers and caller IDs, cut from the same pinned description by scripts/cut_twilio_spec.py.
+ACCOUNT_SPEC = Path(__file__).parent / "data" / "twilio_api_v2010_account.json"
+ACCOUNT_SPEC_SHA256 = "9bf77df2bc0687960f18d0a2f1da982f6a0074cb4cbab4ce603373a24700e75f"
+ACCOUNT_DOCUMENT = orjson.loads(ACCOUNT_SPEC.read_bytes())
 TO, FROM = "+12345000000", "+15005550006"
 API = "/2010-04-01/Accounts/{AccountSid}"
 
@@ -91,6 +96,7 @@ def prism() -> Iterator[str]:
 
 def test_the_spec_is_the_pinned_one() -> None:
     assert hashlib.sha256(SPEC.read_bytes()).hexdigest() == SPEC_SHA256
+    assert hashlib.sha256(ACCOUNT_SPEC.read_bytes()).hexdigest() == ACCOUNT_SPEC_SHA256
 
 
 @pytest.fixture
@@ -173,13 +179,55 @@ async def test_the_connector_end_to_end_against_prism(broker: Broker, prism: str
 # -- the simulator against the same schemas ------------------------------------------------------------------
 
 
-def validator(schema: dict[str, Any]) -> OAS30Validator:
-    return OAS30Validator({**schema, "components": DOCUMENT["components"]})
+def validator(schema: dict[str, Any], document: dict[str, Any] = DOCUMENT) -> OAS30Validator:
+    return OAS30Validator({**schema, "components": document["components"]})
 
 
-def response_schema(path: str, method: str, status: str) -> dict[str, Any]:
-    schema = DOCUMENT["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+def response_schema(path: str, method: str, status: str, document: dict[str, Any] = DOCUMENT) -> dict[str, Any]:
+    schema = document["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
     return dict(schema)
+
+
+async def until_final(session: aiohttp.ClientSession, url: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with session.get(url) as response:
+            if (await response.json())["status"] == "delivered":
+                return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{url} never delivered")
+
+
+async def test_updates_and_the_account_answer_as_the_spec_says(simulator: SimulatorHandle) -> None:
+    """Call update (ended), message update (redacted), the account, its numbers and caller IDs."""
+    simulator.sim.account.numbers = {FROM: {"sms": True, "voice": True}}
+    simulator.sim.account.verified = [TO]
+    simulator.sim.delivery = {"Messages": "delivered"}
+    auth = basic(DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN)["Authorization"]
+    base = f"{simulator.url}/2010-04-01/Accounts/{DEFAULT_ACCOUNT_SID}"
+    async with aiohttp.ClientSession(headers={"Authorization": auth}) as session:
+        for resource, form, change in (
+            ("Calls", {"To": TO, "From": FROM, "Url": "https://e.example/t"}, {"Status": "canceled"}),
+            ("Messages", {"To": TO, "From": FROM, "Body": "hi"}, {"Body": ""}),
+        ):
+            async with session.post(f"{base}/{resource}.json", data=form) as response:
+                sid = (await response.json())["sid"]
+            if resource == "Messages":  # redacted once final: wait for the delivery the simulator plays
+                await until_final(session, f"{base}/{resource}/{sid}.json")
+            async with session.post(f"{base}/{resource}/{sid}.json", data=change) as response:
+                assert response.status == 200, await response.text()
+                changed = await response.json()
+            validator(response_schema(f"{API}/{resource}/{{Sid}}.json", "post", "200")).validate(changed)
+        assert changed["body"] == ""
+        for path, url in (
+            ("/2010-04-01/Accounts/{Sid}.json", f"{base}.json"),
+            (f"{API}/IncomingPhoneNumbers.json", f"{base}/IncomingPhoneNumbers.json"),
+            (f"{API}/OutgoingCallerIds.json", f"{base}/OutgoingCallerIds.json"),
+        ):
+            async with session.get(url) as response:
+                answer = await response.json()
+            validator(response_schema(path, "get", "200", ACCOUNT_DOCUMENT), ACCOUNT_DOCUMENT).validate(answer)
+    assert answer["outgoing_caller_ids"][0]["phone_number"] == TO
 
 
 async def test_simulator_answers_validate_against_the_spec(simulator: SimulatorHandle) -> None:

@@ -125,6 +125,8 @@ async def test_latency_is_configurable(http: aiohttp.ClientSession, simulator: S
             "list_lag_ms": 0,
             "trial": False,
             "concurrency_limit": 0,
+            "numbers": {},
+            "verified": [],
         }
     assert simulator.sim.latency == 0.05
 

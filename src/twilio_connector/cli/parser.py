@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import os
 from importlib.metadata import version
 from typing import Any, ClassVar, NoReturn
 
 from ..domain.states import STATES
 from ..settings.schema import OPTIONS, Settings
-from ..twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+from ..twilio.simulator import DEFAULT_ACCOUNT_SID
 from .common import EXIT_USAGE
 
 __all__ = ["build_parser"]
@@ -32,10 +31,18 @@ class _Parser(argparse.ArgumentParser):
         if message.startswith("unrecognized arguments:"):
             names = [word.split("=")[0] for word in message.split()[2:] if word.startswith("-")]
             message = "unrecognized arguments: " + (" ".join(names) or "(values hidden)")
-            close = [match for name in names for match in difflib.get_close_matches(name, self.flags, n=1)]
+            close = [match for name in names for match in _closest_flag(name, self.flags)]
             if close:
                 message += f" (did you mean {' '.join(close)}?)"
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _closest_flag(name: str, flags: set[str]) -> list[str]:
+    """The flag of the setting `name` spells (`--broker-url` is broker_url's `--broker`), else the closest."""
+    option = OPTIONS.get(name.lstrip("-").replace("-", "_"))
+    if option is not None and option.flag in flags:
+        return [option.flag]
+    return difflib.get_close_matches(name, flags, n=1)
 
 
 class _SecretFlag(argparse.Action):
@@ -167,9 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     sim.add_argument("--account-sid", default=DEFAULT_ACCOUNT_SID, help="account SID it accepts")
     sim.add_argument(
-        "--auth-token",
-        default=os.environ.get("SIMULATOR_AUTH_TOKEN", DEFAULT_AUTH_TOKEN),
-        help="auth token it accepts (default $SIMULATOR_AUTH_TOKEN or simulator-token)",
+        "--auth-token-file",
+        metavar="FILE",
+        help="file holding the auth token it accepts (default $SIMULATOR_AUTH_TOKEN, else simulator-token)",
     )
+    sim.add_argument(
+        "--number",
+        action="append",
+        default=[],
+        metavar="E164",
+        help="a number the account owns (SMS, MMS and voice), listed as Twilio lists IncomingPhoneNumbers; repeatable",
+    )
+    sim.add_argument("--trial", action="store_true", help="a trial account: bodies prefixed as Twilio does")
+    sim.add_argument("--auth-token", dest="secret_flag", nargs="?", action=_SecretFlag, help=argparse.SUPPRESS)
     sim.add_argument("--latency-ms", type=float, default=0.0, help="delay before every answer")
     return parser

@@ -4,15 +4,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 
-from ..twilio.simulator import Simulator
+from ..settings.secrets import SecretError, read_secret_file
+from ..twilio.simulator import DEFAULT_AUTH_TOKEN, Simulator
 from .common import UserError, os_error_words
 
 __all__ = ["simulate"]
 
 
+def _auth_token(args: argparse.Namespace) -> str:
+    """The token it accepts: from a file or the environment, never the command line (other users can read it)."""
+    if args.secret_flag:
+        raise UserError(
+            f"{args.secret_flag} is not accepted: other users can read command lines. "
+            "Use SIMULATOR_AUTH_TOKEN or --auth-token-file"
+        )
+    if args.auth_token_file:
+        try:
+            return read_secret_file(args.auth_token_file).reveal()
+        except SecretError as exc:
+            raise UserError(str(exc)) from None
+    return os.environ.get("SIMULATOR_AUTH_TOKEN") or DEFAULT_AUTH_TOKEN
+
+
 async def simulate(args: argparse.Namespace) -> None:
-    simulator = Simulator(args.account_sid, args.auth_token, latency=args.latency_ms / 1000)
+    simulator = Simulator(args.account_sid, _auth_token(args), latency=args.latency_ms / 1000)
+    simulator.trial = args.trial
+    simulator.account.numbers = {number: {"sms": True, "mms": True, "voice": True} for number in args.number}
     try:
         runner = await simulator.serve(args.host, args.port)
     except OSError as exc:

@@ -1,76 +1,32 @@
-"""A local stand-in for Twilio's Messages and Calls API, for tests, benchmarks and trying the connector.
-
-It answers the way Twilio does: Basic auth, Twilio-shaped resources and error bodies, paged lists, the magic
-numbers of Twilio's test credentials. It adds latency and fault injection, Twilio's awkward habits on demand (a
-list that shows new resources only after `list_lag` seconds, as twilio-node #647 and twilio-java #442 report;
-a trial account's body prefix; a gateway error or a dropped connection after the resource was created), and a
-record of what it received:
-
-    POST   /_sim/faults     {"status": 503, "code": 20503, "count": 2, "retry_after": 1, "resource": "Messages"}
-    POST   /_sim/faults     {"status": 502, "store": true}      (Twilio acted, then its edge answered 502)
-    POST   /_sim/faults     {"status": 0, "store": true, "drop": true}     (acted, then the connection dropped)
-    POST   /_sim/faults     {"status": 403, "code": 20003, "count": 100, "list": true}      (lookups refused)
-    POST   /_sim/config     {"latency_ms": 100, "delivery": {"Messages": "delivered", "after_ms": 50}}
-    POST   /_sim/config     {"concurrency_limit": 100}      (429, 20429 past 100 concurrent creates)
-    POST   /_sim/config     {"list_lag_ms": 5000, "trial": true}
-    GET    /_sim/requests   every create request received, in order, with its outcome
-    DELETE /_sim/requests   forget everything (resources, record, faults)
-"""
+"""The simulator's web application: Twilio's routes with Basic auth, latency, injected faults and the record of
+what it received, over the account in `resources` and the lists in `listing`; and the `/_sim` control routes."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import binascii
-import secrets
 import ssl
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from urllib.parse import quote_plus
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-from ..domain.signature import signature
-from .client import TRIAL_PREFIX
+from ...domain.signature import signature
+from .listing import BadQuery, Page, select
+from .resources import API, Account, Resource, new_item, reach, resources, update, validate
 
 __all__ = ["DEFAULT_ACCOUNT_SID", "DEFAULT_AUTH_TOKEN", "Fault", "Simulator"]
 
 DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
 DEFAULT_AUTH_TOKEN = "simulator-token"
-API = "/2010-04-01/Accounts/{account}"
-MAX_BODY_CHARS = 1600
-
-# Twilio's test-credential magic numbers: https://www.twilio.com/docs/iam/test-credentials
-_MESSAGE_TO = {
-    "+15005550001": (21211, "The 'To' number +15005550001 is not a valid phone number."),
-    "+15005550002": (21612, "The 'To' phone number is not currently reachable via SMS."),
-    "+15005550003": (
-        21408,
-        "Permission to send an SMS has not been enabled for the region indicated by the 'To' number.",
-    ),
-    "+15005550004": (21610, "Attempt to send to unsubscribed recipient"),
-    "+15005550009": (21614, "'To' number is not a valid mobile number"),
-}
-_CALL_TO = {
-    "+15005550001": (21217, "Phone number does not appear to be valid"),
-    "+15005550002": (21214, "'To' phone number cannot be reached"),
-    "+15005550003": (21215, "Account not authorized to call +15005550003."),
-    "+15005550004": (21610, "Attempt to call a number that has opted out"),
-}
-_FROM = {
-    "+15005550001": (21212, "The 'From' number +15005550001 is not a valid phone number."),
-    "+15005550007": (
-        21606,
-        "The 'From' phone number provided is not a valid message-capable Twilio phone number.",
-    ),
-    "+15005550008": (21611, "This 'From' number has exceeded the maximum number of queued messages."),
-}
 
 
 @dataclass
@@ -94,19 +50,6 @@ class Fault:
     list: bool = False
 
 
-@dataclass
-class _Resource:
-    name: str  # "Messages" or "Calls"
-    prefix: str  # SID prefix
-    content_param: str  # "Body" or "Url"
-    to_errors: dict[str, tuple[int, str]]
-    items: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def _now() -> str:
-    return time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())
-
-
 def _error(status: int, code: int | None, message: str, headers: dict[str, str] | None = None) -> web.Response:
     body = {
         "code": code,
@@ -121,11 +64,6 @@ def _json(document: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(document), content_type="application/json")
 
 
-def _valid_number(value: str) -> bool:
-    digits = value[1:] if value.startswith("+") else ""
-    return digits.isdigit() and 8 <= len(digits) <= 15 and digits[0] != "0"
-
-
 class Simulator:
     def __init__(
         self,
@@ -137,14 +75,14 @@ class Simulator:
         latency: float = 0.0,
     ) -> None:
         self.account_sid = account_sid
+        #: The account: trial or not, its numbers and their capabilities, its verified caller IDs.
+        self.account = Account(account_sid)
         self._logins = {account_sid: auth_token}
         if api_key_sid and api_key_secret:
             self._logins[api_key_sid] = api_key_secret
         self.latency = latency
         #: Seconds a new message or call stays out of list answers (Twilio's lists lag behind its creates).
         self.list_lag = 0.0
-        #: A trial account: Twilio prefixes every message body with TRIAL_PREFIX.
-        self.trial = False
         #: The account's limit on concurrent API requests: past it, creates are refused with 429 (20429), never
         #: processed, as Twilio does (0: no limit). `most_concurrent` is the most seen at once.
         self.concurrency_limit = 0
@@ -158,10 +96,16 @@ class Simulator:
         self._background: set[asyncio.Task[None]] = set()
         self.faults: deque[Fault] = deque()
         self.received: list[dict[str, Any]] = []
-        self._resources = {
-            "Messages": _Resource("Messages", "SM", "Body", _MESSAGE_TO),
-            "Calls": _Resource("Calls", "CA", "Url", _CALL_TO),
-        }
+        self._resources = resources()
+
+    @property
+    def trial(self) -> bool:
+        """A trial account: Twilio prefixes every message body with TRIAL_PREFIX."""
+        return self.account.trial
+
+    @trial.setter
+    def trial(self, value: bool) -> None:
+        self.account.trial = value
 
     # -- the application ---------------------------------------------------------------------------------
 
@@ -173,6 +117,13 @@ class Simulator:
             app.router.add_post(f"{api}/{name}.json", partial(self._create, resource))
             app.router.add_get(f"{api}/{name}.json", partial(self._list, resource))
             app.router.add_get(f"{api}/{name}/{{sid}}.json", partial(self._fetch, resource))
+            app.router.add_post(f"{api}/{name}/{{sid}}.json", partial(self._update, resource))
+        app.router.add_get(f"{api}.json", self._account)
+        for name, listed in (
+            ("IncomingPhoneNumbers", self.account.phone_numbers),
+            ("OutgoingCallerIds", self.account.caller_ids),
+        ):
+            app.router.add_get(f"{api}/{name}.json", partial(self._list_of, name, listed))
         app.router.add_post("/_sim/faults", self._add_fault)
         app.router.add_post("/_sim/config", self._configure)
         app.router.add_get("/_sim/requests", self._get_received)
@@ -205,7 +156,7 @@ class Simulator:
             return _error(404, 20404, f"The requested resource {request.path} was not found")
         return None
 
-    async def _create(self, resource: _Resource, request: web.Request) -> web.Response:
+    async def _create(self, resource: Resource, request: web.Request) -> web.Response:
         refusal = self._authorised(request)
         if refusal is not None:
             return refusal
@@ -228,14 +179,14 @@ class Simulator:
             self._concurrent -= 1
 
     async def _answer(
-        self, resource: _Resource, form: dict[str, str], media: list[str], entry: dict[str, Any], request: web.Request
+        self, resource: Resource, form: dict[str, str], media: list[str], entry: dict[str, Any], request: web.Request
     ) -> web.Response:
         if self.latency:
             await asyncio.sleep(self.latency)
         fault = self._take_fault(resource.name, listing=False)
         if fault is not None:
             return await self._inject(fault, resource, form, media, entry, request=request)
-        problem = self._validate(resource, form, media)
+        problem = validate(resource, form, media, self.account)
         if problem is not None:
             entry["outcome"] = problem[1]
             return _error(*problem)
@@ -255,14 +206,14 @@ class Simulator:
     async def _inject(
         self,
         fault: Fault,
-        resource: _Resource,
+        resource: Resource,
         form: dict[str, str],
         media: list[str],
         entry: dict[str, Any],
         *,
         request: web.Request,
     ) -> web.Response:
-        if fault.store and self._validate(resource, form, media) is None:
+        if fault.store and validate(resource, form, media, self.account) is None:
             entry["stored"] = self._store(resource, form, media)["sid"]
         if fault.delay:
             await asyncio.sleep(fault.delay)
@@ -273,76 +224,9 @@ class Simulator:
         headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
         return _error(fault.status, fault.code, fault.message, headers)
 
-    @staticmethod
-    def _validate(resource: _Resource, form: dict[str, str], media: list[str]) -> tuple[int, int, str] | None:
-        to, sender = form.get("To"), form.get("From")
-        if not to:
-            return 400, 21604, "A 'To' phone number is required."
-        if not sender and not (resource.name == "Messages" and form.get("MessagingServiceSid")):
-            return 400, 21603, "A 'From' phone number is required."
-        if resource.name == "Messages":
-            body = form.get("Body", "")
-            if not body and not media:
-                return 400, 21602, "Message body is required."
-            if len(body) > MAX_BODY_CHARS:
-                return 400, 21617, "The concatenated message body exceeds the 1600 character limit."
-        elif not form.get("Url") and not form.get("Twiml"):
-            return 400, 21205, "Url parameter is required."
-        if sender in _FROM:
-            return 400, *_FROM[sender]
-        if to in resource.to_errors:
-            return 400, *resource.to_errors[to]
-        if not _valid_number(to.removeprefix("whatsapp:")):
-            return 400, 21211, f"The 'To' number {to} is not a valid phone number."
-        return None
-
-    def _store(self, resource: _Resource, form: dict[str, str], media: list[str]) -> dict[str, Any]:
-        sid = resource.prefix + secrets.token_hex(16)
-        now = _now()
-        base = f"{API.format(account=self.account_sid)}/{resource.name}/{sid}"
-        common: dict[str, Any] = {
-            "sid": sid,
-            "account_sid": self.account_sid,
-            "to": form["To"],
-            "from": form.get("From"),
-            "status": "queued",
-            "direction": "outbound-api",
-            "api_version": "2010-04-01",
-            "date_created": now,
-            "date_updated": now,
-            "price": None,
-            "price_unit": "USD",
-            "uri": f"{base}.json",
-        }
-        if resource.name == "Messages":
-            item = common | {
-                "body": (TRIAL_PREFIX if self.trial else "") + form.get("Body", ""),
-                "num_segments": str(max(1, -(-len(form.get("Body", "")) // 153))),
-                "num_media": str(len(media)),
-                "date_sent": None,
-                "error_code": None,
-                "error_message": None,
-                "messaging_service_sid": form.get("MessagingServiceSid"),
-                "subresource_uris": {"media": f"{base}/Media.json", "feedback": f"{base}/Feedback.json"},
-            }
-        else:
-            item = common | {
-                "to_formatted": form["To"],
-                "from_formatted": form.get("From"),
-                "parent_call_sid": None,
-                "phone_number_sid": None,
-                "start_time": None,
-                "end_time": None,
-                "duration": None,
-                "answered_by": None,
-                "forwarded_from": None,
-                "caller_name": None,
-                "group_sid": None,
-                "queue_time": "0",
-                "trunk_sid": None,
-                "annotation": None,
-                "subresource_uris": {"notifications": f"{base}/Notifications.json"},
-            }
+    def _store(self, resource: Resource, form: dict[str, str], media: list[str]) -> dict[str, Any]:
+        item = new_item(resource, form, media, self.account)
+        sid = item["sid"]
         resource.items[sid] = item
         self._created_at[sid] = time.monotonic()
         final = self.delivery.get(resource.name)
@@ -352,10 +236,9 @@ class Simulator:
             task.add_done_callback(self._background.discard)
         return item
 
-    async def _deliver(self, resource: _Resource, item: dict[str, Any], final: str, form: dict[str, str]) -> None:
+    async def _deliver(self, resource: Resource, item: dict[str, Any], final: str, form: dict[str, str]) -> None:
         await asyncio.sleep(float(self.delivery.get("after_ms", 0)) / 1000)
-        item["status"] = final
-        item["date_updated"] = _now()
+        reach(item, final)
         callback = form.get("StatusCallback")
         if not callback:
             return
@@ -371,48 +254,36 @@ class Simulator:
         async with aiohttp.ClientSession() as session, session.post(callback, data=params, headers=headers):
             pass
 
-    async def _list(self, resource: _Resource, request: web.Request) -> web.Response:
+    async def _list(self, resource: Resource, request: web.Request) -> web.Response:
         refusal = self._authorised(request)
         if refusal is not None:
             return refusal
         fault = self._take_fault(resource.name, listing=True)
         if fault is not None:
             return _error(fault.status, fault.code, fault.message)
-        to, sender = request.query.get("To"), request.query.get("From")
-        try:
-            page_size = max(1, min(1000, int(request.query.get("PageSize", "50"))))
-            page = max(0, int(request.query.get("Page", "0")))
-        except ValueError:
-            return _error(400, 20001, "PageSize and Page must be integers")
         visible_before = time.monotonic() - self.list_lag
-        matches = [
+        shown = [
             item
             for item in reversed(resource.items.values())  # newest first, as Twilio lists them
-            if (to is None or item["to"] == to)
-            and (sender is None or item["from"] == sender)
-            and self._created_at.get(item["sid"], 0.0) <= visible_before
+            if self._created_at.get(item["sid"], 0.0) <= visible_before
         ]
-        start = page * page_size
-        items = matches[start : start + page_size]
-        base = f"{API.format(account=self.account_sid)}/{resource.name}.json"
-        filters = "".join(f"&{key}={quote_plus(value)}" for key, value in (("To", to), ("From", sender)) if value)
-        uri = f"{base}?PageSize={page_size}{filters}&Page={page}"
-        more = start + page_size < len(matches)
-        return _json(
-            {
-                resource.name.lower(): items,
-                "end": start + max(0, len(items) - 1),
-                "first_page_uri": f"{base}?PageSize={page_size}{filters}&Page=0",
-                "next_page_uri": f"{base}?PageSize={page_size}{filters}&Page={page + 1}" if more else None,
-                "page": page,
-                "page_size": page_size,
-                "previous_page_uri": f"{base}?PageSize={page_size}{filters}&Page={page - 1}" if page else None,
-                "start": start,
-                "uri": uri,
-            }
-        )
+        return self._page(resource.name, shown, request)
 
-    async def _fetch(self, resource: _Resource, request: web.Request) -> web.Response:
+    async def _list_of(
+        self, name: str, listed: Callable[[], list[dict[str, Any]]], request: web.Request
+    ) -> web.Response:
+        return self._authorised(request) or self._page(name, listed(), request)
+
+    def _page(self, name: str, items: list[dict[str, Any]], request: web.Request) -> web.Response:
+        base = f"{API.format(account=self.account_sid)}/{name}.json"
+        key = {"IncomingPhoneNumbers": "incoming_phone_numbers", "OutgoingCallerIds": "outgoing_caller_ids"}
+        try:
+            page = Page(base, select(name, items, request.query), request.query)
+        except BadQuery as exc:
+            return _error(400, 20001, str(exc))
+        return _json(page.document(key.get(name, name.lower())))
+
+    async def _fetch(self, resource: Resource, request: web.Request) -> web.Response:
         refusal = self._authorised(request)
         if refusal is not None:
             return refusal
@@ -420,6 +291,20 @@ class Simulator:
         if item is None:
             return _error(404, 20404, f"The requested resource {request.path} was not found")
         return _json(item)
+
+    async def _update(self, resource: Resource, request: web.Request) -> web.Response:
+        """A message redacted or canceled, a call ended or redirected (resources.update says how)."""
+        refusal = self._authorised(request)
+        if refusal is not None:
+            return refusal
+        item = resource.items.get(request.match_info["sid"])
+        if item is None:
+            return _error(404, 20404, f"The requested resource {request.path} was not found")
+        problem = update(item, {key: str(value) for key, value in (await request.post()).items()})
+        return _error(*problem) if problem else _json(item)
+
+    async def _account(self, request: web.Request) -> web.Response:
+        return self._authorised(request) or _json(self.account.resource())
 
     # -- control endpoints -------------------------------------------------------------------------------
 
@@ -437,10 +322,13 @@ class Simulator:
         self.delivery = document.get("delivery", self.delivery)
         self.list_lag = float(document.get("list_lag_ms", self.list_lag * 1000)) / 1000
         self.trial = bool(document.get("trial", self.trial))
+        self.account.numbers = document.get("numbers", self.account.numbers)
+        self.account.verified = document.get("verified", self.account.verified)
         self.concurrency_limit = int(document.get("concurrency_limit", self.concurrency_limit))
         return _json(
             {"latency_ms": self.latency * 1000, "delivery": self.delivery, "list_lag_ms": self.list_lag * 1000}
             | {"trial": self.trial, "concurrency_limit": self.concurrency_limit}
+            | {"numbers": self.account.numbers, "verified": self.account.verified}
         )
 
     async def _get_received(self, request: web.Request) -> web.Response:
