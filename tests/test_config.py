@@ -179,7 +179,7 @@ def test_env_is_not_read_when_given(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ({}, "https://api.twilio.com"),
         ({"TWILIO_EDGE": "sydney", "TWILIO_REGION": "au1"}, "https://api.sydney.au1.twilio.com"),
-        ({"TWILIO_REGION": "ie1"}, "https://api.ie1.twilio.com"),
+        ({"TWILIO_REGION": "us1"}, "https://api.us1.twilio.com"),
         ({"TWILIO_EDGE": "dublin"}, "https://api.dublin.us1.twilio.com"),
         ({"TWILIO_CONNECTOR_TWILIO_API_URL": "http://127.0.0.1:9/"}, "http://127.0.0.1:9"),
     ],
@@ -191,3 +191,13 @@ def test_regional_edges(env: dict[str, str], url: str) -> None:
 def test_edge_and_explicit_url_conflict() -> None:
     assert "not both" in problems_of(env={"TWILIO_EDGE": "sydney", "TWILIO_CONNECTOR_TWILIO_API_URL": "http://x"})[0]
     assert "edge or region name" in problems_of(env={"TWILIO_REGION": "AU 1"})[0]
+
+
+def test_a_regional_api_name_twilio_retired_is_refused_with_the_way_out() -> None:
+    """api.ie1.twilio.com and its kind stopped answering on 2026-04-28: a region needs its edge now."""
+    for env in ({"TWILIO_REGION": "ie1"}, {"TWILIO_CONNECTOR_TWILIO_API_URL": "https://api.au1.twilio.com"}):
+        problem = problems_of(env=env)[0]
+        assert "stopped working on 2026-04-28" in problem and "set twilio_edge" in problem
+    assert load_settings(env={"TWILIO_EDGE": "dublin", "TWILIO_REGION": "ie1"}).api_base_url == (
+        "https://api.dublin.ie1.twilio.com"
+    )

@@ -142,18 +142,7 @@ async def run(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    client = TwilioClient(
-        settings.api_base_url,
-        credentials.account_sid,
-        credentials.username,
-        credentials.password,
-        max_connections=settings.max_in_flight,
-        timeout=settings.http_timeout,
-        connect_timeout=settings.connect_timeout,
-        status_callback=settings.callback_url if settings.delivery_tracking == "callback" else None,
-        proxy=twilio_proxy(settings, os.environ),
-        ssl_context=twilio_tls(settings),
-    )
+    client = twilio_client(settings, credentials)
     journal = await open_journal(
         settings.journal, settings.journal_sync, node=settings.client_id, lease=settings.journal_lease
     )
@@ -310,6 +299,22 @@ def secret_source(settings: Settings) -> Callable[[str], Secret]:
     if settings.transport == "greengrass":
         return partial(fetch_from_nucleus, options_from_environment())
     return fetch_secrets_manager
+
+
+def twilio_client(settings: Settings, credentials: Credentials) -> TwilioClient:
+    """The Twilio client as the settings say: the API root, credentials, pool size, timeouts, proxy and CAs."""
+    return TwilioClient(
+        settings.api_base_url,
+        credentials.account_sid,
+        credentials.username,
+        credentials.password,
+        max_connections=settings.max_in_flight,
+        timeout=settings.http_timeout,
+        connect_timeout=settings.connect_timeout,
+        status_callback=settings.callback_url if settings.delivery_tracking == "callback" else None,
+        proxy=twilio_proxy(settings, os.environ),
+        ssl_context=twilio_tls(settings),
+    )
 
 
 def twilio_proxy(settings: Settings, environ: Mapping[str, str]) -> Proxy | None:

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
 from .. import service
 from ..domain.policy import describe_limits
 from ..mqtt.tls import tls_context
-from ..settings.config import ANONYMOUS_WARNING, ConfigError, anonymous_and_unbounded, describe, resolve_credentials
-from .common import report, settings_from
+from ..settings.config import (
+    ANONYMOUS_WARNING,
+    ConfigError,
+    Credentials,
+    anonymous_and_unbounded,
+    describe,
+    resolve_credentials,
+)
+from ..settings.schema import Settings
+from ..twilio.doctor import ask, judge
+from .common import EXIT_FAILURE, report, settings_from
 
 __all__ = ["check_config"]
 
@@ -31,4 +41,16 @@ def check_config(args: argparse.Namespace) -> int:
     if anonymous_and_unbounded(settings):
         print(f"twilio-connector: warning: {ANONYMOUS_WARNING}", file=sys.stderr)
     print(f"# configuration OK (Twilio credentials found for {credentials.account_sid}, user {credentials.username})")
-    return 0
+    return asyncio.run(_online(settings, credentials)) if args.online else 0
+
+
+async def _online(settings: Settings, credentials: Credentials) -> int:
+    """Ask Twilio what it makes of the account: one line per finding; 1 when any fails."""
+    client = service.twilio_client(settings, credentials)
+    async with client:
+        findings = judge(await ask(client, settings.default_from), settings.default_from, settings.api_base_url)
+    for finding in findings:
+        print(finding)
+    failed = any(finding.verdict == "FAIL" for finding in findings)
+    print(f"# Twilio: {'problems found' if failed else 'OK'}")
+    return EXIT_FAILURE if failed else 0

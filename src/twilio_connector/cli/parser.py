@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         "credentials (from Secrets Manager too) and print the effective settings with secrets hidden.",
     )
     _add_setting_flags(check)
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also ask Twilio, with the configured credentials: are they accepted, is the account a trial (and "
+        "whom may it text), does default_from belong to it and can it send SMS, call, send MMS (exit 1 if not)",
+    )
 
     journal = commands.add_parser(
         "journal",

@@ -12,6 +12,7 @@ import tomllib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 import tomli_w
 
@@ -114,6 +115,19 @@ def load_settings(
     return settings
 
 
+#: Regional API names Twilio stopped answering on 2026-04-28 ("Understanding Edge Locations", Twilio's docs):
+#: a region now needs its edge (api.dublin.ie1.twilio.com); api.us1.twilio.com alone still works.
+RETIRED_API_HOSTS = frozenset(
+    f"api.{region}.twilio.com" for region in ("ie1", "au1", "br1", "de1", "jp1", "sg1", "us2")
+)
+
+
+def retired_api_host(url: str) -> str | None:
+    """The host of `url` when it is one of the regional API names Twilio retired."""
+    host = urlsplit(url).hostname
+    return host if host in RETIRED_API_HOSTS else None
+
+
 def _cross_checks(settings: Settings) -> list[str]:
     problems = []
     if bool(settings.cert_file) != bool(settings.key_file):
@@ -130,6 +144,12 @@ def _cross_checks(settings: Settings) -> list[str]:
         problems.append("api_key_sid is set but TWILIO_API_SECRET (api_key_secret) is missing")
     if (settings.twilio_edge or settings.twilio_region) and settings.twilio_api_url != DEFAULT_API_URL:
         problems.append("give twilio_api_url or twilio_edge/twilio_region, not both")
+    elif retired := retired_api_host(settings.api_base_url):
+        problems.append(
+            f"{retired} stopped working on 2026-04-28 (Twilio retired the api.REGION.twilio.com names but us1's): "
+            "set twilio_edge with twilio_region (dublin with ie1, sydney with au1: Twilio's edge locations page "
+            "lists them)"
+        )
     if len({settings.txt_topic, settings.call_topic, settings.status_topic, settings.delivery_topic}) < 4:
         problems.append("txt_topic, call_topic, status_topic and delivery_topic must all differ")
     if settings.transport != "greengrass" and (settings.status_to_iot_core or settings.iot_core_requests):

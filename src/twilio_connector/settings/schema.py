@@ -205,7 +205,8 @@ class Settings:
     twilio_region: str | None = setting(
         None,
         p.location,
-        "Twilio region (au1, ie1, us1, ...); an edge alone implies us1.",
+        "Twilio region (au1, ie1, us1, ...) with its edge: an edge alone implies us1; a region alone only us1 (Twilio "
+        "retired api.ie1.twilio.com and the like on 2026-04-28).",
         "--twilio-region",
         ("TWILIO_REGION",),
         section=TWILIO,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import ssl
+from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any
@@ -253,6 +254,13 @@ class TwilioClient:
         if isinstance(document, dict | TwilioFailure):
             return document
         return TwilioFailure(FailureKind.AMBIGUOUS, f"cannot fetch {sid}: not an object")
+
+    async def account(self, listing: str = "", query: Mapping[str, str] | None = None) -> Any | TwilioFailure:
+        """The account's own resource, or one of its lists (`IncomingPhoneNumbers`, `OutgoingCallerIds`) as a
+        JSON document: what `check-config --online` asks Twilio."""
+        home = self._urls[Kind.SMS].parent
+        url = home.with_name(f"{home.name}.json") if not listing else home / f"{listing}.json"
+        return await self._get_json(url.with_query(query or {}), f"cannot read {listing or 'the account'}")
 
     async def _get_json(self, url: URL, failing: str) -> Any:
         """The JSON document at `url`, or a `TwilioFailure` (`failing` says what could not be done)."""
