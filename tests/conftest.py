@@ -56,6 +56,7 @@ SLOW_MODULES = frozenset(
         "test_conformance",
         "test_crash",
         "test_docs",
+        "test_docs_browser",
         "test_fuzz",
         "test_greengrass",
         "test_ha",
