@@ -46,9 +46,10 @@ async def test_metrics_health_and_readiness(broker: Broker, simulator: Simulator
                 break
             await asyncio.sleep(0.01)
         assert sample(text, 'twilio_connector_requests_received_total{topic="twilio/txt"}') == 3
-        assert sample(text, 'twilio_connector_statuses_total{error="",result="success"}') == 1
-        assert sample(text, 'twilio_connector_statuses_total{error="TwilioError",result="fail"}') == 1
-        assert sample(text, 'twilio_connector_statuses_total{error="InvalidParameter",result="fail"}') == 1
+        assert sample(text, 'twilio_connector_statuses_total{error="",kind="txt",result="success"}') == 1
+        assert sample(text, 'twilio_connector_statuses_total{error="TwilioError",kind="txt",result="fail"}') == 1
+        assert sample(text, 'twilio_connector_statuses_total{error="InvalidParameter",kind="txt",result="fail"}') == 1
+        assert sample(text, 'twilio_connector_statuses_total{error="TwilioError",kind="call",result="fail"}') == 0
         assert sample(text, "twilio_connector_twilio_request_seconds_count") == 2
         assert sample(text, 'twilio_connector_request_seconds_count{kind="txt",result="success"}') == 1
         assert sample(text, 'twilio_connector_request_seconds_count{kind="txt",result="fail"}') == 1  # TwilioError

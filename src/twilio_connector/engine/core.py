@@ -232,7 +232,7 @@ class Engine:
         status = encode_status(failure_status(request_id, error, message))
         reject = partial(self._journal.reject, kind, request_id, status, message)
         await until_written(self._journal, reject, f"request id={request_id}")
-        self.metrics.statuses.labels("fail", error.value).inc()
+        self.metrics.statuses.labels(kind.value, "fail", error.value).inc()
         self._publisher.wake()
 
     async def _admitted(
@@ -257,7 +257,7 @@ class Engine:
                 "request id=%s to=%s result=rejected reason=%r", notification.id, notification.to, admitted.reason
             )
             self.metrics.rejections.inc()
-            self.metrics.statuses.labels("fail", ErrorCode.REJECTED.value).inc()
+            self.metrics.statuses.labels(notification.kind.value, "fail", ErrorCode.REJECTED.value).inc()
             self._publisher.wake()
             return
         self._unfinished += 1

@@ -17,7 +17,15 @@ from functools import partial
 from typing import Any, Protocol
 
 from ..domain.concurrency import ConcurrencyWindow
-from ..domain.contract import ErrorCode, Notification, SendResult, encode_status, failure_status, success_status
+from ..domain.contract import (
+    ErrorCode,
+    Kind,
+    Notification,
+    SendResult,
+    encode_status,
+    failure_status,
+    success_status,
+)
 from ..domain.lifecycle import Attempt, Decision, Lifecycle, LookUp, Retry
 from ..domain.outcomes import FailureKind, TwilioFailure
 from ..domain.policy import Pacer
@@ -81,7 +89,7 @@ class Delivery:
         self._metrics = metrics
         self.tracker: DeliveryTracker | None = None
         self._pacer = Pacer(options.sender_rate)
-        self._succeeded = metrics.statuses.labels("success", "")
+        self._succeeded = {kind: metrics.statuses.labels(kind.value, "success", "") for kind in Kind}
 
     async def run(self, entry: Entry, begun: bool = False) -> None:
         """Take `entry` to its next wait or its end. `begun`: the journal already records its attempt."""
@@ -186,7 +194,7 @@ class Delivery:
             )
             await self._recorded(notification, partial(journal.retry_later, entry.seq, decision.at, failure.message))
             self._dispatcher.due_at(decision.at)
-            self._metrics.retries.inc()
+            self._metrics.retries.labels(notification.kind.value).inc()
         else:
             await self._finish(entry, decision.outcome, decision.attempt, started)
 
@@ -211,7 +219,7 @@ class Delivery:
             _log_outcome(
                 notification, result, attempt, started, code=outcome.code, twilio_request_id=outcome.request_id
             )
-        self._count(result)
+        self._count(notification.kind, result)
         self._took(entry, result)
         self._finished(1)
 
@@ -227,7 +235,7 @@ class Delivery:
         await self._recorded(
             entry.notification, partial(self._journal.finish_digest, entry.seq, state, sid, error, rows)
         )
-        self._count(result, len(members))
+        self._count(entry.notification.kind, result, len(members))
         for member in members:
             self._took(member, result)
         self._metrics.digests.labels(result).inc()
@@ -249,7 +257,7 @@ class Delivery:
         recipient = notification.to if notification.listed else None
         status = failure_status(notification.id, ErrorCode.INTERNAL_ERROR, "internal error", recipient=recipient)
         await self._journal.finish(entry.seq, State.FAILED, encode_status(status), None, "internal error")
-        self._count(ErrorCode.INTERNAL_ERROR.value)
+        self._count(entry.notification.kind, ErrorCode.INTERNAL_ERROR.value)
         self._finished(1)
 
     def _took(self, entry: Entry, result: str) -> None:
@@ -259,11 +267,11 @@ class Delivery:
             took = max(0.0, self._clock() - entry.accepted_at)
             self._metrics.request_seconds.labels(entry.notification.kind.value, outcome).observe(took)
 
-    def _count(self, result: str, count: int = 1) -> None:
+    def _count(self, kind: Kind, result: str, count: int = 1) -> None:
         if result == "success":
-            self._succeeded.inc(count)
+            self._succeeded[kind].inc(count)
         else:
-            self._metrics.statuses.labels("fail", result).inc(count)
+            self._metrics.statuses.labels(kind.value, "fail", result).inc(count)
 
 
 def likeliest_first(candidates: list[SendResult], since: float) -> list[SendResult]:

@@ -36,7 +36,10 @@ class Metrics:
             "twilio_connector_requests_received", "MQTT requests taken in", ["topic"], registry=registry
         )
         self.statuses = Counter(
-            "twilio_connector_statuses", "Final statuses by result and error", ["result", "error"], registry=registry
+            "twilio_connector_statuses",
+            "Final statuses by kind (txt, call), result and error",
+            ["kind", "result", "error"],
+            registry=registry,
         )
         self.twilio_seconds = Histogram(
             "twilio_connector_twilio_request_seconds",
@@ -52,7 +55,10 @@ class Metrics:
             registry=registry,
         )
         self.retries = Counter(
-            "twilio_connector_retries", "Attempts scheduled again after a retryable failure", registry=registry
+            "twilio_connector_retries",
+            "Attempts scheduled again after a retryable failure, by kind",
+            ["kind"],
+            registry=registry,
         )
         self.reconciliations = Counter(
             "twilio_connector_reconciliations",
@@ -115,12 +121,14 @@ class Metrics:
         for found in ("yes", "no"):
             self.reconciliations.labels(found)
         for request_kind in Kind:
+            self.retries.labels(request_kind.value)
+            self.statuses.labels(request_kind.value, "success", "")
             for result in ("success", "fail"):
                 self.request_seconds.labels(request_kind.value, result)
-        self.statuses.labels("success", "")
+            for error in ErrorCode:
+                self.statuses.labels(request_kind.value, "fail", error.value)
         self.digests.labels("success")
         for error in ErrorCode:
-            self.statuses.labels("fail", error.value)
             self.digests.labels(error.value)
 
     def app(
