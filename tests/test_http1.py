@@ -10,9 +10,10 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trustme
+import uvloop
 
 from twilio_connector.ports.http import Answer, ConnectFailed, NoAnswer
-from twilio_connector.twilio.http1 import Http1Pool
+from twilio_connector.twilio.http1 import AddressInfo, Http1Pool
 
 JSON = b'{"sid": "SM1", "status": "queued"}'
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -164,6 +165,42 @@ async def test_a_refused_connection_is_connect_failed() -> None:
         pool = Http1Pool(f"http://127.0.0.1:{port}")
         with pytest.raises(ConnectFailed, match="ConnectionRefusedError"):
             await pool.request("POST", "/", b"x")
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_a_dead_first_address_costs_a_quarter_second_not_the_connect_timeout(run: Callable[..., float]) -> None:
+    """Happy eyeballs on either loop (uvloop, the default, has none of its own): a name whose first address
+    swallows the SYN (a listener whose queue is full, as a dead IPv6 route behaves) is reached at its second
+    address 250 ms later, well within the connect timeout."""
+
+    async def attempt(hole: tuple[str, int]) -> float:
+        async with serving(keep_alive) as (port, _):
+            infos = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", address) for address in (hole, ("127.0.0.1", port))]
+
+            async def resolve(host: str, port: int) -> list[AddressInfo]:
+                assert host == "twilio.test"
+                return infos
+
+            pool = Http1Pool("http://twilio.test:80", connect_timeout=2.0, resolve=resolve)
+            started = asyncio.get_running_loop().time()
+            assert (await pool.request("POST", "/", b"x")).status == 201
+            took = asyncio.get_running_loop().time() - started
+            await pool.close()
+            return took
+
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(0)
+        fillers = [socket.socket() for _ in range(3)]
+        for filler in fillers:  # the first fills the accept queue; Linux drops every SYN after it
+            filler.setblocking(False)
+            filler.connect_ex(hole.getsockname())
+        try:
+            took = run(attempt(hole.getsockname()))
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert 0.2 < took < 1.5
 
 
 async def test_a_tls_handshake_that_never_ends_is_a_connect_timeout() -> None:
