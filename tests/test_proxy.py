@@ -174,6 +174,24 @@ async def test_the_connector_reaches_twilio_through_the_proxy(
     assert "s3cret" not in log.read_text()
 
 
+async def test_the_proxy_password_can_live_in_a_file(
+    proxy: RunningProxy, tls_simulator: TlsTwilio, tmp_path: Path
+) -> None:
+    """The URL names the user only; the password comes from twilio_proxy_password_file, never from the URL or
+    the environment (and the file's password wins over one left in the URL)."""
+    secret = tmp_path / "proxy-password"
+    secret.write_text("s3cret\n")
+    settings = Settings(twilio_proxy=Secret(proxy.url("user:stale")), twilio_proxy_password_file=str(secret))
+    chosen = twilio_proxy(settings, {})
+    assert chosen is not None and "s3cret" not in repr(chosen)
+    async with client(tls_simulator.handle.url, tls_simulator.ca_file, chosen) as twilio:
+        assert isinstance(await twilio.create(SMS), SendResult)
+    from_env = twilio_proxy(Settings(twilio_proxy_password_file=str(secret)), {"HTTPS_PROXY": proxy.url("user")})
+    async with client(tls_simulator.handle.url, tls_simulator.ca_file, from_env) as twilio:
+        assert isinstance(await twilio.create(SMS), SendResult)
+    assert len(tls_simulator.handle.created()) == 2
+
+
 def test_a_twilio_ca_file_that_cannot_serve_is_named_by_check_config(tmp_path: Path) -> None:
     bogus = tmp_path / "not-a-ca.pem"
     bogus.write_text("not a certificate\n")

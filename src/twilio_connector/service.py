@@ -30,7 +30,7 @@ from .ops.metrics import Metrics
 from .ports.messaging import Messaging
 from .settings.config import ANONYMOUS_WARNING, ConfigError, Credentials, anonymous_and_unbounded, resolve_credentials
 from .settings.schema import Settings
-from .settings.secrets import Secret, fetch_secrets_manager
+from .settings.secrets import Secret, SecretError, fetch_secrets_manager, read_secret_file
 from .twilio.client import TwilioClient
 from .twilio.http1 import Proxy, proxy_for
 from .twilio.reauth import Reauthenticating
@@ -318,11 +318,18 @@ def twilio_client(settings: Settings, credentials: Credentials) -> TwilioClient:
 
 
 def twilio_proxy(settings: Settings, environ: Mapping[str, str]) -> Proxy | None:
-    """The proxy to reach Twilio through: `twilio_proxy` (`none`: no proxy), else the environment's."""
+    """The proxy to reach Twilio through: `twilio_proxy` (`none`: no proxy), else the environment's; the user's
+    password from `twilio_proxy_password_file` when one is given."""
+    password = None
+    if settings.twilio_proxy_password_file:
+        try:
+            password = read_secret_file(settings.twilio_proxy_password_file).reveal()
+        except SecretError as exc:
+            raise ConfigError([f"twilio_proxy_password_file: {exc}"]) from None
     if settings.twilio_proxy is not None:
         url = settings.twilio_proxy.reveal()
-        return None if url.lower() == "none" else Proxy.parse(url)
-    return proxy_for(settings.api_base_url, environ)
+        return None if url.lower() == "none" else Proxy.parse(url, password)
+    return proxy_for(settings.api_base_url, environ, password)
 
 
 def twilio_tls(settings: Settings) -> ssl.SSLContext | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from .. import service
@@ -33,6 +34,7 @@ def check_config(args: argparse.Namespace) -> int:
     if settings.broker.tls or settings.ca_file or settings.cert_file:
         tls_context(service.tls_files(settings))  # the TLS files load, or a ConfigError says which and why
     service.twilio_tls(settings)  # and Twilio's CA file
+    service.twilio_proxy(settings, os.environ)  # and the proxy password's file
     print("# The effective settings, as TOML (secrets hidden): `--config` takes this file back.")
     for line in describe(settings):
         print(line)

@@ -132,7 +132,7 @@ def _cross_checks(settings: Settings) -> list[str]:
     problems = []
     if bool(settings.cert_file) != bool(settings.key_file):
         problems.append("cert_file and key_file must be given together (client certificate and its key)")
-    for name in ("ca_file", "cert_file", "key_file", "auth_token_file", "twilio_ca_file"):
+    for name in ("ca_file", "cert_file", "key_file", "auth_token_file", "twilio_ca_file", "twilio_proxy_password_file"):
         path = getattr(settings, name)
         if path and not os.access(path, os.R_OK):
             problems.append(f"{name} = {path!r}: file not found or not readable")

@@ -219,6 +219,13 @@ class Settings:
         "(it may carry a password).",
         section=TWILIO,
     )
+    twilio_proxy_password_file: str | None = setting(
+        None,
+        p.optional_text,
+        "File holding the proxy user's password, for a proxy URL that names the user only "
+        "(http://connector@proxy:3128): the password stays out of the environment and the configuration.",
+        section=TWILIO,
+    )
     twilio_ca_file: str | None = setting(
         None,
         p.optional_text,

@@ -149,13 +149,14 @@ class Proxy:
     authorization: str | None = field(default=None, repr=False)
 
     @classmethod
-    def parse(cls, url: str) -> Proxy:
+    def parse(cls, url: str, password: str | None = None) -> Proxy:
+        """`password`: the user's password when it is kept out of the URL (read from a file)."""
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError("must look like http://[user:password@]host:port (an HTTP proxy)")
         authorization = None
         if parts.username is not None:
-            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            pair = f"{unquote(parts.username)}:{password if password is not None else unquote(parts.password or '')}"
             authorization = "Basic " + base64.b64encode(pair.encode()).decode()
         return cls(parts.hostname, parts.port or 8080, authorization)
 
@@ -193,7 +194,7 @@ async def _open(
         raise
 
 
-def proxy_for(origin: str, environ: Mapping[str, str]) -> Proxy | None:
+def proxy_for(origin: str, environ: Mapping[str, str], password: str | None = None) -> Proxy | None:
     """The proxy the environment names for `origin` (HTTPS_PROXY or HTTP_PROXY by its scheme, lower case too),
     unless NO_PROXY lists its host (a name, a domain suffix, `*`), as curl and Python's urllib read them."""
     parts = urlsplit(origin)
@@ -206,7 +207,7 @@ def proxy_for(origin: str, environ: Mapping[str, str]) -> Proxy | None:
         name = entry.strip().lower().split(":")[0].lstrip(".")
         if name == "*" or (name and (host == name or host.endswith("." + name))):
             return None
-    return Proxy.parse(url)
+    return Proxy.parse(url, password)
 
 
 class Http1Pool:
