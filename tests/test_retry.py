@@ -20,7 +20,8 @@ def rejected(status: int, code: int | None = None, retry_after: float | None = N
     [
         (rejected(429, 20429), True),
         (TwilioFailure(FailureKind.AMBIGUOUS, "Bad Gateway", 502), False),  # Twilio may have acted: look it up
-        (TwilioFailure(FailureKind.AMBIGUOUS, "x", 503, 20503), False),
+        (TwilioFailure(FailureKind.AMBIGUOUS, "x", 503), False),  # a gateway's 503: looked up first
+        (rejected(503, 20503), True),  # Twilio's own 20503: it turned the request away
         (TwilioFailure(FailureKind.AMBIGUOUS, "Gateway Timeout", 504), False),
         (TwilioFailure(FailureKind.NOT_SENT, "refused"), True),
         (TwilioFailure(FailureKind.AMBIGUOUS, "timeout"), False),

@@ -86,6 +86,23 @@ async def test_500_is_ambiguous(twilio: TwilioClient, simulator: SimulatorHandle
     assert len(simulator.sim._resources["Messages"].items) == 1  # Twilio did act on it
 
 
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [
+        (Fault(status=503, code=20503, message="Service Unavailable"), FailureKind.REJECTED),  # Twilio's own word
+        (Fault(status=503, message="Service Unavailable"), FailureKind.AMBIGUOUS),  # no Twilio code: a gateway's
+        (Fault(status=504, code=20504, message="Gateway Timeout"), FailureKind.AMBIGUOUS),
+        (Fault(status=500, code=20500, message="Internal Server Error"), FailureKind.AMBIGUOUS),
+    ],
+)
+async def test_only_twilio_s_own_503_proves_nothing_was_created(
+    twilio: TwilioClient, simulator: SimulatorHandle, fault: Fault, kind: FailureKind
+) -> None:
+    simulator.sim.faults.append(fault)
+    result = await twilio.create(SMS)
+    assert isinstance(result, TwilioFailure) and (result.kind, result.http_status) == (kind, fault.status)
+
+
 async def test_timeout_after_sending_is_ambiguous(simulator: SimulatorHandle) -> None:
     simulator.sim.faults.append(Fault(status=503, delay=2))
     async with client_for(simulator.url, timeout=0.3) as client:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from .contract import ErrorCode
 from .outcomes import FailureKind, TwilioFailure
 
-#: The one answer that proves Twilio did not act: too many concurrent requests (20429). Every 5xx is ambiguous
-#: (a 502 or 504 comes from a gateway that may have given up after Twilio created the message): the engine looks
-#: it up at Twilio before anything is sent again.
-_RETRYABLE_HTTP = frozenset({429})
+#: The rejections worth trying again, which prove Twilio did not act: too many concurrent requests (429, 20429)
+#: and Twilio's own "service unavailable" (503, 20503; the client tells it from a gateway's 503, which stays
+#: ambiguous). Every other 5xx is ambiguous: the engine looks it up at Twilio before anything is sent again.
+_RETRYABLE_HTTP = frozenset({429, 503})
 
 
 @dataclass(frozen=True, slots=True)

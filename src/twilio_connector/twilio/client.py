@@ -64,6 +64,24 @@ def _form(notification: Notification, status_callback: str | None = None) -> lis
     return form
 
 
+#: Twilio's own "unavailable, try again": a 503 whose body is Twilio's error document with code 20503.
+UNAVAILABLE = 20503
+
+
+def declined(status: int, code: int | None) -> bool:
+    """Whether an error answer proves that Twilio created nothing: every 4xx (a 429 included), and a 503 that
+    Twilio's application wrote itself (its JSON error document, code 20503).
+
+    Any other 5xx may come after Twilio acted, and is looked up before anything is sent again: a 500 from its
+    application (Twilio's page for 20500 warns that a retried create may send twice), a 502 or 504 from a gateway
+    that gave up waiting for it (no Twilio document in the body), a 503 without Twilio's code. For 20503 Twilio's
+    error page says to try again a few times with exponential back-off, and its support article on retry logic
+    counts 503 among the answers safe to retry: the service turned the request away before acting on it. That
+    is the assumption this rests on; a gateway's 503 carries no such document and stays in doubt.
+    """
+    return status < 500 or (status == 503 and code == UNAVAILABLE)
+
+
 def _rejection(answer: Answer) -> TwilioFailure:
     status = answer.status
     code: int | None = None
@@ -77,9 +95,7 @@ def _rejection(answer: Answer) -> TwilioFailure:
             code = document["code"]
         if isinstance(document.get("message"), str):
             message = document["message"]
-    # Any 5xx may come after Twilio acted: a 500 from its application, a 502 or 504 from a gateway that gave up
-    # waiting for it, a 503 from a layer that cannot say. Only a 4xx (429 included) proves nothing was created.
-    kind = FailureKind.AMBIGUOUS if status >= 500 else FailureKind.REJECTED
+    kind = FailureKind.AMBIGUOUS if status >= 500 and not declined(status, code) else FailureKind.REJECTED
     return TwilioFailure(kind, message, status, code, _retry_after(answer.retry_after), answer.request_id)
 
 
