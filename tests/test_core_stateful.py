@@ -3,7 +3,8 @@ redeliveries and identical alerts, interleaved at random against the real journa
 delivery code, with a model of Twilio and a clock the test moves. Invariants:
 
 - at most one message per request, unless a full reconcile window showed nothing (a message Twilio listed
-  only after the window is the residual risk docs/guarantees.md states);
+  only after the window is the residual risk docs/guarantees.md states); the window follows list-lag evidence
+  drawn at random (domain/lag.py), so "full" is the shortest window in force during the run;
 - no success without a SID of a message to that recipient with that text, and no SID shared by two requests;
 - once a request has its status, it never changes; every status published for a request is that one;
 - in the end every request has exactly one final status, and every message Twilio listed in time belongs to a
@@ -37,6 +38,7 @@ from twilio_connector.domain.policy import Limits
 from twilio_connector.domain.retry import RetryPolicy
 from twilio_connector.domain.storms import StormRule
 from twilio_connector.engine.delivery import Delivery
+from twilio_connector.engine.lag import ListLag
 from twilio_connector.engine.options import DeliveryOptions
 from twilio_connector.journal.front import Journal
 from twilio_connector.journal.opening import open_journal
@@ -44,14 +46,15 @@ from twilio_connector.ops.metrics import Metrics
 from twilio_connector.twilio.client import same_body
 
 EXAMPLES = int(os.environ.get("CORE_EXAMPLES", "60"))
-WINDOW = 10.0  # the reconcile window: lookups 2 and 10 s after an attempt began
+WINDOW = 20.0  # the reconcile window's ceiling: lookups 2, 10 and 20 s after an attempt began
 RECIPIENTS = ("+12345000001", "+12345000002")
 BODIES = ("freezer 3 above -5 C", "door 7 open")  # few: identical alerts are common
 SENDER = "+15005550006"
 FATES = ("ok", "lost_stored", "lost_stored", "lost_not_stored", "refused", "429", "crash_stored", "crash_not_stored")
-#: How long Twilio takes to list a new message: at once; after the first lookup (2 s) but within the window;
-#: after the window (the residual risk).
-LAGS = (0.0, 3.0, 3.0, 3 * WINDOW)
+#: How long Twilio takes to list a new message: at once; after the first lookup (2 s) but within the floor (6 s);
+#: past the floor, within the ceiling (late once evidence has shrunk the window); after any window (the residual
+#: risk).
+LAGS = (0.0, 3.0, 3.0, 8.0, 3 * WINDOW)
 
 
 class Crash(BaseException):
@@ -121,11 +124,14 @@ class DeliveryCore(RuleBasedStateMachine):
         self.requests: dict[str, Notification] = {}  # request id -> request
         self.recorded: dict[int, bytes] = {}  # seq -> its final status, once it has one
         self.published: defaultdict[str, set[bytes]] = defaultdict(set)  # request id -> statuses published
+        self.shortest = WINDOW  # the shortest reconcile window in force so far
         self.journal = self._open()
 
     def _open(self) -> Journal:
         path = str(Path(self.directory) / "journal.db")
         journal = self.loop.run_until_complete(open_journal(path, "off", hand_over_limit=0, clock=lambda: self.now))
+        self.lag = ListLag(journal, Metrics(), ceiling=WINDOW, clock=lambda: self.now)
+        self.loop.run_until_complete(self.lag.load())  # a restart keeps the evidence
         self.delivery = Delivery(
             DeliveryOptions(http_timeout=15.0),
             self.twilio,
@@ -134,6 +140,7 @@ class DeliveryCore(RuleBasedStateMachine):
             NoScheduler(),
             finished=lambda count: None,
             metrics=Metrics(),
+            lag=self.lag,
             clock=lambda: self.now,
         )
         # As the engine starts: an attempt the last process was making is in doubt.
@@ -172,6 +179,12 @@ class DeliveryCore(RuleBasedStateMachine):
         """The dispatcher takes the next due request: its attempt, or its lookup."""
         self.twilio.fate, self.twilio.lag = fate, lag
         self._step()
+
+    @rule(seconds=st.sampled_from((0.2, 0.5, 0.5, 1.0, 3.0)))
+    def lag_measured(self, seconds: float) -> None:
+        """A probe saw a new message listed `seconds` after its create: the window may shrink to the floor."""
+        self.loop.run_until_complete(self.lag.seen(seconds))
+        self.shortest = min(self.shortest, self.lag.window())
 
     @rule(seconds=st.sampled_from((0.5, 2.0, 2.0, 8.0, 30.0)))
     def time_passes(self, seconds: float) -> None:
@@ -227,7 +240,7 @@ class DeliveryCore(RuleBasedStateMachine):
         """Per recipient and text, messages beyond the requests are all messages Twilio listed too late."""
         requests = Counter((n.to, n.content) for n in self.requests.values())
         messages = Counter((m["to"], m["body"]) for m in self.twilio.messages)
-        late = Counter((m["to"], m["body"]) for m in self.twilio.messages if m["lag"] > WINDOW)
+        late = Counter((m["to"], m["body"]) for m in self.twilio.messages if m["lag"] > self.shortest)
         for group, count in messages.items():
             assert count - requests[group] <= late[group], f"{group}: {count} messages for {requests[group]}"
 
@@ -244,6 +257,7 @@ class DeliveryCore(RuleBasedStateMachine):
         if not entries:
             return False
         self.twilio.current = entries[0].seq
+        self.shortest = min(self.shortest, self.lag.window())
         try:
             self.loop.run_until_complete(self.delivery.run(entries[0]))
         except Crash:
@@ -278,7 +292,7 @@ class DeliveryCore(RuleBasedStateMachine):
             if orjson.loads(status)["response"].get("error") == "OutcomeUnknown"
         )
         unclaimed = Counter((m["to"], m["body"]) for m in self.twilio.messages if m["sid"] not in claimed)
-        late = Counter((m["to"], m["body"]) for m in self.twilio.messages if m["lag"] > WINDOW)
+        late = Counter((m["to"], m["body"]) for m in self.twilio.messages if m["lag"] > self.shortest)
         for group, count in unclaimed.items():
             # A message listed too late may be what an identical alert claimed, leaving another unclaimed.
             assert count <= unknown[group] + late[group], f"{group}: {count} message(s) sent but reported not sent"

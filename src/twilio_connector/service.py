@@ -265,6 +265,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         backoff_base=settings.backoff_base,
         backoff_max=settings.backoff_max,
         reconcile_window=settings.reconcile_window,
+        lag_probe_interval=settings.lag_probe_interval,
         delivery=DeliveryOptions(settings.http_timeout, settings.sender_rate, settings.limits.max_segments),
     )
 

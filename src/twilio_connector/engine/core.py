@@ -39,6 +39,7 @@ from ..ports.journal import JournalPort, until_written
 from ..ports.messaging import Publish
 from .delivery import Delivery, Sender
 from .dispatch import Dispatcher
+from .lag import LagProbe, ListLag
 from .options import EngineOptions
 from .publisher import StatusPublisher
 from .supervisor import Supervisor
@@ -89,6 +90,11 @@ class Engine:
             tracker.notify = self._publisher.wake
         lifecycle = Lifecycle(RetryPolicy(options.backoff_base, options.backoff_max), options.reconcile_window, rand)
         self._dispatcher = Dispatcher(journal, options.max_in_flight, self._run, self._closing)
+        self.lag = ListLag(
+            journal, self.metrics, ceiling=options.reconcile_window, adaptive=options.lag_probe_interval > 0
+        )
+        if options.lag_probe_interval > 0:
+            self.lag.probe = LagProbe(self.lag, sender, options.lag_probe_interval)
         self._delivery = Delivery(
             options.delivery,
             sender,
@@ -97,6 +103,7 @@ class Engine:
             self._dispatcher,
             finished=self._finished,
             metrics=self.metrics,
+            lag=self.lag,
         )
         self._delivery.tracker = tracker
         self._kinds = {options.txt_topic: Kind.SMS, options.call_topic: Kind.CALL}
@@ -129,6 +136,7 @@ class Engine:
         interrupted = await self._journal.doubt_interrupted(lookup_offsets(self._options.reconcile_window)[0])
         if interrupted:
             log.info("%d request(s) were being sent when the connector stopped: looking them up at Twilio", interrupted)
+        await self.lag.load()
         await self._readmit()
         self._unfinished = await self._journal.unfinished()
         self._update_room()
@@ -155,6 +163,8 @@ class Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._publisher.drained(), max(0.0, deadline - time.monotonic()))
         await self._dispatcher.cancel()
+        if self.lag.probe is not None:
+            await self.lag.probe.close()
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)

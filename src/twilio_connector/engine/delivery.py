@@ -35,6 +35,7 @@ from ..domain.states import State
 from ..domain.storms import DIGEST_SEGMENTS, digest_body
 from ..ops.metrics import Metrics
 from ..ports.journal import JournalPort, SidClaimed, until_written
+from .lag import ListLag
 from .options import DeliveryOptions
 from .tracking import DeliveryTracker
 
@@ -76,14 +77,17 @@ class Delivery:
         *,
         finished: Callable[[int], None],
         metrics: Metrics,
+        lag: ListLag | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """`finished(n)`: n requests got their final status. Set `tracker` to follow what is sent."""
+        """`finished(n)`: n requests got their final status; `lag`: the list-lag evidence the reconcile window
+        follows (None: the lifecycle's window as it is). Set `tracker` to follow what is sent."""
         self._clock = clock
         self._options = options
         self._sender = sender
         self._journal = journal
         self._lifecycle = lifecycle
+        self._lag = lag
         self._dispatcher = dispatcher
         self._finished = finished
         self._metrics = metrics
@@ -131,7 +135,13 @@ class Delivery:
         if throttled:
             self._metrics.throttled.inc()
         attempt = Attempt(entry.attempts + 1, notification.retries, began)
-        await self._apply(entry, self._lifecycle.after_attempt(attempt, outcome, self._clock()), started)
+        if isinstance(outcome, SendResult) and self._lag is not None:
+            self._lag.created(notification, outcome, began)
+        await self._apply(entry, self._now_lifecycle().after_attempt(attempt, outcome, self._clock()), started)
+
+    def _now_lifecycle(self) -> Lifecycle:
+        """The lifecycle with the reconcile window the list's measured lag allows now."""
+        return self._lifecycle if self._lag is None else replace(self._lifecycle, window=self._lag.window())
 
     async def _bounded(self, create: Awaitable[SendResult | TwilioFailure]) -> SendResult | TwilioFailure:
         """`create`, ended as an unknown outcome (looked up later) if it outlasts what an attempt may take
@@ -151,12 +161,14 @@ class Delivery:
             for candidate in likeliest_first(found, since):
                 if await self._claim(entry, candidate, started):
                     self._metrics.reconciliations.labels("yes").inc()
+                    if self._lag is not None:
+                        await self._lag.seen(self._clock() - since)  # an upper bound of its lag
                     log.info("request id=%s: Twilio had created it, as %s", notification.id, candidate.sid)
                     return
         elif log.isEnabledFor(logging.WARNING):
             log.warning("request id=%s: cannot look it up at Twilio (%s)", notification.id, found.message)
         attempt = Attempt(entry.attempts, notification.retries, since, entry.lookups, entry.last_error)
-        decision = self._lifecycle.after_lookup(attempt, found, self._clock())
+        decision = self._now_lifecycle().after_lookup(attempt, found, self._clock())
         if not isinstance(decision, LookUp):
             self._metrics.reconciliations.labels("no").inc()
         await self._apply(entry, decision, started)

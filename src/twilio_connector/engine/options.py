@@ -40,5 +40,6 @@ class EngineOptions:
     max_in_flight: int
     backoff_base: float
     backoff_max: float
-    reconcile_window: float
+    reconcile_window: float  # the ceiling of the window the list's measured lag allows
     delivery: DeliveryOptions
+    lag_probe_interval: float = 60.0  # seconds between probes of the list's lag; 0: none

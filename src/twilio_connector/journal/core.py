@@ -193,6 +193,20 @@ class SqlCore(OperatorStatements, abc.ABC):
             (span, scope, bucket),
         )
 
+    # -- list lag evidence -------------------------------------------------------------------------------------
+
+    def record_lag(self, seen_at: float, seconds: float, keep_since: float) -> None:
+        """A new message showed in Twilio's list `seconds` after its create; samples before `keep_since` go."""
+        self.db.execute("DELETE FROM list_lags WHERE seen_at < ?", (keep_since,))
+        self.db.execute("INSERT INTO list_lags (seen_at, seconds) VALUES (?, ?)", (seen_at, seconds))
+
+    def lags(self, since: float) -> list[tuple[float, float]]:
+        """(seen_at, seconds) of the samples seen since `since`, oldest first."""
+        rows = self.db.execute(
+            "SELECT seen_at, seconds FROM list_lags WHERE seen_at >= ? ORDER BY seen_at", (since,)
+        ).fetchall()
+        return [(float(row[0]), float(row[1])) for row in rows]
+
     def digest_texts(self, seq: int, limit: int) -> list[str]:
         """The first `limit` texts folded into digest `seq`, oldest first."""
         rows = self.db.execute(

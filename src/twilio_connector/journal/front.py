@@ -312,6 +312,12 @@ class Journal(abc.ABC):
     async def digest_texts(self, seq: int, limit: int) -> list[str]:
         return await self.read(lambda: self.core.digest_texts(seq, limit))
 
+    async def record_lag(self, seen_at: float, seconds: float, keep_since: float) -> None:
+        await self.write(lambda: self.core.record_lag(seen_at, seconds, keep_since))
+
+    async def lags(self, since: float) -> list[tuple[float, float]]:
+        return await self.read(lambda: self.core.lags(since))
+
     async def unfinished(self) -> int:
         return await self.read(self.core.unfinished)
 

@@ -90,6 +90,10 @@ CREATE TABLE IF NOT EXISTS counters (
     n {big} NOT NULL,
     PRIMARY KEY (span, scope, bucket)
 ){rowless};
+CREATE TABLE IF NOT EXISTS list_lags (
+    seen_at {real} NOT NULL,
+    seconds {real} NOT NULL
+);
 CREATE INDEX IF NOT EXISTS requests_dedupe ON requests (dedupe_key, accepted_at);
 CREATE INDEX IF NOT EXISTS requests_waiting ON requests (seq) WHERE state = 'accepted';
 CREATE INDEX IF NOT EXISTS requests_due ON requests (next_attempt_at) WHERE state = 'accepted';
@@ -105,6 +109,9 @@ CREATE INDEX IF NOT EXISTS tracking_due ON tracking (next_check_at);
 CREATE INDEX IF NOT EXISTS followups_unpublished ON followups (id) WHERE published = 0;
 CREATE INDEX IF NOT EXISTS windows_closing ON windows (closes_at);
 """
+
+
+_LIST_LAGS = "CREATE TABLE IF NOT EXISTS list_lags (seen_at {real} NOT NULL, seconds {real} NOT NULL);"
 
 
 def tables(dialect: Dialect) -> str:
@@ -192,6 +199,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # Keys of requests holding a NUL were ambiguous (`records.key_of`). PostgreSQL's TEXT cannot hold a NUL.
     Migration("unambiguous keys", _sqlite_rekey, None),
+    # How long new messages took to show in Twilio's list (domain/lag.py): the evidence the reconcile window
+    # follows, kept across restarts.
+    Migration("list lags", _LIST_LAGS.format(real=SQLITE.real), _LIST_LAGS.format(real=POSTGRES.real)),
 )
 
 

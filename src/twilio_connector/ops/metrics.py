@@ -54,6 +54,18 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
             registry=registry,
         )
+        self.list_lag = Histogram(
+            "twilio_connector_list_lag_seconds",
+            "Time a new message took to show in Twilio's list (sampled probes, and lookups that found one)",
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120),
+            registry=registry,
+        )
+        self.reconcile_window = Gauge(
+            "twilio_connector_reconcile_window_seconds",
+            "Seconds an attempt of unknown outcome is looked up before it counts as not created, as the evidence "
+            "of the list's lag allows now",
+            registry=registry,
+        )
         self.retries = Counter(
             "twilio_connector_retries",
             "Attempts scheduled again after a retryable failure, by kind",

@@ -366,7 +366,17 @@ class Settings:
     reconcile_window: float = setting(
         120.0,
         p.positive_float,
-        "Seconds an attempt whose outcome is unknown is looked up at Twilio before it counts as not sent.",
+        "The longest an attempt whose outcome is unknown is looked up at Twilio before it counts as not sent: "
+        "the window follows the list lag measured in the last hour (three times the largest, at least 6 s) "
+        "within this ceiling, and is the ceiling until there is evidence.",
+        section=JOURNAL,
+    )
+    lag_probe_interval: float = setting(
+        60.0,
+        p.non_negative_float,
+        "Seconds between probes that watch a new message appear in Twilio's list (the evidence the reconcile "
+        "window follows; a few list requests each, only while messages are sent); 0: no probes, and the window "
+        "stays at reconcile_window.",
         section=JOURNAL,
     )
     max_backlog: int = setting(
