@@ -4,8 +4,9 @@ gives the reconcile window they allow; `LagProbe` watches a new message appear i
 A probe follows a message that was just created (one at a time, at most one every `interval` seconds): it looks
 the message up 0.5, 1, 2, 4 ... seconds after its create until Twilio lists it, and the seconds it took are a
 sample; one never listed within the ceiling counts as the ceiling. Lookups that find the message of an unknown
-outcome are samples too (`ListLag.seen`). Probes cost list requests only while messages are sent: a handful a
-minute at most with the default interval.
+outcome are samples too (`ListLag.seen`). Probes cost list requests only while messages are sent: a few a minute
+at most with the default interval (every 5 s until five samples are in, so that a new install's first minute of
+traffic is evidence enough).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..domain.contract import Notification, SendResult
-from ..domain.lag import EVIDENCE_AGE, evidence_window
+from ..domain.lag import EVIDENCE_AGE, MIN_SAMPLES, evidence_window
 from ..domain.outcomes import TwilioFailure
 from ..ops.metrics import Metrics
 from ..ports.journal import JournalPort
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds after a create when a probe looks for it.
 PROBE_AFTER = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+#: Seconds between probes while the evidence is too thin to shorten the window (a new install, a quiet hour):
+#: the first minute of traffic is enough to stop waiting out the ceiling.
+EAGER_INTERVAL = 5.0
 
 
 class Finder(Protocol):
@@ -68,10 +72,17 @@ class ListLag:
         """The reconcile window now."""
         if not self._adaptive:
             return self.ceiling
+        return evidence_window(self._recent(), self.ceiling)
+
+    def thin(self) -> bool:
+        """Too few recent samples to shorten the window."""
+        return len(self._recent()) < MIN_SAMPLES
+
+    def _recent(self) -> list[float]:
         horizon = self._clock() - EVIDENCE_AGE
         while self._samples and self._samples[0][0] < horizon:
             self._samples.popleft()
-        return evidence_window([seconds for _, seconds in self._samples], self.ceiling)
+        return [seconds for _, seconds in self._samples]
 
     async def seen(self, seconds: float) -> None:
         """A message showed in the list `seconds` after its create."""
@@ -101,7 +112,8 @@ class ListLag:
 
 
 class LagProbe:
-    """Follows one new message at a time, at most one every `interval` seconds, until Twilio lists it."""
+    """Follows one new message at a time, at most one every `interval` seconds (every EAGER_INTERVAL while the
+    evidence is thin), until Twilio lists it."""
 
     def __init__(self, lag: ListLag, finder: Finder, interval: float, clock: Callable[[], float] = time.time) -> None:
         self._lag = lag
@@ -113,7 +125,8 @@ class LagProbe:
 
     def created(self, notification: Notification, result: SendResult, began: float) -> None:
         now = self._clock()
-        if self._task is not None or now - self._last < self._interval:
+        interval = min(self._interval, EAGER_INTERVAL) if self._lag.thin() else self._interval
+        if self._task is not None or now - self._last < interval:
             return
         self._last = now
         self._task = asyncio.get_running_loop().create_task(self._follow(notification, result.sid, began))

@@ -375,8 +375,8 @@ class Settings:
         60.0,
         p.non_negative_float,
         "Seconds between probes that watch a new message appear in Twilio's list (the evidence the reconcile "
-        "window follows; a few list requests each, only while messages are sent); 0: no probes, and the window "
-        "stays at reconcile_window.",
+        "window follows; a few list requests each, only while messages are sent; every 5 s while the evidence is "
+        "thin); 0: no probes, and the window stays at reconcile_window.",
         section=JOURNAL,
     )
     max_backlog: int = setting(
