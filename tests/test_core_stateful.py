@@ -37,6 +37,7 @@ from twilio_connector.domain.outcomes import FailureKind, TwilioFailure
 from twilio_connector.domain.policy import Limits
 from twilio_connector.domain.retry import RetryPolicy
 from twilio_connector.domain.storms import StormRule
+from twilio_connector.engine.audit import Auditor
 from twilio_connector.engine.delivery import Delivery
 from twilio_connector.engine.lag import ListLag
 from twilio_connector.engine.options import DeliveryOptions
@@ -280,6 +281,25 @@ class DeliveryCore(RuleBasedStateMachine):
         assert {request_id for request_id, _, _ in rows} == set(self.requests), "every request recorded once"
         assert all(state in ("sent", "failed") and status for _, state, status in rows), rows
         self._no_false_failures()
+        self._doubles_reported_truly()
+
+    def _doubles_reported_truly(self) -> None:
+        """The audits, run once every message is listed: each double follow-up names messages Twilio holds for
+        that recipient and text, claimed by no other request; and a group whose messages are all claimed gets
+        none (no false alarm)."""
+        self.now += 3 * WINDOW + 60.0  # past every audit, and every message listed
+        auditor = Auditor(self.journal, self.twilio, Metrics(), notify=lambda: None, clock=lambda: self.now)
+        self.loop.run_until_complete(auditor.audit_due())
+        claimed = {sid for (sid,) in self.journal.core.db.execute("SELECT sid FROM requests WHERE sid IS NOT NULL")}
+        messages = {m["sid"]: (m["to"], m["body"]) for m in self.twilio.messages}
+        unclaimed = {group for sid, group in messages.items() if sid not in claimed}
+        for (payload,) in self.journal.core.db.execute("SELECT payload FROM followups"):
+            followup = orjson.loads(payload)
+            request = self.requests[followup["id"]]
+            group = (request.to, request.content)
+            assert followup["update"] == "double" and group in unclaimed, followup
+            for sid in followup["response"]["payload"]["sids"]:
+                assert messages[sid] == group, followup
 
     def _no_false_failures(self) -> None:
         """Every message Twilio listed in time went to a request that reports it sent; only a request whose

@@ -167,3 +167,45 @@ async def test_with_evidence_an_alert_twilio_did_not_create_goes_out_in_seconds_
     assert FLOOR - 1 <= took < 15, took
     bodies = Counter(item["body"] for item in simulator.sim._resources["Messages"].items.values())
     assert bodies["freezer 3 warm"] == 1 and bodies["freezer 4 warm"] == 1
+
+
+async def metric(port: int, name: str) -> float:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as response:
+        text = await response.text()
+    return float(next(line for line in text.splitlines() if line.startswith(name)).split()[-1])
+
+
+async def test_a_message_listed_after_the_window_is_detected_as_a_double(
+    broker: Broker, simulator: SimulatorHandle, probe: MqttProbe
+) -> None:
+    """The residual risk, measured: the list shows messages 3 s late, the window is a fixed 2 s; Twilio created
+    the first attempt and answered 500. The empty window sends it again (a double Twilio really holds); the audit
+    two windows later finds both messages, counts the double and says it, with both SIDs, on the delivery topic."""
+    port = free_port()
+    settings = make_settings(
+        broker,
+        simulator,
+        reconcile_window=2.0,
+        lag_probe_interval=0,
+        metrics_listen=f"127.0.0.1:{port}",
+        delivery_tracking="poll",
+    )
+    simulator.sim.list_lag = 3.0
+    followups = MqttProbe(broker.url, status_topic=settings.delivery_topic)
+    await followups.start()
+    running = await RunningConnector(settings).wait_ready()
+    try:
+        simulator.sim.faults.append(Fault(status=500, code=20500, message="Internal Server Error", store=True))
+        await probe.publish("twilio/txt", sms("twice", message="boiler 9 tripped", retries=1))
+        status = (await probe.status_of("twice", timeout=30))["response"]
+        assert status["status"] == "success"
+        double = next(s for s in await followups.wait_for(1, timeout=30) if s.get("update") == "double")
+        assert await metric(port, "twilio_connector_doubles_detected_total") == 1
+    finally:
+        await running.stop()
+        await followups.stop()
+    stored = [
+        sid for sid, item in simulator.sim._resources["Messages"].items.items() if item["body"] == "boiler 9 tripped"
+    ]
+    assert sorted(double["response"]["payload"]["sids"]) == sorted(stored) and len(stored) == 2
+    assert double["id"] == "twice" and status["payload"]["messages"]["sid"] in stored

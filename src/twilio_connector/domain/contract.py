@@ -490,5 +490,21 @@ def delivery_status(
     return status
 
 
+def double_status(notification: Notification, reported: str | None, found: list[str]) -> dict[str, Any]:
+    """The follow-up saying Twilio holds a request more often than its status said: `reported`, the SID its status
+    named (None: it said the request failed), and `found`, the other messages Twilio listed for it later."""
+    sids = [sid for sid in (reported, *found) if sid]
+    said = f"{len(sids)} messages" if reported else f"{len(sids)} message(s) although its status said it failed"
+    response: dict[str, Any] = {
+        "status": "success",
+        "payload": {"from_number": notification.from_, "sids": sids},
+        "error_message": f"Twilio holds {said} for this request: listed after the reconcile window",
+    }
+    status: dict[str, Any] = {"response": response, "id": notification.id, "update": "double"}
+    if notification.listed:
+        status["recipient"] = notification.to
+    return status
+
+
 def encode_status(status: dict[str, Any]) -> bytes:
     return orjson.dumps(status)

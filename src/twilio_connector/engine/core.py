@@ -37,6 +37,7 @@ from ..domain.states import State
 from ..ops.metrics import Metrics
 from ..ports.journal import JournalPort, until_written
 from ..ports.messaging import Publish
+from .audit import Auditor
 from .delivery import Delivery, Sender
 from .dispatch import Dispatcher
 from .lag import LagProbe, ListLag
@@ -106,6 +107,7 @@ class Engine:
             lag=self.lag,
         )
         self._delivery.tracker = tracker
+        self._auditor = Auditor(journal, sender, self.metrics, self._publisher.wake)
         self._kinds = {options.txt_topic: Kind.SMS, options.call_topic: Kind.CALL}
         self._begin_at_once = not options.delivery.sender_rate
         # Gauges read at scrape time, and the commonest counter bound once: nothing to update per request.
@@ -149,6 +151,7 @@ class Engine:
         }
         if self._tracker is not None:
             loops["track"] = self._tracker.run
+        loops["audit"] = self._auditor.run
         self._loops = [asyncio.create_task(self.loops.run(name, loop), name=name) for name, loop in loops.items()]
 
     async def stop(self, grace: float) -> bool:

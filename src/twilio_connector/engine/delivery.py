@@ -168,9 +168,13 @@ class Delivery:
         elif log.isEnabledFor(logging.WARNING):
             log.warning("request id=%s: cannot look it up at Twilio (%s)", notification.id, found.message)
         attempt = Attempt(entry.attempts, notification.retries, since, entry.lookups, entry.last_error)
-        decision = self._now_lifecycle().after_lookup(attempt, found, self._clock())
+        lifecycle = self._now_lifecycle()
+        decision = lifecycle.after_lookup(attempt, found, self._clock())
         if not isinstance(decision, LookUp):
             self._metrics.reconciliations.labels("no").inc()
+        if isinstance(decision, Retry):  # the window showed nothing: look for it again later (engine/audit.py)
+            audit = partial(self._journal.audit_later, entry.seq, since, since + 2 * lifecycle.window)
+            await self._recorded(notification, audit)
         await self._apply(entry, decision, started)
 
     async def _claim(self, entry: Entry, candidate: SendResult, started: float) -> bool:

@@ -207,6 +207,32 @@ class SqlCore(OperatorStatements, abc.ABC):
         ).fetchall()
         return [(float(row[0]), float(row[1])) for row in rows]
 
+    # -- audits: a request sent again after an empty window, looked for twice later ----------------------------
+
+    def audit_later(self, seq: int, since: float, due_at: float) -> None:
+        """Look for request `seq`'s messages created since `since` at `due_at` (the earliest `since` is kept)."""
+        self.db.execute(
+            "INSERT INTO audits (seq, since, due_at) VALUES (?, ?, ?) ON CONFLICT (seq) DO UPDATE SET "
+            "since = CASE WHEN excluded.since < audits.since THEN excluded.since ELSE audits.since END, "
+            "due_at = excluded.due_at",
+            (seq, since, due_at),
+        )
+
+    def audits_due(self, now: float, limit: int) -> list[tuple[float, Entry]]:
+        """The audits due, each with when its request's messages are looked for from, and the request."""
+        rows = self.db.execute(
+            f"SELECT a.since, {PREFIXED} FROM audits a JOIN requests r ON r.seq = a.seq "
+            "WHERE a.due_at <= ? ORDER BY a.due_at LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [(float(row[0]), entry_of(row[1:])) for row in rows]
+
+    def audit_done(self, seq: int, followup: bytes | None) -> None:
+        """The audit of `seq` is over; `followup`: what it found, to publish (a request Twilio holds twice)."""
+        self.db.execute("DELETE FROM audits WHERE seq = ?", (seq,))
+        if followup is not None:
+            self.db.execute("INSERT INTO followups (payload, created_at) VALUES (?, ?)", (followup, time.time()))
+
     def digest_texts(self, seq: int, limit: int) -> list[str]:
         """The first `limit` texts folded into digest `seq`, oldest first."""
         rows = self.db.execute(

@@ -318,6 +318,15 @@ class Journal(abc.ABC):
     async def lags(self, since: float) -> list[tuple[float, float]]:
         return await self.read(lambda: self.core.lags(since))
 
+    async def audit_later(self, seq: int, since: float, due_at: float) -> None:
+        await self.write(lambda: self.core.audit_later(seq, since, due_at))
+
+    async def audits_due(self, now: float, limit: int) -> list[tuple[float, Entry]]:
+        return await self.read(lambda: self.core.audits_due(now, limit))
+
+    async def audit_done(self, seq: int, followup: bytes | None) -> None:
+        await self.write(lambda: self.core.audit_done(seq, followup))
+
     async def unfinished(self) -> int:
         return await self.read(self.core.unfinished)
 

@@ -94,6 +94,11 @@ CREATE TABLE IF NOT EXISTS list_lags (
     seen_at {real} NOT NULL,
     seconds {real} NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audits (
+    seq {big} PRIMARY KEY,
+    since {real} NOT NULL,
+    due_at {real} NOT NULL
+){rowless};
 CREATE INDEX IF NOT EXISTS requests_dedupe ON requests (dedupe_key, accepted_at);
 CREATE INDEX IF NOT EXISTS requests_waiting ON requests (seq) WHERE state = 'accepted';
 CREATE INDEX IF NOT EXISTS requests_due ON requests (next_attempt_at) WHERE state = 'accepted';
@@ -108,15 +113,24 @@ CREATE INDEX IF NOT EXISTS tracking_sid ON tracking (sid);
 CREATE INDEX IF NOT EXISTS tracking_due ON tracking (next_check_at);
 CREATE INDEX IF NOT EXISTS followups_unpublished ON followups (id) WHERE published = 0;
 CREATE INDEX IF NOT EXISTS windows_closing ON windows (closes_at);
+CREATE INDEX IF NOT EXISTS audits_due ON audits (due_at);
 """
 
 
-_LIST_LAGS = "CREATE TABLE IF NOT EXISTS list_lags (seen_at {real} NOT NULL, seconds {real} NOT NULL);"
+_LAGS_AND_AUDITS = """
+CREATE TABLE IF NOT EXISTS list_lags (seen_at {real} NOT NULL, seconds {real} NOT NULL);
+CREATE TABLE IF NOT EXISTS audits (seq {big} PRIMARY KEY, since {real} NOT NULL, due_at {real} NOT NULL){rowless};
+CREATE INDEX IF NOT EXISTS audits_due ON audits (due_at);
+"""
+
+
+def vars_of(dialect: Dialect) -> dict[str, str]:
+    return {name: getattr(dialect, name) for name in ("row_id", "blob", "real", "big", "rowless")}
 
 
 def tables(dialect: Dialect) -> str:
     """The tables and their indexes, in `dialect`'s words."""
-    return _TABLES.format(**{name: getattr(dialect, name) for name in ("row_id", "blob", "real", "big", "rowless")})
+    return _TABLES.format(**vars_of(dialect))
 
 
 #: A step is SQL (a script), or a function given the connection, for what SQL alone cannot do.
@@ -200,8 +214,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     # Keys of requests holding a NUL were ambiguous (`records.key_of`). PostgreSQL's TEXT cannot hold a NUL.
     Migration("unambiguous keys", _sqlite_rekey, None),
     # How long new messages took to show in Twilio's list (domain/lag.py): the evidence the reconcile window
-    # follows, kept across restarts.
-    Migration("list lags", _LIST_LAGS.format(real=SQLITE.real), _LIST_LAGS.format(real=POSTGRES.real)),
+    # follows, kept across restarts; and the requests sent again after an empty window, looked for twice later.
+    Migration(
+        "list lags and audits", _LAGS_AND_AUDITS.format(**vars_of(SQLITE)), _LAGS_AND_AUDITS.format(**vars_of(POSTGRES))
+    ),
 )
 
 

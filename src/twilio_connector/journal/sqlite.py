@@ -24,7 +24,7 @@ from ..settings.parsers import JOURNAL_SYNC
 from .core import SqlCore
 from .front import Journal, attempt
 from .rows import COLUMNS, entry_of
-from .schema import MIGRATIONS, SQLITE, sqlite_steps_taken
+from .schema import MIGRATIONS, SQLITE, sqlite_steps_taken, statements
 
 __all__ = ["SYNC_MODES", "NotAJournal", "SqliteCore", "SqliteJournal", "damage_advice", "is_damage"]
 
@@ -82,7 +82,8 @@ def _migrate(db: sqlite3.Connection) -> None:
         for migration in MIGRATIONS[taken:]:
             step = migration.step(SQLITE)
             if isinstance(step, str):
-                db.execute(step)
+                for statement in statements(step):
+                    db.execute(statement)
             elif step is not None:
                 step(db)
         db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")

@@ -66,6 +66,12 @@ class Metrics:
             "of the list's lag allows now",
             registry=registry,
         )
+        self.doubles = Counter(
+            "twilio_connector_doubles_detected",
+            "Requests Twilio turned out to hold more often than their status said (a message listed after the "
+            "reconcile window, then sent again)",
+            registry=registry,
+        )
         self.retries = Counter(
             "twilio_connector_retries",
             "Attempts scheduled again after a retryable failure, by kind",
