@@ -10,6 +10,7 @@ p99 time to alert and the doubles (an alert Twilio holds twice). Cases:
 - `lost`: each first attempt answered 500 (20500) and not created: looked up, then sent again;
 - `stored`: each first attempt answered 500 after Twilio created it: found, never sent again;
 - `503x2`: Twilio's own 503 (20503) twice, then accepted (retries 2);
+- `storm`: 30 s in which Twilio answers every create with its own 503 (retries 2): measured from the storm's end;
 - `identical`: pairs of identical alerts, one of each lost in a 500 (the other's message must not be claimed);
 - `kill`: a burst with Twilio answering in 300 ms, the connector killed (SIGKILL) while creates are in flight and
   started again: alerts it had not sent, and those whose answer it lost, as they reach Twilio after the restart.
@@ -41,7 +42,8 @@ import orjson
 from throughput import free_port, start_broker
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = ("lost", "stored", "503x2", "identical", "kill")
+CASES = ("lost", "stored", "503x2", "storm", "identical", "kill")
+STORM = 30.0  # seconds of Twilio's own 503s in the `storm` case
 
 
 class Stack:
@@ -155,6 +157,7 @@ class Bench:
                 {"status": 500, "code": 20500, "message": "Internal Server Error", "count": self.alerts, "store": True}
             ],
             "503x2": [{"status": 503, "code": 20503, "message": "Service Unavailable", "count": 2 * self.alerts}],
+            "storm": [{"status": 503, "code": 20503, "message": "Service Unavailable", "count": 1_000_000}],
             "identical": [{"status": 500, "code": 20500, "message": "Internal Server Error", "count": self.alerts}],
             "kill": [],
         }[name]
@@ -165,6 +168,10 @@ class Bench:
         sent = {f"{tag}-{n}": (body, await self.publish(f"{tag}-{n}", body)) for n, body in enumerate(bodies)}
         if name == "kill":
             await self._kill_while_sending(tag, len(bodies))
+        if name == "storm":
+            await asyncio.sleep(STORM)
+            await self.sim("DELETE", "/_sim/faults")
+            sent = {key: (body, at + STORM) for key, (body, at) in sent.items()}  # measured from the storm's end
         async with asyncio.timeout(900):
             await self.statuses_of(set(sent))
         created = await self.created_at()

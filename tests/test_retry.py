@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from twilio_connector.domain.contract import ErrorCode
+from twilio_connector.domain.lifecycle import THROTTLED_RETRIES, Attempt, Lifecycle, Retry
 from twilio_connector.domain.outcomes import FailureKind, TwilioFailure
 from twilio_connector.domain.retry import RetryPolicy, error_code_for
 
@@ -63,3 +64,20 @@ def test_retry_after_is_a_floor_and_still_capped() -> None:
 )
 def test_final_failures_map_to_documented_errors(failure: TwilioFailure, code: ErrorCode) -> None:
     assert error_code_for(failure) is code
+
+
+@pytest.mark.parametrize(
+    ("failure", "extra"),
+    [
+        (rejected(429, 20429), True),
+        (rejected(503, 20503), True),  # Twilio's own "unavailable": a short outage delays the alert, not fails it
+        (rejected(400, 21211), False),
+        (TwilioFailure(FailureKind.AMBIGUOUS, "x", 503), False),
+    ],
+)
+def test_what_twilio_turned_away_is_retried_beyond_the_request_s_retries(failure: TwilioFailure, extra: bool) -> None:
+    lifecycle = Lifecycle(POLICY, 120.0, rand=lambda: 0.5)
+    decision = lifecycle.after_attempt(Attempt(1, 0, 1000.0), failure, 1000.0)
+    assert isinstance(decision, Retry) is extra
+    last = lifecycle.after_attempt(Attempt(THROTTLED_RETRIES + 1, 0, 1000.0), failure, 1000.0)
+    assert not isinstance(last, Retry)  # within a budget

@@ -117,6 +117,15 @@ async def test_fault_injection_and_record(http: aiohttp.ClientSession, simulator
     assert simulator.created() == []
 
 
+async def test_an_outage_ends_when_its_faults_are_cleared(http: aiohttp.ClientSession) -> None:
+    async with http.post("/_sim/faults", json={"status": 503, "code": 20503, "count": 1000}) as response:
+        assert response.status == 201
+    assert (await create(http, "Messages", To="+12345000000", From="+15005550006", Body="x"))[0] == 503
+    async with http.delete("/_sim/faults") as response:
+        assert response.status == 204
+    assert (await create(http, "Messages", To="+12345000000", From="+15005550006", Body="x"))[0] == 201
+
+
 async def test_latency_is_configurable(http: aiohttp.ClientSession, simulator: SimulatorHandle) -> None:
     async with http.post("/_sim/config", json={"latency_ms": 50}) as response:
         assert (await response.json()) == {

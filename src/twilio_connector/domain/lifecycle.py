@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 from .contract import SendResult
 from .outcomes import FailureKind, TwilioFailure
-from .retry import RetryPolicy
+from .retry import RetryPolicy, turned_away
 
-#: Attempts a request may spend on 429s (too many concurrent requests) beyond its own `retries`.
+#: Attempts a request may spend on 429s and Twilio's own 503s (`retry.turned_away`) beyond its own `retries`:
+#: with backoff capped at `backoff_max` (30 s), they outlast an outage of several minutes.
 THROTTLED_RETRIES = 20
-HTTP_TOO_MANY = 429
 
 __all__ = [
     "LOOKUP_AFTER",
@@ -126,9 +126,9 @@ class Lifecycle:
         return self._retry_or_finish(attempt, not_created, now)
 
     def _retry_or_finish(self, attempt: Attempt, failure: TwilioFailure, now: float) -> Decision:
-        # A 429 was never processed, and may be the connector's own doing (its concurrency window probing the
-        # account's limit): retried beyond the request's own `retries`, which are for failures of Twilio's.
-        budget = attempt.retries + (THROTTLED_RETRIES if failure.http_status == HTTP_TOO_MANY else 0)
+        # A 429 or Twilio's own 503 was never processed (a 429 may be the connector's own doing, its concurrency
+        # window probing the account's limit): retried beyond the request's own `retries`.
+        budget = attempt.retries + (THROTTLED_RETRIES if turned_away(failure) else 0)
         if attempt.number <= budget and self.retry.should_retry(failure):
             return Retry(now + self.retry.delay(max(attempt.number, 1), failure, self.rand), failure, attempt.number)
         return Finish(failure, max(attempt.number, 1))

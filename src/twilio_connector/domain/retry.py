@@ -38,6 +38,20 @@ class RetryPolicy:
         return min(wait, self.max_delay)
 
 
+#: Twilio's own "service unavailable, try again" (a 503 with its error document, code 20503).
+TWILIO_UNAVAILABLE = 20503
+
+
+def turned_away(failure: TwilioFailure) -> bool:
+    """Twilio turned the request away without acting on it, for reasons of its own or of the connector's pace, not
+    of the request: too many concurrent requests (429), or Twilio's own 503 (20503). Retried beyond the request's
+    `retries` (which are for failures of the request's own), so that a short outage delays an alert instead of
+    failing it."""
+    if failure.kind is not FailureKind.REJECTED:
+        return False
+    return failure.http_status == 429 or (failure.http_status == 503 and failure.code == TWILIO_UNAVAILABLE)
+
+
 def error_code_for(failure: TwilioFailure) -> ErrorCode:
     """The status `error` value for a failure that is final."""
     if failure.kind is FailureKind.NOT_SENT:

@@ -12,6 +12,7 @@ resource was created), and a record of what it received:
     POST   /_sim/faults     {"status": 502, "store": true}      (Twilio acted, then its edge answered 502)
     POST   /_sim/faults     {"status": 0, "store": true, "drop": true}     (acted, then the connection dropped)
     POST   /_sim/faults     {"status": 403, "code": 20003, "count": 100, "list": true}      (lookups refused)
+    DELETE /_sim/faults     the outage is over: faults not yet taken are dropped
     POST   /_sim/config     {"latency_ms": 100, "delivery": {"Messages": "delivered", "after_ms": 50}}
     POST   /_sim/config     {"concurrency_limit": 100}      (429, 20429 past 100 concurrent creates)
     POST   /_sim/config     {"list_lag_ms": 5000, "trial": true, "verified": ["+15551230000"]}

@@ -125,6 +125,7 @@ class Simulator:
         ):
             app.router.add_get(f"{api}/{name}.json", partial(self._list_of, name, listed))
         app.router.add_post("/_sim/faults", self._add_fault)
+        app.router.add_delete("/_sim/faults", self._clear_faults)
         app.router.add_post("/_sim/config", self._configure)
         app.router.add_get("/_sim/requests", self._get_received)
         app.router.add_delete("/_sim/requests", self._reset)
@@ -315,6 +316,11 @@ class Simulator:
             return _json({"error": str(exc)}, status=400)
         self.faults.append(fault)
         return _json({"queued": len(self.faults)}, status=201)
+
+    async def _clear_faults(self, request: web.Request) -> web.Response:
+        """The outage is over: faults not yet taken are dropped."""
+        self.faults.clear()
+        return web.Response(status=204)
 
     async def _configure(self, request: web.Request) -> web.Response:
         document = orjson.loads(await request.read())
