@@ -117,6 +117,19 @@ async def test_fault_injection_and_record(http: aiohttp.ClientSession, simulator
     assert simulator.created() == []
 
 
+async def test_list_lag_has_a_random_tail_per_message(http: aiohttp.ClientSession, simulator: SimulatorHandle) -> None:
+    """Each message's lag is the base plus an exponential draw: some show at once, some much later."""
+    simulator.sim.list_lag_spread = 0.5
+    for n in range(40):
+        assert (await create(http, "Messages", To="+12345000000", From="+15005550006", Body=f"m{n}"))[0] == 201
+    shown: list[int] = []
+    while not shown or shown[-1] == 0:  # until the first shows: an early draw
+        async with http.get(f"{API}/Messages.json", params={"PageSize": "100"}) as response:
+            shown.append(len((await response.json())["messages"]))
+        await asyncio.sleep(0.005)
+    assert shown[-1] < 40  # the others wait for their own, later draws
+
+
 async def test_an_outage_ends_when_its_faults_are_cleared(http: aiohttp.ClientSession) -> None:
     async with http.post("/_sim/faults", json={"status": 503, "code": 20503, "count": 1000}) as response:
         assert response.status == 201
@@ -132,6 +145,7 @@ async def test_latency_is_configurable(http: aiohttp.ClientSession, simulator: S
             "latency_ms": 50,
             "delivery": {},
             "list_lag_ms": 0,
+            "list_lag_spread_ms": 0,
             "trial": False,
             "concurrency_limit": 0,
             "numbers": {},

@@ -15,7 +15,8 @@ resource was created), and a record of what it received:
     DELETE /_sim/faults     the outage is over: faults not yet taken are dropped
     POST   /_sim/config     {"latency_ms": 100, "delivery": {"Messages": "delivered", "after_ms": 50}}
     POST   /_sim/config     {"concurrency_limit": 100}      (429, 20429 past 100 concurrent creates)
-    POST   /_sim/config     {"list_lag_ms": 5000, "trial": true, "verified": ["+15551230000"]}
+    POST   /_sim/config     {"list_lag_ms": 300, "list_lag_spread_ms": 2000}   (each message 0.3 s + an exponential draw)
+    POST   /_sim/config     {"trial": true, "verified": ["+15551230000"]}
     POST   /_sim/config     {"numbers": {"+15005550006": {"sms": true, "voice": true, "mms": false}}}
     GET    /_sim/requests   every create request received, in order, with its outcome
     DELETE /_sim/requests   forget everything (resources, record, faults)

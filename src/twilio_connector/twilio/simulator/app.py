@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import random
 import ssl
 import time
 import uuid
@@ -81,8 +82,11 @@ class Simulator:
         if api_key_sid and api_key_secret:
             self._logins[api_key_sid] = api_key_secret
         self.latency = latency
-        #: Seconds a new message or call stays out of list answers (Twilio's lists lag behind its creates).
+        #: Seconds a new message or call stays out of list answers (Twilio's lists lag behind its creates), and the
+        #: mean of a random extra drawn for each one (an exponential tail: most are prompt, a few very late).
         self.list_lag = 0.0
+        self.list_lag_spread = 0.0
+        self._extra_lag: dict[str, float] = {}
         #: The account's limit on concurrent API requests: past it, creates are refused with 429 (20429), never
         #: processed, as Twilio does (0: no limit). `most_concurrent` is the most seen at once.
         self.concurrency_limit = 0
@@ -230,6 +234,8 @@ class Simulator:
         sid = item["sid"]
         resource.items[sid] = item
         self._created_at[sid] = time.monotonic()
+        if self.list_lag_spread:
+            self._extra_lag[sid] = random.expovariate(1 / self.list_lag_spread)
         final = self.delivery.get(resource.name)
         if final:
             task = asyncio.get_running_loop().create_task(self._deliver(resource, item, final, form))
@@ -266,7 +272,7 @@ class Simulator:
         shown = [
             item
             for item in reversed(resource.items.values())  # newest first, as Twilio lists them
-            if self._created_at.get(item["sid"], 0.0) <= visible_before
+            if self._created_at.get(item["sid"], 0.0) + self._extra_lag.get(item["sid"], 0.0) <= visible_before
         ]
         return self._page(resource.name, shown, request)
 
@@ -327,12 +333,14 @@ class Simulator:
         self.latency = float(document.get("latency_ms", self.latency * 1000)) / 1000
         self.delivery = document.get("delivery", self.delivery)
         self.list_lag = float(document.get("list_lag_ms", self.list_lag * 1000)) / 1000
+        self.list_lag_spread = float(document.get("list_lag_spread_ms", self.list_lag_spread * 1000)) / 1000
         self.trial = bool(document.get("trial", self.trial))
         self.account.numbers = document.get("numbers", self.account.numbers)
         self.account.verified = document.get("verified", self.account.verified)
         self.concurrency_limit = int(document.get("concurrency_limit", self.concurrency_limit))
         return _json(
             {"latency_ms": self.latency * 1000, "delivery": self.delivery, "list_lag_ms": self.list_lag * 1000}
+            | {"list_lag_spread_ms": self.list_lag_spread * 1000}
             | {"trial": self.trial, "concurrency_limit": self.concurrency_limit}
             | {"numbers": self.account.numbers, "verified": self.account.verified}
         )
@@ -346,6 +354,7 @@ class Simulator:
         for resource in self._resources.values():
             resource.items.clear()
         self._created_at.clear()
+        self._extra_lag.clear()
         return web.Response(status=204)
 
 
