@@ -18,7 +18,7 @@ from ..domain.admission import Accepted, Admission, Folded, Refused
 from ..domain.contract import Kind, Notification
 from ..domain.records import Duplicate, Entry, Track, Tracked
 from ..domain.states import State
-from ..ports.journal import JournalDamaged, SidClaimed
+from ..ports.journal import JournalClosed, JournalDamaged, SidClaimed
 from .core import SqlCore
 
 __all__ = ["MARK_DELAY", "Journal", "attempt"]
@@ -78,10 +78,19 @@ class Journal(abc.ABC):
         self._resumed.set()
         self._damage = asyncio.Event()  # set, for good, once a statement found the file damaged
         self._damaged: JournalDamaged | None = None
+        self.closing = False  # close() has begun: no statement may start any more
 
     async def close(self) -> None:
         if self.damaged is None:
             await self.flush()
+        # A flush under way runs statements on the loop's thread (the reads it settles): closing the connection
+        # under it from the executor's thread crashed the process (SIGSEGV) when damage stopped the connector.
+        self.closing = True
+        if self._mark_timer is not None:
+            self._mark_timer.cancel()
+            self._mark_timer = None
+        while self._flushing:
+            await self._flushed.wait()
         await asyncio.get_running_loop().run_in_executor(self._executor, self.core.close)
         self._executor.shutdown(wait=True)
 
@@ -136,6 +145,8 @@ class Journal(abc.ABC):
 
     async def write(self, operation: Callable[[], T]) -> T:
         """Run `operation` in the next group commit; return once it is committed."""
+        if self.closing:
+            raise JournalClosed(f"the journal at {self.where} is closing")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._batch.append((operation, future))
         self._start_flush()
@@ -167,6 +178,8 @@ class Journal(abc.ABC):
             await self._flushed.wait()
 
     def _start_flush(self) -> None:
+        if self.closing:
+            return
         if self._mark_timer is not None:
             self._mark_timer.cancel()
             self._mark_timer = None

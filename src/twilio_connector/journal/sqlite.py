@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 from ..domain.records import Entry
+from ..ports.journal import JournalClosed
 from ..settings.parsers import JOURNAL_SYNC
 from .core import SqlCore
 from .front import Journal, attempt
@@ -161,6 +162,8 @@ class SqliteJournal(Journal):
     core: SqliteCore
 
     async def read(self, operation: Callable[[], T]) -> T:
+        if self.closing:
+            raise JournalClosed(f"the journal at {self.where} is closing")
         if not self._flushing:
             try:
                 return operation()

@@ -22,7 +22,7 @@ from ..domain.contract import Kind, Notification
 from ..domain.records import Duplicate, Entry, Track, Tracked
 from ..domain.states import State
 
-__all__ = ["JournalDamaged", "JournalPort", "SidClaimed", "until_written"]
+__all__ = ["JournalClosed", "JournalDamaged", "JournalPort", "SidClaimed", "until_written"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,6 +36,10 @@ class SidClaimed(Exception):
 
 class JournalDamaged(Exception):
     """The journal's file is damaged: the connector cannot go on without losing or doubling work."""
+
+
+class JournalClosed(Exception):
+    """The journal is closing (the connector stops): no statement may start."""
 
 
 class JournalPort(Protocol):
@@ -214,7 +218,7 @@ async def until_written(
     while True:
         try:
             return await write()
-        except SidClaimed:
+        except (SidClaimed, JournalClosed):
             raise
         except Exception:
             if journal.damaged is not None:
