@@ -12,8 +12,8 @@ p99 time to alert and the doubles (an alert Twilio holds twice). Cases:
 - `503x2`: Twilio's own 503 (20503) twice, then accepted (retries 2);
 - `storm`: 30 s in which Twilio answers every create with its own 503 (retries 2): measured from the storm's end;
 - `identical`: pairs of identical alerts, one of each lost in a 500 (the other's message must not be claimed);
-- `kill`: a burst with Twilio answering in 300 ms, the connector killed (SIGKILL) while creates are in flight and
-  started again: alerts it had not sent, and those whose answer it lost, as they reach Twilio after the restart.
+- `kill`: the connector killed (SIGKILL) while its creates are at Twilio, half of which Twilio has not acted on yet
+  (held 5 s, then dropped: not created), and started again: as those reach Twilio after the restart.
 
 Both builds get the same settings: `reconcile_window` 120 s (the default) and, before the faults, 40 s of calm
 traffic (one text a second) in which the "after" build measures the list's lag (the simulator lists new messages
@@ -148,7 +148,7 @@ class Bench:
         return created
 
     async def case(self, name: str) -> tuple[list[float], int]:
-        await self.sim("POST", "/_sim/config", {"list_lag_ms": 300, "latency_ms": 300 if name == "kill" else 0})
+        await self.sim("POST", "/_sim/config", {"list_lag_ms": 300})
         tag = f"{name}-{time.monotonic_ns()}"
         bodies = [f"{tag} alert {n}" for n in range(self.alerts)]
         faults = {
@@ -159,7 +159,8 @@ class Bench:
             "503x2": [{"status": 503, "code": 20503, "message": "Service Unavailable", "count": 2 * self.alerts}],
             "storm": [{"status": 503, "code": 20503, "message": "Service Unavailable", "count": 1_000_000}],
             "identical": [{"status": 500, "code": 20500, "message": "Internal Server Error", "count": self.alerts}],
-            "kill": [],
+            "kill": [{"status": 500, "code": 20500, "message": "Internal Server Error", "delay": 5,
+                      "count": self.alerts // 2}],  # fmt: skip
         }[name]
         for fault in faults:
             await self.sim("POST", "/_sim/faults", fault)
@@ -184,10 +185,10 @@ class Bench:
         return waits, doubles
 
     async def _kill_while_sending(self, tag: str, count: int) -> None:
-        """SIGKILL once about a third of the burst has reached Twilio, then start again."""
+        """SIGKILL once every create of the burst has reached Twilio (half of them held there), then start again."""
         while True:
-            reached = sum(1 for body in await self.created_at() if body.startswith(tag))
-            if reached >= count // 3:
+            received = await self.sim("GET", "/_sim/requests")
+            if sum(1 for entry in received if entry["params"].get("Body", "").startswith(tag)) >= count:
                 break
             await asyncio.sleep(0.05)
         self.stack.kill_connector()
