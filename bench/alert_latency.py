@@ -159,8 +159,15 @@ class Bench:
             "503x2": [{"status": 503, "code": 20503, "message": "Service Unavailable", "count": 2 * self.alerts}],
             "storm": [{"status": 503, "code": 20503, "message": "Service Unavailable", "count": 1_000_000}],
             "identical": [{"status": 500, "code": 20500, "message": "Internal Server Error", "count": self.alerts}],
-            "kill": [{"status": 500, "code": 20500, "message": "Internal Server Error", "delay": 5,
-                      "count": self.alerts // 2}],  # fmt: skip
+            "kill": [
+                {
+                    "status": 500,
+                    "code": 20500,
+                    "message": "Internal Server Error",
+                    "delay": 5,
+                    "count": self.alerts // 2,
+                }
+            ],
         }[name]
         for fault in faults:
             await self.sim("POST", "/_sim/faults", fault)
