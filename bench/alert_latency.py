@@ -53,10 +53,10 @@ class Stack:
         self.directory, self.source = directory, source
         self.broker, self.broker_port = start_broker(directory)
         self.sim_port = free_port()
-        self.sim = subprocess.Popen(
+        self.sim = subprocess.Popen(  # this checkout's simulator for both builds: the faults are the same
             [sys.executable, "-m", "twilio_connector", "simulator", "--port", str(self.sim_port)],
             stdout=subprocess.DEVNULL,
-            env=self._env(),
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
         )
         self.connector: subprocess.Popen[bytes] | None = None
         self.sim_url = f"http://127.0.0.1:{self.sim_port}"
