@@ -291,24 +291,24 @@ class Simulator:
         return _json(page.document(key.get(name, name.lower())))
 
     async def _fetch(self, resource: Resource, request: web.Request) -> web.Response:
-        refusal = self._authorised(request)
-        if refusal is not None:
-            return refusal
-        item = resource.items.get(request.match_info["sid"])
-        if item is None:
-            return _error(404, 20404, f"The requested resource {request.path} was not found")
-        return _json(item)
+        found = self._item(resource, request)
+        return found if isinstance(found, web.Response) else _json(found)
 
     async def _update(self, resource: Resource, request: web.Request) -> web.Response:
         """A message redacted or canceled, a call ended or redirected (resources.update says how)."""
+        found = self._item(resource, request)
+        if isinstance(found, web.Response):
+            return found
+        problem = update(found, {key: str(value) for key, value in (await request.post()).items()})
+        return _error(*problem) if problem else _json(found)
+
+    def _item(self, resource: Resource, request: web.Request) -> dict[str, Any] | web.Response:
+        """The message or call the request names, or the refusal Twilio would answer (401, 404)."""
         refusal = self._authorised(request)
         if refusal is not None:
             return refusal
         item = resource.items.get(request.match_info["sid"])
-        if item is None:
-            return _error(404, 20404, f"The requested resource {request.path} was not found")
-        problem = update(item, {key: str(value) for key, value in (await request.post()).items()})
-        return _error(*problem) if problem else _json(item)
+        return _error(404, 20404, f"The requested resource {request.path} was not found") if item is None else item
 
     async def _account(self, request: web.Request) -> web.Response:
         return self._authorised(request) or _json(self.account.resource())
