@@ -130,6 +130,17 @@ async def test_list_lag_has_a_random_tail_per_message(http: aiohttp.ClientSessio
     assert shown[-1] < 40  # the others wait for their own, later draws
 
 
+async def test_a_reply_is_listed_as_twilio_lists_inbound_messages(http: aiohttp.ClientSession) -> None:
+    async with http.post("/_sim/inbound", json={"from": "+15557654321", "to": "+15005550006", "body": "ACK"}) as r:
+        assert r.status == 201
+    async with http.get(f"{API}/Messages.json", params={"To": "+15005550006"}) as response:
+        [reply] = (await response.json())["messages"]
+    assert (reply["direction"], reply["status"], reply["from"], reply["body"]) == (
+        "inbound", "received", "+15557654321", "ACK"
+    )  # fmt: skip
+    assert reply["sid"].startswith("SM") and reply["date_sent"]
+
+
 async def test_an_outage_ends_when_its_faults_are_cleared(http: aiohttp.ClientSession) -> None:
     async with http.post("/_sim/faults", json={"status": 503, "code": 20503, "count": 1000}) as response:
         assert response.status == 201

@@ -18,6 +18,7 @@ resource was created), and a record of what it received:
     POST   /_sim/config     {"list_lag_ms": 300, "list_lag_spread_ms": 2000}   (each message 0.3 s + an exponential draw)
     POST   /_sim/config     {"trial": true, "verified": ["+15551230000"]}
     POST   /_sim/config     {"numbers": {"+15005550006": {"sms": true, "voice": true, "mms": false}}}
+    POST   /_sim/inbound    {"from": "+15557654321", "to": "+15005550006", "body": "ACK"}   (someone replies)
     GET    /_sim/requests   every create request received, in order, with its outcome
     DELETE /_sim/requests   forget everything (resources, record, faults)
 """

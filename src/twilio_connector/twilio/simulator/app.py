@@ -22,7 +22,7 @@ from aiohttp import web
 
 from ...domain.signature import signature
 from .listing import BadQuery, Page, select
-from .resources import API, Account, Resource, new_item, reach, resources, update, validate
+from .resources import API, Account, Resource, inbound_item, new_item, reach, resources, update, validate
 
 __all__ = ["DEFAULT_ACCOUNT_SID", "DEFAULT_AUTH_TOKEN", "Fault", "Simulator"]
 
@@ -129,6 +129,7 @@ class Simulator:
         ):
             app.router.add_get(f"{api}/{name}.json", partial(self._list_of, name, listed))
         app.router.add_post("/_sim/faults", self._add_fault)
+        app.router.add_post("/_sim/inbound", self._inbound)
         app.router.add_delete("/_sim/faults", self._clear_faults)
         app.router.add_post("/_sim/config", self._configure)
         app.router.add_get("/_sim/requests", self._get_received)
@@ -314,6 +315,23 @@ class Simulator:
         return self._authorised(request) or _json(self.account.resource())
 
     # -- control endpoints -------------------------------------------------------------------------------
+
+    def receive(self, sender: str, to: str, body: str, media: list[str] | None = None) -> dict[str, Any]:
+        """Someone texted `body` from `sender` to the account's number `to`: listed as Twilio lists inbound
+        messages (after `list_lag`, like any other)."""
+        messages = self._resources["Messages"]
+        item = inbound_item(messages, {"To": to, "From": sender, "Body": body}, media or [], self.account)
+        messages.items[item["sid"]] = item
+        self._created_at[item["sid"]] = time.monotonic()
+        return item
+
+    async def _inbound(self, request: web.Request) -> web.Response:
+        try:
+            document = orjson.loads(await request.read())
+            item = self.receive(document["from"], document["to"], document["body"], document.get("media"))
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            return _json({"error": f"expected {{from, to, body}}: {exc}"}, status=400)
+        return _json(item, status=201)
 
     async def _add_fault(self, request: web.Request) -> web.Response:
         try:

@@ -206,6 +206,19 @@ def new_item(resource: Resource, form: dict[str, str], media: list[str], account
     }
 
 
+def inbound_item(resource: Resource, form: dict[str, str], media: list[str], account: Account) -> dict[str, Any]:
+    """A message someone sent to one of the account's numbers, as Twilio lists it (`direction: inbound`)."""
+    item = new_item(resource, form, media, account)
+    stamp = now()
+    return item | {
+        "body": form["Body"],  # no trial prefix on what people send
+        "direction": "inbound",
+        "status": "received",
+        "date_sent": stamp,
+        "num_segments": "1",
+    }
+
+
 def reach(item: dict[str, Any], status: str) -> None:
     """Move a message or call to `status`, stamping the dates Twilio stamps on the way."""
     stamp = now()
