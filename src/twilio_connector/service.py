@@ -17,6 +17,7 @@ from aiohttp import web
 from .domain.policy import describe_limits
 from .engine.core import Engine
 from .engine.options import DeliveryOptions, EngineOptions
+from .engine.replies import ReplyOptions
 from .engine.tracking import DeliveryTracker, TrackingOptions
 from .greengrass.secrets import fetch_from_nucleus
 from .greengrass.session import GreengrassTransport, options_from_environment
@@ -160,7 +161,9 @@ async def run(
                 client, credentials, partial(resolve_credentials, settings, secret_source(settings))
             )
             metrics.credentials_rejected.set_function(lambda: sender.rejected is not None)
-            engine = Engine(engine_options(settings), sender, journal, publish, tracker=tracker, metrics=metrics)
+            engine = Engine(
+                engine_options(settings), sender, journal, publish, tracker=tracker, metrics=metrics, inbound=sender
+            )
             metrics.loops_failing.set_function(lambda: len(engine.loops.failing))
             transport = messaging(settings, engine, metrics)
             operations: web.AppRunner | None = None
@@ -266,6 +269,12 @@ def engine_options(settings: Settings) -> EngineOptions:
         backoff_max=settings.backoff_max,
         reconcile_window=settings.reconcile_window,
         lag_probe_interval=settings.lag_probe_interval,
+        replies=ReplyOptions(
+            settings.reply_numbers, settings.default_from, settings.reply_poll_interval, settings.reply_window
+        )
+        if settings.replies
+        else None,
+        reply_topic=settings.reply_topic,
         delivery=DeliveryOptions(settings.http_timeout, settings.sender_rate, settings.limits.max_segments),
     )
 

@@ -13,7 +13,7 @@ import orjson
 from .contract import Notification
 from .states import State
 
-__all__ = ["Duplicate", "Entry", "Identity", "Track", "Tracked", "dedupe_key", "key_of", "stored_options"]
+__all__ = ["Duplicate", "Entry", "Identity", "Reply", "Track", "Tracked", "dedupe_key", "key_of", "stored_options"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +89,15 @@ def key_of(parts: tuple[str, ...]) -> bytes:
     else:
         encoded = "\x00".join(parts).encode()
     return hashlib.blake2b(encoded, digest_size=16).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A text someone sent to one of the account's numbers."""
+
+    sid: str
+    sender: str  # the person
+    to: str  # the account's number
+    body: str
+    received_at: float  # epoch seconds
+    num_media: int = 0

@@ -43,6 +43,7 @@ from .dispatch import Dispatcher
 from .lag import LagProbe, ListLag
 from .options import EngineOptions
 from .publisher import StatusPublisher
+from .replies import Inbound, ReplyPoller
 from .supervisor import Supervisor
 from .tracking import DeliveryTracker
 from .watchdog import Watchdog
@@ -69,6 +70,7 @@ class Engine:
         *,
         tracker: DeliveryTracker | None = None,
         metrics: Metrics | None = None,
+        inbound: Inbound | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.metrics = metrics or Metrics()
@@ -86,7 +88,8 @@ class Engine:
         self._room = asyncio.Event()  # the backlog is under its bound
         self._room.set()
         delivery_topic = options.delivery_topic if tracker is not None else None
-        self._publisher = StatusPublisher(journal, publish, options.status_topic, delivery_topic)
+        reply_topic = options.reply_topic if options.replies is not None else None
+        self._publisher = StatusPublisher(journal, publish, options.status_topic, delivery_topic, reply_topic)
         if tracker is not None:
             tracker.notify = self._publisher.wake
         lifecycle = Lifecycle(RetryPolicy(options.backoff_base, options.backoff_max), options.reconcile_window, rand)
@@ -108,6 +111,9 @@ class Engine:
         )
         self._delivery.tracker = tracker
         self._auditor = Auditor(journal, sender, self.metrics, self._publisher.wake)
+        self._replies = None
+        if options.replies is not None and inbound is not None:
+            self._replies = ReplyPoller(journal, inbound, options.replies, self._publisher.wake)
         self._kinds = {options.txt_topic: Kind.SMS, options.call_topic: Kind.CALL}
         self._begin_at_once = not options.delivery.sender_rate
         # Gauges read at scrape time, and the commonest counter bound once: nothing to update per request.
@@ -152,6 +158,8 @@ class Engine:
         if self._tracker is not None:
             loops["track"] = self._tracker.run
         loops["audit"] = self._auditor.run
+        if self._replies is not None:
+            loops["replies"] = self._replies.run
         self._loops = [asyncio.create_task(self.loops.run(name, loop), name=name) for name, loop in loops.items()]
 
     async def stop(self, grace: float) -> bool:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..domain.policy import Limits
 from ..domain.storms import StormRule
+from .replies import ReplyOptions
 
 __all__ = ["DeliveryOptions", "EngineOptions"]
 
@@ -43,3 +44,5 @@ class EngineOptions:
     reconcile_window: float  # the ceiling of the window the list's measured lag allows
     delivery: DeliveryOptions
     lag_probe_interval: float = 60.0  # seconds between probes of the list's lag; 0: none
+    replies: ReplyOptions | None = None  # poll for replies (None: off)
+    reply_topic: str = "twilio/message/reply"

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from ..ports.journal import JournalPort
 from ..ports.messaging import Publish
@@ -17,6 +18,7 @@ from ..ports.messaging import Publish
 __all__ = ["StatusPublisher"]
 
 log = logging.getLogger(__name__)
+K = TypeVar("K")  # what a row is marked published by: a request's seq, a follow-up's id, a reply's SID
 
 PUBLISH_BATCH = 256
 #: Seconds before publishing again what the broker refused or did not acknowledge, doubling while it keeps on.
@@ -25,16 +27,27 @@ RETRY_BASE, RETRY_CAP = 1.0, 60.0
 
 class StatusPublisher:
     def __init__(
-        self, journal: JournalPort, publish: Publish, status_topic: str, delivery_topic: str | None = None
+        self,
+        journal: JournalPort,
+        publish: Publish,
+        status_topic: str,
+        delivery_topic: str | None = None,
+        reply_topic: str | None = None,
     ) -> None:
-        """`delivery_topic`: also publish delivery follow-ups there (only with delivery tracking)."""
+        """`delivery_topic`: also publish follow-ups there (delivery tracking's, a double's); `reply_topic`: also
+        publish replies there (with `replies` on)."""
         self._journal = journal
         self._publish = publish
         self._status_topic = status_topic
         self._delivery_topic = delivery_topic
+        self._reply_topic = reply_topic
         self._pending = asyncio.Event()  # statuses may be waiting
         self._idle = asyncio.Event()  # the last round found nothing to publish
         self._retry_delay = RETRY_BASE
+        self._replies_marked: Awaitable[None] | None = None
+
+    def _mark_replies(self, sids: list[str]) -> None:
+        self._replies_marked = self._journal.mark_replies_published(sids)
 
     def wake(self) -> None:
         self._pending.set()
@@ -57,17 +70,24 @@ class StatusPublisher:
                 if await self._publish_rows(self._status_topic, rows, journal.mark_published):
                     journal.query_statuses()  # so that the next round queries again
             published = len(rows)
-            if self._delivery_topic is not None:  # follow-ups exist only with delivery tracking
+            if self._delivery_topic is not None:
                 followups = await journal.unpublished_followups(PUBLISH_BATCH)
                 await self._publish_rows(self._delivery_topic, followups, journal.mark_followups_published)
                 published += len(followups)
+            if self._reply_topic is not None:
+                replies = await journal.unpublished_replies(PUBLISH_BATCH)
+                await self._publish_rows(self._reply_topic, replies, self._mark_replies)
+                published += len(replies)
+                if self._replies_marked is not None:
+                    await self._replies_marked  # marked before the next round reads them again
+                    self._replies_marked = None
             if not published:
                 self._idle.set()
                 await self._pending.wait()
 
     async def _publish_rows(
-        self, topic: str, rows: list[tuple[int, bytes]], mark: Callable[[list[int]], None]
-    ) -> list[tuple[int, bytes]]:
+        self, topic: str, rows: list[tuple[K, bytes]], mark: Callable[[list[K]], None]
+    ) -> list[tuple[K, bytes]]:
         """Publish `rows`; mark the ones the broker acknowledged (PUBACK). Returns those it did not."""
         if not rows:
             return []

@@ -233,6 +233,51 @@ class SqlCore(OperatorStatements, abc.ABC):
         if followup is not None:
             self.db.execute("INSERT INTO followups (payload, created_at) VALUES (?, ?)", (followup, time.time()))
 
+    # -- replies: texts people sent to the connector's numbers, each published once ---------------------------
+
+    def reply_numbers(self, since: float) -> list[str]:
+        """The numbers requests were sent from since `since`."""
+        rows = self.db.execute(
+            "SELECT DISTINCT from_number FROM requests WHERE state = ? AND updated_at >= ?", (State.SENT.value, since)
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def reply_horizon(self, number: str) -> float | None:
+        """When the newest reply to `number` known was received."""
+        row = self.db.execute("SELECT MAX(received_at) FROM replies WHERE number = ?", (number,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def known_replies(self, sids: Collection[str]) -> set[str]:
+        found = set()
+        for sid in sids:
+            if self.db.execute("SELECT 1 FROM replies WHERE sid = ?", (sid,)).fetchone() is not None:
+                found.add(sid)
+        return found
+
+    def in_reply_to(self, person: str, number: str, since: float) -> str | None:
+        """The id of the latest request sent to `person` from `number` since `since`."""
+        row = self.db.execute(
+            "SELECT request_id FROM requests WHERE state = ? AND to_number = ? AND from_number = ? "
+            "AND updated_at >= ? ORDER BY updated_at DESC LIMIT 1",
+            (State.SENT.value, person, number, since),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def record_reply(self, sid: str, number: str, received_at: float, payload: bytes) -> None:
+        self.db.execute(
+            "INSERT INTO replies (sid, number, received_at, payload) VALUES (?, ?, ?, ?) ON CONFLICT (sid) DO NOTHING",
+            (sid, number, received_at, payload),
+        )
+
+    def unpublished_replies(self, limit: int) -> list[tuple[str, bytes]]:
+        rows = self.db.execute(
+            "SELECT sid, payload FROM replies WHERE published = 0 ORDER BY received_at LIMIT ?", (limit,)
+        ).fetchall()
+        return [(str(row[0]), bytes(row[1])) for row in rows]
+
+    def mark_replies_published(self, sids: Iterable[str]) -> None:
+        self.db.executemany("UPDATE replies SET published = 1 WHERE sid = ?", [(sid,) for sid in sids])
+
     def digest_texts(self, seq: int, limit: int) -> list[str]:
         """The first `limit` texts folded into digest `seq`, oldest first."""
         rows = self.db.execute(

@@ -340,6 +340,33 @@ class Journal(abc.ABC):
     async def audit_done(self, seq: int, followup: bytes | None) -> None:
         await self.write(lambda: self.core.audit_done(seq, followup))
 
+    async def reply_numbers(self, since: float) -> list[str]:
+        return await self.read(lambda: self.core.reply_numbers(since))
+
+    async def reply_horizon(self, number: str) -> float | None:
+        return await self.read(lambda: self.core.reply_horizon(number))
+
+    async def known_replies(self, sids: Collection[str]) -> set[str]:
+        return await self.read(lambda: self.core.known_replies(list(sids)))
+
+    async def in_reply_to(self, person: str, number: str, since: float) -> str | None:
+        return await self.read(lambda: self.core.in_reply_to(person, number, since))
+
+    async def record_replies(self, rows: list[tuple[str, str, float, bytes]]) -> None:
+        """Keep each reply (sid, number, received_at, payload) once, to publish."""
+
+        def record() -> None:
+            for row in rows:
+                self.core.record_reply(*row)
+
+        await self.write(record)
+
+    async def unpublished_replies(self, limit: int) -> list[tuple[str, bytes]]:
+        return await self.read(lambda: self.core.unpublished_replies(limit))
+
+    async def mark_replies_published(self, sids: list[str]) -> None:
+        await self.write(lambda: self.core.mark_replies_published(sids))
+
     async def unfinished(self) -> int:
         return await self.read(self.core.unfinished)
 

@@ -99,6 +99,13 @@ CREATE TABLE IF NOT EXISTS audits (
     since {real} NOT NULL,
     due_at {real} NOT NULL
 ){rowless};
+CREATE TABLE IF NOT EXISTS replies (
+    sid TEXT PRIMARY KEY,
+    number TEXT NOT NULL,
+    received_at {real} NOT NULL,
+    payload {blob} NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0
+){rowless};
 CREATE INDEX IF NOT EXISTS requests_dedupe ON requests (dedupe_key, accepted_at);
 CREATE INDEX IF NOT EXISTS requests_waiting ON requests (seq) WHERE state = 'accepted';
 CREATE INDEX IF NOT EXISTS requests_due ON requests (next_attempt_at) WHERE state = 'accepted';
@@ -114,13 +121,19 @@ CREATE INDEX IF NOT EXISTS tracking_due ON tracking (next_check_at);
 CREATE INDEX IF NOT EXISTS followups_unpublished ON followups (id) WHERE published = 0;
 CREATE INDEX IF NOT EXISTS windows_closing ON windows (closes_at);
 CREATE INDEX IF NOT EXISTS audits_due ON audits (due_at);
+CREATE INDEX IF NOT EXISTS replies_received ON replies (number, received_at);
+CREATE INDEX IF NOT EXISTS replies_unpublished ON replies (received_at) WHERE published = 0;
 """
 
 
-_LAGS_AND_AUDITS = """
+_LAGS_AUDITS_REPLIES = """
 CREATE TABLE IF NOT EXISTS list_lags (seen_at {real} NOT NULL, seconds {real} NOT NULL);
 CREATE TABLE IF NOT EXISTS audits (seq {big} PRIMARY KEY, since {real} NOT NULL, due_at {real} NOT NULL){rowless};
 CREATE INDEX IF NOT EXISTS audits_due ON audits (due_at);
+CREATE TABLE IF NOT EXISTS replies (sid TEXT PRIMARY KEY, number TEXT NOT NULL, received_at {real} NOT NULL,
+    payload {blob} NOT NULL, published INTEGER NOT NULL DEFAULT 0){rowless};
+CREATE INDEX IF NOT EXISTS replies_received ON replies (number, received_at);
+CREATE INDEX IF NOT EXISTS replies_unpublished ON replies (received_at) WHERE published = 0;
 """
 
 
@@ -216,7 +229,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     # How long new messages took to show in Twilio's list (domain/lag.py): the evidence the reconcile window
     # follows, kept across restarts; and the requests sent again after an empty window, looked for twice later.
     Migration(
-        "list lags and audits", _LAGS_AND_AUDITS.format(**vars_of(SQLITE)), _LAGS_AND_AUDITS.format(**vars_of(POSTGRES))
+        "list lags and audits",
+        _LAGS_AUDITS_REPLIES.format(**vars_of(SQLITE)),
+        _LAGS_AUDITS_REPLIES.format(**vars_of(POSTGRES)),
     ),
 )
 

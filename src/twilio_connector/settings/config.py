@@ -150,8 +150,9 @@ def _cross_checks(settings: Settings) -> list[str]:
             "set twilio_edge with twilio_region (dublin with ie1, sydney with au1: Twilio's edge locations page "
             "lists them)"
         )
-    if len({settings.txt_topic, settings.call_topic, settings.status_topic, settings.delivery_topic}) < 4:
-        problems.append("txt_topic, call_topic, status_topic and delivery_topic must all differ")
+    topics = (settings.txt_topic, settings.call_topic, settings.status_topic, settings.delivery_topic)
+    if len(set(topics)) < len(topics) or (settings.replies and settings.reply_topic in topics):
+        problems.append("txt_topic, call_topic, status_topic, delivery_topic and reply_topic must all differ")
     if settings.transport != "greengrass" and (settings.status_to_iot_core or settings.iot_core_requests):
         problems.append(
             "status_to_iot_core and iot_core_requests need transport = greengrass (the nucleus's IoT Core link)"

@@ -31,13 +31,14 @@ _PRESET_GUARDS = (
     "per_day",
     "max_segments",
 )
-BROKER, TWILIO, SENDING, JOURNAL, GUARDS, TRACKING, OPS = (
+BROKER, TWILIO, SENDING, JOURNAL, GUARDS, TRACKING, REPLIES, OPS = (
     "Broker",
     "Twilio",
     "Sending",
     "Journal",
     "Guards",
     "Delivery tracking",
+    "Replies",
     "Operations",
 )
 
@@ -438,6 +439,29 @@ class Settings:
         section=TRACKING,
     )
     delivery_topic: str = setting("twilio/message/delivery", p.topic, "Topic of delivery follow-ups.", section=TRACKING)
+    replies: bool = setting(
+        False,
+        p.boolean,
+        "Poll Twilio for the texts people send to the connector's numbers and publish each once on reply_topic, "
+        "with the request it answers (outbound HTTPS only: no public endpoint). Costs one list request per number "
+        "per poll.",
+        section=REPLIES,
+    )
+    reply_topic: str = setting("twilio/message/reply", p.topic, "Topic replies are published on.", section=REPLIES)
+    reply_numbers: tuple[str, ...] = setting(
+        (),
+        p.prefixes,
+        "The numbers whose replies are polled. Unset: default_from and every number the connector sent from "
+        "within reply_window.",
+        section=REPLIES,
+    )
+    reply_poll_interval: float = setting(15.0, p.positive_float, "Seconds between polls for replies.", section=REPLIES)
+    reply_window: float = setting(
+        86400.0,
+        p.positive_float,
+        "Seconds back a reply is matched to the latest request sent to that person from that number (in_reply_to).",
+        section=REPLIES,
+    )
     poll_interval: float = setting(
         5.0, p.positive_float, "First delay between delivery polls, in seconds.", section=TRACKING
     )

@@ -15,6 +15,7 @@ from yarl import URL
 
 from ..domain.contract import Kind, Notification, SendResult
 from ..domain.outcomes import FailureKind, TwilioFailure
+from ..domain.records import Reply
 from ..ports.http import Answer, ConnectFailed, HttpError, HttpTransport
 from ..settings.secrets import Secret
 from .http1 import Http1Pool, Proxy
@@ -134,6 +135,14 @@ _SMART = str.maketrans(
         "\ufeff": "",
     }
 )
+
+
+def _reply(item: dict[str, Any], at: float) -> Reply:
+    try:
+        media = int(item.get("num_media") or 0)
+    except (TypeError, ValueError):
+        media = 0
+    return Reply(str(item["sid"]), str(item.get("from")), str(item.get("to")), str(item.get("body") or ""), at, media)
 
 
 def same_body(stored: str, sent: str) -> bool:
@@ -263,6 +272,27 @@ class TwilioClient:
         except (KeyError, TypeError, AttributeError):
             return TwilioFailure(FailureKind.AMBIGUOUS, "unreadable list answer from Twilio")
         return items, url.join(URL(following)) if isinstance(following, str) and following else None
+
+    async def inbound(self, number: str, since: float) -> list[Reply] | TwilioFailure:
+        """Texts people sent to `number` created since `since` (epoch seconds), newest first: the list of messages
+        To `number`, walked page by page until one reaches back past `since`, keeping the inbound ones."""
+        url: URL | None = self._urls[Kind.SMS].with_query({"To": number, "PageSize": str(PAGE_SIZE)})
+        replies: list[Reply] = []
+        for _ in range(MAX_PAGES):
+            if url is None:
+                break
+            page = await self._page(url, Kind.SMS)
+            if isinstance(page, TwilioFailure):
+                return page
+            items, url = page
+            for item in items:
+                at = _created_at(item)
+                if str(item.get("direction", "")).startswith("inbound") and at is not None and at >= since:
+                    replies.append(_reply(item, at))
+            oldest = _created_at(items[-1]) if items else None
+            if oldest is None or oldest < since:
+                break
+        return replies
 
     async def fetch(self, kind: Kind, sid: str) -> dict[str, Any] | TwilioFailure:
         """The current state of a message or call (for delivery tracking)."""

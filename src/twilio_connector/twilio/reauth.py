@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 from ..domain.contract import Notification, SendResult
+from ..domain.records import Reply
 from ..settings.config import ConfigError, Credentials
 from ..settings.secrets import Secret
 from .client import TwilioFailure
@@ -33,6 +34,8 @@ class Client(Protocol):
     async def create(self, notification: Notification) -> SendResult | TwilioFailure: ...
 
     async def find(self, notification: Notification, since: float) -> list[SendResult] | TwilioFailure: ...
+
+    async def inbound(self, number: str, since: float) -> list[Reply] | TwilioFailure: ...
 
     def authenticate(self, username: str, password: Secret) -> None: ...
 
@@ -67,6 +70,9 @@ class Reauthenticating:
 
     async def find(self, notification: Notification, since: float) -> list[SendResult] | TwilioFailure:
         return await self._call(lambda: self._client.find(notification, since))
+
+    async def inbound(self, number: str, since: float) -> list[Reply] | TwilioFailure:
+        return await self._call(lambda: self._client.inbound(number, since))
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         generation = self._generation

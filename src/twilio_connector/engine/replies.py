@@ -1,0 +1,116 @@
+"""Replies onto MQTT, without a public endpoint: the texts people send to the connector's numbers, polled from
+Twilio's Messages list (outbound HTTPS only) and each published once on the reply topic, with `in_reply_to`: the
+request sent to that person from that number most recently.
+
+Each reply is kept in the journal (by its SID) before it is published, and published like a status: marked
+once the broker acknowledged it, so it is published again after a crash in between, never lost, and never taken
+twice from Twilio's list. The list is read back from the newest reply known for each number (less a margin for
+Twilio's list lag and clocks), so a poll gap or a restart misses nothing; replies sent before the feature was
+first turned on are not published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import orjson
+
+from ..domain.outcomes import TwilioFailure
+from ..domain.records import Reply
+from ..ports.journal import JournalPort
+
+__all__ = ["Inbound", "ReplyOptions", "ReplyPoller"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds before the newest reply known that each poll reads back from: Twilio's list lags, clocks differ.
+MARGIN = 300.0
+
+
+class Inbound(Protocol):
+    async def inbound(self, number: str, since: float) -> list[Reply] | TwilioFailure: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyOptions:
+    numbers: tuple[str, ...]  # polled; empty: default_from and the numbers sent from within `window`
+    default_from: str | None
+    interval: float
+    window: float  # how far back `in_reply_to` looks, and which recent senders are polled
+
+
+class ReplyPoller:
+    def __init__(
+        self,
+        journal: JournalPort,
+        source: Inbound,
+        options: ReplyOptions,
+        wake: Callable[[], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`wake`: replies wait to be published."""
+        self._journal = journal
+        self._source = source
+        self._options = options
+        self._wake = wake
+        self._clock = clock
+        self._started = clock()
+        self._failing: set[str] = set()  # numbers whose last poll failed: said once, not every poll
+
+    async def run(self) -> None:
+        while True:
+            await self.poll()
+            await asyncio.sleep(self._options.interval)
+
+    async def poll(self) -> int:
+        """Take the new replies of every number into the journal; returns how many."""
+        rows: list[tuple[str, str, float, bytes]] = []
+        for number in await self._numbers():
+            rows.extend(await self._poll(number))
+        if rows:
+            await self._journal.record_replies(rows)
+            self._wake()
+        return len(rows)
+
+    async def _numbers(self) -> list[str]:
+        if self._options.numbers:
+            return list(self._options.numbers)
+        recent = await self._journal.reply_numbers(self._clock() - self._options.window)
+        return sorted({*recent, *([self._options.default_from] if self._options.default_from else [])})
+
+    async def _poll(self, number: str) -> list[tuple[str, str, float, bytes]]:
+        horizon = await self._journal.reply_horizon(number)
+        found = await self._source.inbound(number, (self._started if horizon is None else horizon) - MARGIN)
+        if isinstance(found, TwilioFailure):
+            if number not in self._failing:
+                log.warning("cannot read the replies to %s: %s", number, found.message)
+                self._failing.add(number)
+            return []
+        self._failing.discard(number)
+        known = await self._journal.known_replies([reply.sid for reply in found])
+        if horizon is None:  # the first poll of this number: nothing from before the feature was turned on
+            found = [reply for reply in found if reply.received_at >= self._started - MARGIN]
+        rows = []
+        for reply in sorted(found, key=lambda reply: reply.received_at):
+            if reply.sid in known:
+                continue
+            since = reply.received_at - self._options.window
+            answered = await self._journal.in_reply_to(reply.sender, number, since)
+            document = {
+                "from_number": reply.sender,
+                "to_number": reply.to,
+                "body": reply.body,
+                "sid": reply.sid,
+                "received_at": datetime.fromtimestamp(reply.received_at, UTC).isoformat().replace("+00:00", "Z"),
+                "num_media": reply.num_media,
+                "in_reply_to": answered,
+            }
+            log.info("reply sid=%s from=%s to=%s in_reply_to=%s", reply.sid, reply.sender, number, answered)
+            rows.append((reply.sid, number, reply.received_at, orjson.dumps(document)))
+        return rows

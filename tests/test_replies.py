@@ -1,0 +1,42 @@
+"""Replies onto MQTT without a public endpoint (engine/replies.py): a text someone sends to the connector's number is
+polled from Twilio's list and published once on the reply topic, with the request it answers; a restart neither
+publishes it again nor misses one sent meanwhile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import DEFAULT_FROM, Broker, MqttProbe, RunningConnector, SimulatorHandle, make_settings, sms
+
+PERSON, STRANGER = "+15557654321", "+15557650000"
+
+
+async def test_a_reply_is_published_once_with_the_request_it_answers_across_a_restart(
+    broker: Broker, simulator: SimulatorHandle, probe: MqttProbe, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        broker, simulator, replies=True, reply_poll_interval=0.1, journal_path=str(tmp_path / "journal.db")
+    )
+    replies = MqttProbe(broker.url, status_topic=settings.reply_topic)
+    await replies.start()
+    running = await RunningConnector(settings).wait_ready()
+    try:
+        await probe.publish("twilio/txt", sms("freezer-3", to=PERSON, message="freezer 3 at -2 C"))
+        assert (await probe.status_of("freezer-3"))["response"]["status"] == "success"
+        simulator.sim.receive(PERSON, DEFAULT_FROM, "ACK")
+        simulator.sim.receive(STRANGER, DEFAULT_FROM, "who is this?")
+        first = await replies.wait_for(2)
+        await running.stop()
+        simulator.sim.receive(PERSON, DEFAULT_FROM, "on my way")  # while the connector is down
+        running = await RunningConnector(settings).wait_ready()
+        everything = await replies.wait_for(3)
+    finally:
+        await running.stop()
+        await replies.stop()
+    by_body = {reply["body"]: reply for reply in everything}
+    assert by_body["ACK"]["in_reply_to"] == "freezer-3" and by_body["ACK"]["from_number"] == PERSON
+    assert by_body["ACK"]["to_number"] == DEFAULT_FROM and by_body["ACK"]["sid"].startswith("SM")
+    assert by_body["who is this?"]["in_reply_to"] is None  # nobody texted the stranger
+    assert by_body["on my way"]["in_reply_to"] == "freezer-3"
+    assert len(everything) == 3 and len({reply["sid"] for reply in everything}) == 3, everything  # none twice
+    assert {reply["sid"] for reply in first} <= {reply["sid"] for reply in everything}
