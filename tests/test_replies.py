@@ -4,9 +4,14 @@ publishes it again nor misses one sent meanwhile."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
-from conftest import DEFAULT_FROM, Broker, MqttProbe, RunningConnector, SimulatorHandle, make_settings, sms
+import pytest
+
+from conftest import DEFAULT_FROM, Broker, MqttProbe, RunningConnector, SimulatorHandle, cli, make_settings, sms
+from twilio_connector.domain.optout import opt_out_of
 
 PERSON, STRANGER = "+15557654321", "+15557650000"
 
@@ -40,3 +45,42 @@ async def test_a_reply_is_published_once_with_the_request_it_answers_across_a_re
     assert by_body["on my way"]["in_reply_to"] == "freezer-3"
     assert len(everything) == 3 and len({reply["sid"] for reply in everything}) == 3, everything  # none twice
     assert {reply["sid"] for reply in first} <= {reply["sid"] for reply in everything}
+
+
+async def test_stop_refuses_further_texts_without_asking_twilio_until_start(
+    broker: Broker, simulator: SimulatorHandle, probe: MqttProbe, tmp_path: Path
+) -> None:
+    journal = tmp_path / "journal.db"
+    settings = make_settings(broker, simulator, replies=True, reply_poll_interval=0.1, journal_path=str(journal))
+    replies = MqttProbe(broker.url, status_topic=settings.reply_topic)
+    await replies.start()
+    running = await RunningConnector(settings).wait_ready()
+    try:
+        await probe.publish("twilio/txt", sms("first", to=PERSON))
+        assert (await probe.status_of("first"))["response"]["status"] == "success"
+        simulator.sim.receive(PERSON, DEFAULT_FROM, "Stop")
+        [stop] = await replies.wait_for(1)
+        await probe.publish("twilio/txt", sms("refused", to=PERSON))
+        refused = (await probe.status_of("refused"))["response"]
+        command = ("journal", "--journal-path", str(journal), "opt-outs")
+        listed = await asyncio.get_running_loop().run_in_executor(None, lambda: cli(*command))
+        simulator.sim.receive(PERSON, DEFAULT_FROM, "START")
+        await replies.wait_for(2)
+        await probe.publish("twilio/txt", sms("welcome-back", to=PERSON))
+        assert (await probe.status_of("welcome-back"))["response"]["status"] == "success"
+    finally:
+        await running.stop()
+        await replies.stop()
+    assert stop["opt_out"] is True and stop["in_reply_to"] == "first"
+    assert (refused["status"], refused["twilio_error_code"]) == ("fail", 21610)
+    assert [entry["params"]["To"] for entry in simulator.created()] == [PERSON, PERSON]  # none for "refused"
+    assert json.loads(listed.stdout)["phone_number"] == PERSON and listed.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "opt_out"),
+    [("STOP", True), (" stop. ", True), ("Unsubscribe", True), ("START", False), ("yes", False),
+     ("HELP", None), ("stop the alarm", None), ("ACK", None)],
+)  # fmt: skip
+def test_twilio_s_default_keywords(body: str, opt_out: bool | None) -> None:
+    assert opt_out_of(body) is opt_out

@@ -275,7 +275,9 @@ def engine_options(settings: Settings) -> EngineOptions:
         if settings.replies
         else None,
         reply_topic=settings.reply_topic,
-        delivery=DeliveryOptions(settings.http_timeout, settings.sender_rate, settings.limits.max_segments),
+        delivery=DeliveryOptions(
+            settings.http_timeout, settings.sender_rate, settings.limits.max_segments, opt_outs=settings.replies
+        ),
     )
 
 

@@ -60,6 +60,10 @@ def _journal_action(core: SqlCore, args: argparse.Namespace) -> int:
     if args.action == "counts":
         for state, count in sorted(core.counts().items()):
             print(f"{state}: {count}")
+    elif args.action == "opt-outs":
+        for person, number, since in core.opt_outs():
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+            print(json.dumps({"phone_number": person, "from_number": number, "since": stamp}))
     elif args.action == "list":
         for row in core.rows(args.state or [*UNFINISHED, State.FAILED], args.limit):
             accepted = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.pop("accepted_at")))

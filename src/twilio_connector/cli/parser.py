@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check an SQLite journal (running or not, read only): SQLite's integrity check, what can be "
         "read of it, and whether its write-ahead log was cut short. Exit 0: intact; 1: damaged.",
     )
+    actions.add_parser("opt-outs", help="who replied STOP to which number (with replies on), newest first")
     listing = actions.add_parser("list", help="the newest requests in some states")
     listing.add_argument(
         "--state",

@@ -27,6 +27,7 @@ from ..domain.contract import (
     success_status,
 )
 from ..domain.lifecycle import Attempt, Decision, Lifecycle, LookUp, Retry
+from ..domain.optout import OPTED_OUT_CODE
 from ..domain.outcomes import FailureKind, TwilioFailure
 from ..domain.policy import Pacer
 from ..domain.records import Entry
@@ -58,6 +59,15 @@ class Scheduler(Protocol):
     def answered(self, seq: int, throttled: bool = False) -> None: ...
 
     def due_at(self, when: float) -> None: ...
+
+
+#: A request to someone who replied STOP to its sender: refused without asking Twilio, with Twilio's own error.
+OPTED_OUT = TwilioFailure(
+    FailureKind.REJECTED,
+    "Attempt to send to unsubscribed recipient (they replied STOP to this number; not sent to Twilio)",
+    400,
+    OPTED_OUT_CODE,
+)
 
 
 class Sender(Protocol):
@@ -125,6 +135,9 @@ class Delivery:
             await asyncio.sleep(pause)  # queue behind the sender's earlier messages rather than fail
         if not begun and not await self._journal.begin_attempt(entry.seq):  # durable before anything leaves
             log.info("request id=%s: finished meanwhile by another connector; not sent", notification.id)
+            return
+        if self._options.opt_outs and await self._journal.opted_out(notification.to, notification.from_):
+            await self._finish(entry, OPTED_OUT, max(entry.attempts, 1), started)  # what Twilio would answer
             return
         began = self._clock()
         with self._metrics.twilio_seconds.time():

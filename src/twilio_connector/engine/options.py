@@ -17,6 +17,7 @@ class DeliveryOptions:
     http_timeout: float  # an attempt is bounded by it, plus a margin, as a whole
     sender_rate: float = 0.0  # messages per second per sender number; 0: no pacing
     max_segments: int | None = None  # a storm digest's longest text (None: DIGEST_SEGMENTS)
+    opt_outs: bool = False  # refuse, as Twilio would (21610), what goes to someone who replied STOP
 
 
 @dataclass(frozen=True, slots=True)

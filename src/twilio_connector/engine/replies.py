@@ -21,6 +21,7 @@ from typing import Protocol
 
 import orjson
 
+from ..domain.optout import opt_out_of
 from ..domain.outcomes import TwilioFailure
 from ..domain.records import Reply
 from ..ports.journal import JournalPort
@@ -70,7 +71,7 @@ class ReplyPoller:
 
     async def poll(self) -> int:
         """Take the new replies of every number into the journal; returns how many."""
-        rows: list[tuple[str, str, float, bytes]] = []
+        rows: list[tuple[str, str, float, bytes, bool | None]] = []
         for number in await self._numbers():
             rows.extend(await self._poll(number))
         if rows:
@@ -84,7 +85,7 @@ class ReplyPoller:
         recent = await self._journal.reply_numbers(self._clock() - self._options.window)
         return sorted({*recent, *([self._options.default_from] if self._options.default_from else [])})
 
-    async def _poll(self, number: str) -> list[tuple[str, str, float, bytes]]:
+    async def _poll(self, number: str) -> list[tuple[str, str, float, bytes, bool | None]]:
         horizon = await self._journal.reply_horizon(number)
         found = await self._source.inbound(number, (self._started if horizon is None else horizon) - MARGIN)
         if isinstance(found, TwilioFailure):
@@ -102,6 +103,7 @@ class ReplyPoller:
                 continue
             since = reply.received_at - self._options.window
             answered = await self._journal.in_reply_to(reply.sender, number, since)
+            opt_out = opt_out_of(reply.body)
             document = {
                 "from_number": reply.sender,
                 "to_number": reply.to,
@@ -110,7 +112,15 @@ class ReplyPoller:
                 "received_at": datetime.fromtimestamp(reply.received_at, UTC).isoformat().replace("+00:00", "Z"),
                 "num_media": reply.num_media,
                 "in_reply_to": answered,
+                "opt_out": opt_out,
             }
-            log.info("reply sid=%s from=%s to=%s in_reply_to=%s", reply.sid, reply.sender, number, answered)
-            rows.append((reply.sid, number, reply.received_at, orjson.dumps(document)))
+            log.info(
+                "reply sid=%s from=%s to=%s in_reply_to=%s opt_out=%s",
+                reply.sid,
+                reply.sender,
+                number,
+                answered,
+                opt_out,
+            )
+            rows.append((reply.sid, number, reply.received_at, orjson.dumps(document), opt_out))
         return rows

@@ -27,6 +27,8 @@ from collections import deque
 from collections.abc import Collection, Iterable
 from typing import Any
 
+import orjson
+
 from ..domain.contract import Kind, Notification
 from ..domain.policy import Caps
 from ..domain.records import Duplicate, Entry, Identity, Track, Tracked, dedupe_key, stored_options
@@ -263,11 +265,38 @@ class SqlCore(OperatorStatements, abc.ABC):
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def record_reply(self, sid: str, number: str, received_at: float, payload: bytes) -> None:
+    def record_reply(
+        self, sid: str, number: str, received_at: float, payload: bytes, opt_out: bool | None = None
+    ) -> None:
+        """Keep a reply to publish; `opt_out`: its sender opted out of texts from `number` (True) or back in."""
         self.db.execute(
             "INSERT INTO replies (sid, number, received_at, payload) VALUES (?, ?, ?, ?) ON CONFLICT (sid) DO NOTHING",
             (sid, number, received_at, payload),
         )
+        if opt_out is None:
+            return
+        person = orjson.loads(payload)["from_number"]
+        if opt_out:
+            self.db.execute(
+                "INSERT INTO opt_outs (person, number, since) VALUES (?, ?, ?) ON CONFLICT (person, number) DO NOTHING",
+                (person, number, received_at),
+            )
+        else:
+            self.db.execute(
+                "DELETE FROM opt_outs WHERE person = ? AND number = ? AND since <= ?", (person, number, received_at)
+            )
+
+    def opted_out(self, person: str, number: str | None) -> bool:
+        """Whether `person` opted out of texts from `number` (None: the number is not known yet, so no)."""
+        if number is None:
+            return False
+        row = self.db.execute("SELECT 1 FROM opt_outs WHERE person = ? AND number = ?", (person, number)).fetchone()
+        return row is not None
+
+    def opt_outs(self) -> list[tuple[str, str, float]]:
+        """Who opted out of which number, and since when, newest first."""
+        rows = self.db.execute("SELECT person, number, since FROM opt_outs ORDER BY since DESC").fetchall()
+        return [(str(row[0]), str(row[1]), float(row[2])) for row in rows]
 
     def unpublished_replies(self, limit: int) -> list[tuple[str, bytes]]:
         rows = self.db.execute(

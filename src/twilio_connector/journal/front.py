@@ -352,14 +352,17 @@ class Journal(abc.ABC):
     async def in_reply_to(self, person: str, number: str, since: float) -> str | None:
         return await self.read(lambda: self.core.in_reply_to(person, number, since))
 
-    async def record_replies(self, rows: list[tuple[str, str, float, bytes]]) -> None:
-        """Keep each reply (sid, number, received_at, payload) once, to publish."""
+    async def record_replies(self, rows: list[tuple[str, str, float, bytes, bool | None]]) -> None:
+        """Keep each reply (sid, number, received_at, payload, opt_out) once, to publish."""
 
         def record() -> None:
             for row in rows:
                 self.core.record_reply(*row)
 
         await self.write(record)
+
+    async def opted_out(self, person: str, number: str | None) -> bool:
+        return await self.read(lambda: self.core.opted_out(person, number))
 
     async def unpublished_replies(self, limit: int) -> list[tuple[str, bytes]]:
         return await self.read(lambda: self.core.unpublished_replies(limit))
