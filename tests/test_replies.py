@@ -5,12 +5,24 @@ publishes it again nor misses one sent meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from conftest import DEFAULT_FROM, Broker, MqttProbe, RunningConnector, SimulatorHandle, cli, make_settings, sms
+from conftest import (
+    DEFAULT_FROM,
+    Broker,
+    ConnectorProcess,
+    MqttProbe,
+    RunningConnector,
+    SimulatorHandle,
+    cli,
+    make_settings,
+    sms,
+)
 from twilio_connector.domain.optout import opt_out_of
 
 PERSON, STRANGER = "+15557654321", "+15557650000"
@@ -84,3 +96,42 @@ async def test_stop_refuses_further_texts_without_asking_twilio_until_start(
 )  # fmt: skip
 def test_twilio_s_default_keywords(body: str, opt_out: bool | None) -> None:
     assert opt_out_of(body) is opt_out
+
+
+async def test_a_reply_taken_before_a_kill_is_published_once_after_the_restart(
+    broker: Broker, simulator: SimulatorHandle, tmp_path: Path, spawned: list[ConnectorProcess]
+) -> None:
+    """kill -9 between the poll and the publish: the broker is down, so the reply waits in the journal; the
+    connector dies; the next one publishes it, once."""
+    journal, log = tmp_path / "journal.db", tmp_path / "connector.log"
+    env = {"TWILIO_CONNECTOR_REPLIES": "true", "TWILIO_CONNECTOR_REPLY_POLL_INTERVAL": "0.2"}
+    first = ConnectorProcess(broker, simulator, journal, log, **env)
+    spawned.append(first)
+    await first.ready()
+    broker.stop()
+    simulator.sim.receive(PERSON, DEFAULT_FROM, "ACK")
+    deadline = asyncio.get_running_loop().time() + 30
+    while not taken(journal):
+        assert asyncio.get_running_loop().time() < deadline, log.read_text()[-2000:]
+        await asyncio.sleep(0.05)
+    first.process.kill()
+    first.process.wait(10)
+    broker.start()
+    replies = MqttProbe(broker.url, status_topic="twilio/message/reply")
+    await replies.start()
+    try:
+        second = ConnectorProcess(broker, simulator, journal, log, **env)
+        spawned.append(second)
+        await second.ready()
+        simulator.sim.receive(PERSON, DEFAULT_FROM, "on my way")
+        everything = await replies.wait_for(2)
+    finally:
+        await replies.stop()
+    assert sorted(reply["body"] for reply in everything) == ["ACK", "on my way"], everything
+
+
+def taken(journal: Path) -> bool:
+    """Whether the connector has taken a reply into its journal (read beside it: WAL lets a reader in)."""
+    with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(journal, timeout=1)) as db:
+        return db.execute("SELECT COUNT(*) FROM replies").fetchone()[0] > 0
+    return False
