@@ -24,6 +24,7 @@ from conftest import (
     sms,
 )
 from twilio_connector.domain.optout import opt_out_of
+from twilio_connector.engine.replies import FAST, FAST_FOR, ReplyOptions, ReplyPoller
 
 PERSON, STRANGER = "+15557654321", "+15557650000"
 
@@ -135,3 +136,14 @@ def taken(journal: Path) -> bool:
     with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(journal, timeout=1)) as db:
         return db.execute("SELECT COUNT(*) FROM replies").fetchone()[0] > 0
     return False
+
+
+def test_replies_are_polled_fast_for_two_minutes_after_a_send() -> None:
+    now = [1000.0]
+    options = ReplyOptions((), DEFAULT_FROM, interval=15.0, window=86400.0)
+    poller = ReplyPoller(None, None, options, wake=lambda: None, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert poller.next_wait() == 15.0  # idle
+    poller.sent()
+    assert poller.next_wait() == FAST
+    now[0] += FAST_FOR + 1
+    assert poller.next_wait() == 15.0

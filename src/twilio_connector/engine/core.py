@@ -114,6 +114,7 @@ class Engine:
         self._replies = None
         if options.replies is not None and inbound is not None:
             self._replies = ReplyPoller(journal, inbound, options.replies, self._publisher.wake)
+            self._delivery.sent = self._replies.sent
         self._kinds = {options.txt_topic: Kind.SMS, options.call_topic: Kind.CALL}
         self._begin_at_once = not options.delivery.sender_rate
         # Gauges read at scrape time, and the commonest counter bound once: nothing to update per request.

@@ -102,6 +102,8 @@ class Delivery:
         self._finished = finished
         self._metrics = metrics
         self.tracker: DeliveryTracker | None = None
+        #: Called after each message or call Twilio took (the reply poller speeds up).
+        self.sent: Callable[[], None] = lambda: None
         self._pacer = Pacer(options.sender_rate)
         self._succeeded = {kind: metrics.statuses.labels(kind.value, "success", "") for kind in Kind}
 
@@ -148,8 +150,10 @@ class Delivery:
         if throttled:
             self._metrics.throttled.inc()
         attempt = Attempt(entry.attempts + 1, notification.retries, began)
-        if isinstance(outcome, SendResult) and self._lag is not None:
-            self._lag.created(notification, outcome, began)
+        if isinstance(outcome, SendResult):
+            self.sent()
+            if self._lag is not None:
+                self._lag.created(notification, outcome, began)
         await self._apply(entry, self._now_lifecycle().after_attempt(attempt, outcome, self._clock()), started)
 
     def _now_lifecycle(self) -> Lifecycle:

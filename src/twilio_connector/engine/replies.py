@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds before the newest reply known that each poll reads back from: Twilio's list lags, clocks differ.
 MARGIN = 300.0
+#: After a text goes out, replies are polled every FAST seconds for FAST_FOR seconds (when the interval is longer):
+#: an answer comes soonest right after an alert, and an idle connector need not pay for fast polls.
+FAST, FAST_FOR = 3.0, 120.0
 
 
 class Inbound(Protocol):
@@ -63,11 +66,21 @@ class ReplyPoller:
         self._clock = clock
         self._started = clock()
         self._failing: set[str] = set()  # numbers whose last poll failed: said once, not every poll
+        self._fast_until = float("-inf")
+
+    def sent(self) -> None:
+        """A text went out: poll fast for a while."""
+        self._fast_until = self._clock() + FAST_FOR
+
+    def next_wait(self) -> float:
+        """Seconds until the next poll: FAST for a while after a send, else the interval."""
+        fast = self._clock() < self._fast_until
+        return min(FAST, self._options.interval) if fast else self._options.interval
 
     async def run(self) -> None:
         while True:
             await self.poll()
-            await asyncio.sleep(self._options.interval)
+            await asyncio.sleep(self.next_wait())
 
     async def poll(self) -> int:
         """Take the new replies of every number into the journal; returns how many."""
