@@ -42,9 +42,10 @@ from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_
 SPEC = Path(__file__).parent / "data" / "twilio_api_v2010_sms_voice.json"
 SPEC_SHA256 = "2f601a18c34a0793d10cc4dc581fd133056955f33bef1100c0fa01d7d56dfa01"
 DOCUMENT = orjson.loads(SPEC.read_bytes())
-#: The account, its numbers and caller IDs, cut from the same pinned description by scripts/cut_twilio_spec.py.
+#: The account, its numbers and caller IDs, a message's media, cut from the same pinned description by
+#: scripts/cut_twilio_spec.py.
 ACCOUNT_SPEC = Path(__file__).parent / "data" / "twilio_api_v2010_account.json"
-ACCOUNT_SPEC_SHA256 = "9bf77df2bc0687960f18d0a2f1da982f6a0074cb4cbab4ce603373a24700e75f"
+ACCOUNT_SPEC_SHA256 = "c1412f2fec1cd4cba81233438c75f8ac7055e5b9cdb03cff82592e2ca78a1a53"
 ACCOUNT_DOCUMENT = orjson.loads(ACCOUNT_SPEC.read_bytes())
 TO, FROM = "+12345000000", "+15005550006"
 API = "/2010-04-01/Accounts/{AccountSid}"
@@ -228,6 +229,13 @@ async def test_updates_and_the_account_answer_as_the_spec_says(simulator: Simula
                 answer = await response.json()
             validator(response_schema(path, "get", "200", ACCOUNT_DOCUMENT), ACCOUNT_DOCUMENT).validate(answer)
     assert answer["outgoing_caller_ids"][0]["phone_number"] == TO
+    reply = simulator.sim.receive(TO, FROM, "see the picture", media=["https://cam.example/a.jpg"])
+    async with aiohttp.ClientSession(headers={"Authorization": auth}) as session:
+        async with session.get(f"{base}/Messages/{reply['sid']}/Media.json") as response:
+            media = await response.json()
+    path = f"{API}/Messages/{{MessageSid}}/Media.json"
+    validator(response_schema(path, "get", "200", ACCOUNT_DOCUMENT), ACCOUNT_DOCUMENT).validate(media)
+    assert len(media["media_list"]) == 1
 
 
 async def test_simulator_answers_validate_against_the_spec(simulator: SimulatorHandle) -> None:

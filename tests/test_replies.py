@@ -42,7 +42,7 @@ async def test_a_reply_is_published_once_with_the_request_it_answers_across_a_re
         await probe.publish("twilio/txt", sms("freezer-3", to=PERSON, message="freezer 3 at -2 C"))
         assert (await probe.status_of("freezer-3"))["response"]["status"] == "success"
         simulator.sim.receive(PERSON, DEFAULT_FROM, "ACK")
-        simulator.sim.receive(STRANGER, DEFAULT_FROM, "who is this?")
+        simulator.sim.receive(STRANGER, DEFAULT_FROM, "who is this?", media=["https://cam.example/door.jpg"])
         first = await replies.wait_for(2)
         await running.stop()
         simulator.sim.receive(PERSON, DEFAULT_FROM, "on my way")  # while the connector is down
@@ -55,6 +55,9 @@ async def test_a_reply_is_published_once_with_the_request_it_answers_across_a_re
     assert by_body["ACK"]["in_reply_to"] == "freezer-3" and by_body["ACK"]["from_number"] == PERSON
     assert by_body["ACK"]["to_number"] == DEFAULT_FROM and by_body["ACK"]["sid"].startswith("SM")
     assert by_body["who is this?"]["in_reply_to"] is None  # nobody texted the stranger
+    [picture] = by_body["who is this?"]["media_urls"]  # where Twilio keeps it: its Media resource, without .json
+    assert picture.startswith(simulator.url + "/2010-04-01/Accounts/") and "/Media/ME" in picture
+    assert by_body["ACK"]["media_urls"] == [] and by_body["who is this?"]["num_media"] == 1
     assert by_body["on my way"]["in_reply_to"] == "freezer-3"
     assert len(everything) == 3 and len({reply["sid"] for reply in everything}) == 3, everything  # none twice
     assert {reply["sid"] for reply in first} <= {reply["sid"] for reply in everything}

@@ -40,6 +40,8 @@ FAST, FAST_FOR = 3.0, 120.0
 class Inbound(Protocol):
     async def inbound(self, number: str, since: float) -> list[Reply] | TwilioFailure: ...
 
+    async def media_urls(self, sid: str) -> list[str] | TwilioFailure: ...
+
 
 @dataclass(frozen=True, slots=True)
 class ReplyOptions:
@@ -117,6 +119,10 @@ class ReplyPoller:
             since = reply.received_at - self._options.window
             answered = await self._journal.in_reply_to(reply.sender, number, since)
             opt_out = opt_out_of(reply.body)
+            media = await self._source.media_urls(reply.sid) if reply.num_media else []
+            if isinstance(media, TwilioFailure):  # the text still goes out; its media are said to be missing
+                log.warning("reply sid=%s: cannot list its %d media: %s", reply.sid, reply.num_media, media.message)
+                media = []
             document = {
                 "from_number": reply.sender,
                 "to_number": reply.to,
@@ -124,6 +130,7 @@ class ReplyPoller:
                 "sid": reply.sid,
                 "received_at": datetime.fromtimestamp(reply.received_at, UTC).isoformat().replace("+00:00", "Z"),
                 "num_media": reply.num_media,
+                "media_urls": media,
                 "in_reply_to": answered,
                 "opt_out": opt_out,
             }

@@ -294,6 +294,22 @@ class TwilioClient:
                 break
         return replies
 
+    async def media_urls(self, sid: str) -> list[str] | TwilioFailure:
+        """Where the media of message `sid` are (Twilio's media URLs: the resource's `uri` without `.json`)."""
+        url = self._urls[Kind.SMS].with_suffix("") / sid / "Media.json"
+        document = await self._get_json(url.with_query({"PageSize": str(PAGE_SIZE)}), f"cannot list {sid}'s media")
+        if isinstance(document, TwilioFailure):
+            return document
+        listed = document.get("media_list") if isinstance(document, dict) else None
+        if not isinstance(listed, list):
+            return TwilioFailure(FailureKind.AMBIGUOUS, f"cannot list {sid}'s media: an unreadable answer")
+        origin = self._urls[Kind.SMS].origin()
+        return [
+            str(origin.join(URL(str(item["uri"]).removesuffix(".json"))))
+            for item in listed
+            if isinstance(item, dict) and item.get("uri")
+        ]
+
     async def fetch(self, kind: Kind, sid: str) -> dict[str, Any] | TwilioFailure:
         """The current state of a message or call (for delivery tracking)."""
         document = await self._get_json(self._urls[kind].with_suffix("") / f"{sid}.json", f"cannot fetch {sid}")

@@ -37,6 +37,8 @@ class Client(Protocol):
 
     async def inbound(self, number: str, since: float) -> list[Reply] | TwilioFailure: ...
 
+    async def media_urls(self, sid: str) -> list[str] | TwilioFailure: ...
+
     def authenticate(self, username: str, password: Secret) -> None: ...
 
 
@@ -73,6 +75,9 @@ class Reauthenticating:
 
     async def inbound(self, number: str, since: float) -> list[Reply] | TwilioFailure:
         return await self._call(lambda: self._client.inbound(number, since))
+
+    async def media_urls(self, sid: str) -> list[str] | TwilioFailure:
+        return await self._call(lambda: self._client.media_urls(sid))
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         generation = self._generation

@@ -87,6 +87,7 @@ class Simulator:
         self.list_lag = 0.0
         self.list_lag_spread = 0.0
         self._extra_lag: dict[str, float] = {}
+        self._media_of: dict[str, list[str]] = {}  # a message's media (the URLs it was sent with), by SID
         #: The account's limit on concurrent API requests: past it, creates are refused with 429 (20429), never
         #: processed, as Twilio does (0: no limit). `most_concurrent` is the most seen at once.
         self.concurrency_limit = 0
@@ -123,6 +124,7 @@ class Simulator:
             app.router.add_get(f"{api}/{name}/{{sid}}.json", partial(self._fetch, resource))
             app.router.add_post(f"{api}/{name}/{{sid}}.json", partial(self._update, resource))
         app.router.add_get(f"{api}.json", self._account)
+        app.router.add_get(f"{api}/Messages/{{sid}}/Media.json", self._media)
         for name, listed in (
             ("IncomingPhoneNumbers", self.account.phone_numbers),
             ("OutgoingCallerIds", self.account.caller_ids),
@@ -283,8 +285,12 @@ class Simulator:
         return self._authorised(request) or self._page(name, listed(), request)
 
     def _page(self, name: str, items: list[dict[str, Any]], request: web.Request) -> web.Response:
-        base = f"{API.format(account=self.account_sid)}/{name}.json"
-        key = {"IncomingPhoneNumbers": "incoming_phone_numbers", "OutgoingCallerIds": "outgoing_caller_ids"}
+        base = request.path
+        key = {
+            "IncomingPhoneNumbers": "incoming_phone_numbers",
+            "OutgoingCallerIds": "outgoing_caller_ids",
+            "Media": "media_list",
+        }
         try:
             page = Page(base, select(name, items, request.query), request.query)
         except BadQuery as exc:
@@ -311,6 +317,19 @@ class Simulator:
         item = resource.items.get(request.match_info["sid"])
         return _error(404, 20404, f"The requested resource {request.path} was not found") if item is None else item
 
+    async def _media(self, request: web.Request) -> web.Response:
+        """A message's media, as Twilio lists them: one resource each, its `uri` where the content is."""
+        found = self._item(self._resources["Messages"], request)
+        if isinstance(found, web.Response):
+            return found
+        base = f"{API.format(account=self.account_sid)}/Messages/{found['sid']}/Media"
+        listed = [
+            {"sid": f"ME{index:032x}", "parent_sid": found["sid"], "account_sid": self.account_sid,
+             "content_type": "image/jpeg", "uri": f"{base}/ME{index:032x}.json"}
+            for index, _ in enumerate(self._media_of.get(found["sid"], []), start=1)
+        ]  # fmt: skip
+        return self._page("Media", listed, request)
+
     async def _account(self, request: web.Request) -> web.Response:
         return self._authorised(request) or _json(self.account.resource())
 
@@ -322,6 +341,7 @@ class Simulator:
         messages = self._resources["Messages"]
         item = inbound_item(messages, {"To": to, "From": sender, "Body": body}, media or [], self.account)
         messages.items[item["sid"]] = item
+        self._media_of[item["sid"]] = list(media or [])
         self._created_at[item["sid"]] = time.monotonic()
         return item
 

@@ -21,6 +21,7 @@ EXACT = {
     "Calls": {"To": "to", "From": "from", "Status": "status", "ParentCallSid": "parent_call_sid"},
     "IncomingPhoneNumbers": {"PhoneNumber": "phone_number", "FriendlyName": "friendly_name"},
     "OutgoingCallerIds": {"PhoneNumber": "phone_number", "FriendlyName": "friendly_name"},
+    "Media": {},
 }
 DATES: dict[str, dict[str, str]] = {
     "Messages": {"DateSent": "date_sent"},
