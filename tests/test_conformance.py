@@ -230,9 +230,11 @@ async def test_updates_and_the_account_answer_as_the_spec_says(simulator: Simula
             validator(response_schema(path, "get", "200", ACCOUNT_DOCUMENT), ACCOUNT_DOCUMENT).validate(answer)
     assert answer["outgoing_caller_ids"][0]["phone_number"] == TO
     reply = simulator.sim.receive(TO, FROM, "see the picture", media=["https://cam.example/a.jpg"])
-    async with aiohttp.ClientSession(headers={"Authorization": auth}) as session:
-        async with session.get(f"{base}/Messages/{reply['sid']}/Media.json") as response:
-            media = await response.json()
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": auth}) as session,
+        session.get(f"{base}/Messages/{reply['sid']}/Media.json") as response,
+    ):
+        media = await response.json()
     path = f"{API}/Messages/{{MessageSid}}/Media.json"
     validator(response_schema(path, "get", "200", ACCOUNT_DOCUMENT), ACCOUNT_DOCUMENT).validate(media)
     assert len(media["media_list"]) == 1
