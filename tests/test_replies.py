@@ -25,6 +25,7 @@ from conftest import (
 )
 from twilio_connector.domain.optout import opt_out_of
 from twilio_connector.engine.replies import FAST, FAST_FOR, ReplyOptions, ReplyPoller
+from twilio_connector.journal.sqlite import SqliteCore
 
 PERSON, STRANGER = "+15557654321", "+15557650000"
 
@@ -150,3 +151,17 @@ def test_replies_are_polled_fast_for_two_minutes_after_a_send() -> None:
     assert poller.next_wait() == FAST
     now[0] += FAST_FOR + 1
     assert poller.next_wait() == 15.0
+
+
+def test_a_number_is_read_back_from_when_it_was_first_polled_until_it_has_a_reply(tmp_path: Path) -> None:
+    """So that a connector down for an hour misses no reply to a number that never had one (the read-back margin
+    alone would cover five minutes)."""
+    core = SqliteCore(str(tmp_path / "journal.db"))
+    try:
+        assert core.reply_horizon(DEFAULT_FROM, 100.0) == 100.0  # first polled now
+        assert core.reply_horizon(DEFAULT_FROM, 4000.0) == 100.0  # and still, an hour later
+        document = {"from_number": PERSON, "to_number": DEFAULT_FROM, "body": "ACK"}
+        core.record_reply("SM1", DEFAULT_FROM, 150.0, json.dumps(document).encode())
+        assert core.reply_horizon(DEFAULT_FROM, 5000.0) == 150.0  # then from the newest reply
+    finally:
+        core.close()

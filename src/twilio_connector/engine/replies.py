@@ -66,7 +66,6 @@ class ReplyPoller:
         self._options = options
         self._wake = wake
         self._clock = clock
-        self._started = clock()
         self._failing: set[str] = set()  # numbers whose last poll failed: said once, not every poll
         self._fast_until = float("-inf")
 
@@ -102,7 +101,7 @@ class ReplyPoller:
 
     async def _poll(self, number: str) -> list[tuple[str, str, float, bytes, bool | None]]:
         horizon = await self._journal.reply_horizon(number)
-        found = await self._source.inbound(number, (self._started if horizon is None else horizon) - MARGIN)
+        found = await self._source.inbound(number, horizon - MARGIN)
         if isinstance(found, TwilioFailure):
             if number not in self._failing:
                 log.warning("cannot read the replies to %s: %s", number, found.message)
@@ -110,8 +109,6 @@ class ReplyPoller:
             return []
         self._failing.discard(number)
         known = await self._journal.known_replies([reply.sid for reply in found])
-        if horizon is None:  # the first poll of this number: nothing from before the feature was turned on
-            found = [reply for reply in found if reply.received_at >= self._started - MARGIN]
         rows = []
         for reply in sorted(found, key=lambda reply: reply.received_at):
             if reply.sid in known:

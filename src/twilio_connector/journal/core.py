@@ -244,10 +244,16 @@ class SqlCore(OperatorStatements, abc.ABC):
         ).fetchall()
         return [str(row[0]) for row in rows]
 
-    def reply_horizon(self, number: str) -> float | None:
-        """When the newest reply to `number` known was received."""
+    def reply_horizon(self, number: str, now: float) -> float:
+        """Where the replies to `number` are read back from: the newest one known, or when `number` was first
+        polled (recorded now if it never was: nothing older than that is published)."""
         row = self.db.execute("SELECT MAX(received_at) FROM replies WHERE number = ?", (number,)).fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+        if row is not None and row[0] is not None:
+            return float(row[0])
+        self.db.execute(
+            "INSERT INTO reply_cursors (number, since) VALUES (?, ?) ON CONFLICT (number) DO NOTHING", (number, now)
+        )
+        return float(self.db.execute("SELECT since FROM reply_cursors WHERE number = ?", (number,)).fetchone()[0])
 
     def known_replies(self, sids: Collection[str]) -> set[str]:
         found = set()

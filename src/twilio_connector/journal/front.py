@@ -343,8 +343,9 @@ class Journal(abc.ABC):
     async def reply_numbers(self, since: float) -> list[str]:
         return await self.read(lambda: self.core.reply_numbers(since))
 
-    async def reply_horizon(self, number: str) -> float | None:
-        return await self.read(lambda: self.core.reply_horizon(number))
+    async def reply_horizon(self, number: str) -> float:
+        now = self.clock()
+        return await self.write(lambda: self.core.reply_horizon(number, now))
 
     async def known_replies(self, sids: Collection[str]) -> set[str]:
         return await self.read(lambda: self.core.known_replies(list(sids)))

@@ -99,6 +99,10 @@ CREATE TABLE IF NOT EXISTS audits (
     since {real} NOT NULL,
     due_at {real} NOT NULL
 ){rowless};
+CREATE TABLE IF NOT EXISTS reply_cursors (
+    number TEXT PRIMARY KEY,
+    since {real} NOT NULL
+){rowless};
 CREATE TABLE IF NOT EXISTS opt_outs (
     person TEXT NOT NULL,
     number TEXT NOT NULL,
@@ -140,6 +144,7 @@ CREATE TABLE IF NOT EXISTS replies (sid TEXT PRIMARY KEY, number TEXT NOT NULL, 
     payload {blob} NOT NULL, published INTEGER NOT NULL DEFAULT 0){rowless};
 CREATE TABLE IF NOT EXISTS opt_outs (person TEXT NOT NULL, number TEXT NOT NULL, since {real} NOT NULL,
     PRIMARY KEY (person, number)){rowless};
+CREATE TABLE IF NOT EXISTS reply_cursors (number TEXT PRIMARY KEY, since {real} NOT NULL){rowless};
 CREATE INDEX IF NOT EXISTS replies_received ON replies (number, received_at);
 CREATE INDEX IF NOT EXISTS replies_unpublished ON replies (received_at) WHERE published = 0;
 """
