@@ -10,9 +10,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from functools import partial
-from typing import Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from .domain.policy import describe_limits
 from .engine.core import Engine
@@ -26,7 +24,6 @@ from .journal.opening import open_journal
 from .mqtt.session import BrokerError, MqttTransport
 from .mqtt.tls import TlsFiles, verifying
 from .mqtt.wire import MqttOptions
-from .ops.callbacks import CallbackListener
 from .ops.metrics import Metrics
 from .ports.messaging import Messaging
 from .settings.config import ANONYMOUS_WARNING, ConfigError, Credentials, anonymous_and_unbounded, resolve_credentials
@@ -37,6 +34,9 @@ from .twilio.http1 import Proxy, proxy_for
 from .twilio.reauth import Reauthenticating
 
 __all__ = ["run"]
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,9 @@ async def _serve_operations(
         return found
 
     assert settings.metrics_listen is not None
-    return await metrics.serve(settings.metrics_listen, readiness, problems)
+    from .ops.endpoints import serve_operations  # noqa: PLC0415 (aiohttp only when metrics_listen asks for it)
+
+    return await serve_operations(metrics, settings.metrics_listen, readiness, problems)
 
 
 def _broker_lost(connected: asyncio.Event, give_up: float) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
@@ -225,6 +227,8 @@ async def _tracking(
         return tracker, None
     if not (settings.callback_url and credentials.auth_token):  # load_settings refuses such settings
         raise ConfigError(["delivery_tracking = callback needs callback_url and the auth token"])
+    from .ops.callbacks import CallbackListener  # noqa: PLC0415 (aiohttp only when callbacks are asked for)
+
     listener = CallbackListener(tracker, settings.callback_url, credentials.auth_token, settings.callback_listen)
     return tracker, await listener.serve()
 

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, NoReturn
 
 from ..domain.states import STATES
 from ..settings.schema import OPTIONS, Settings
-from ..twilio.simulator import DEFAULT_ACCOUNT_SID
+from ..twilio.simulator.defaults import DEFAULT_ACCOUNT_SID
 from .common import EXIT_USAGE
 
 __all__ = ["build_parser"]

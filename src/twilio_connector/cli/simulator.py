@@ -7,7 +7,7 @@ import asyncio
 import os
 
 from ..settings.secrets import SecretError, read_secret_file
-from ..twilio.simulator import DEFAULT_AUTH_TOKEN, Simulator
+from ..twilio.simulator.defaults import DEFAULT_AUTH_TOKEN
 from .common import UserError, os_error_words
 
 __all__ = ["simulate"]
@@ -29,6 +29,8 @@ def _auth_token(args: argparse.Namespace) -> str:
 
 
 async def simulate(args: argparse.Namespace) -> None:
+    from ..twilio.simulator.app import Simulator  # noqa: PLC0415 (aiohttp only for this command)
+
     simulator = Simulator(args.account_sid, _auth_token(args), latency=args.latency_ms / 1000)
     simulator.trial = args.trial
     simulator.account.numbers = {number: {"sms": True, "mms": True, "voice": True} for number in args.number}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import aiohttp
-
 from .common import EXIT_FAILURE, UserError, os_error_words
 
 __all__ = ["status"]
@@ -13,6 +11,8 @@ __all__ = ["status"]
 
 async def status(args: argparse.Namespace) -> int:
     """Print a running connector's /readyz. Exit 0: ready; 1: not ready; 2: no connector answers."""
+    import aiohttp  # noqa: PLC0415 (only this command needs an HTTP client of aiohttp's)
+
     base = args.url if "://" in args.url else f"http://{args.url}"  # `127.0.0.1:9108`, as metrics_listen says it
     url = f"{base.rstrip('/')}/readyz"
     try:

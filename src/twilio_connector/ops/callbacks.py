@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..domain.signature import signature
 from ..settings.secrets import Secret
-from .metrics import serve_app
+from .endpoints import serve_app
 
 __all__ = ["CallbackListener"]
 

@@ -23,6 +23,18 @@ resource was created), and a record of what it received:
     DELETE /_sim/requests   forget everything (resources, record, faults)
 """
 
-from .app import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Fault, Simulator
+from typing import Any
+
+from .defaults import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 
 __all__ = ["DEFAULT_ACCOUNT_SID", "DEFAULT_AUTH_TOKEN", "Fault", "Simulator"]
+
+
+def __getattr__(name: str) -> Any:
+    """`Simulator` and `Fault` on first use: the application imports aiohttp, which the connector's other commands
+    (the defaults above serve the command line's help) need not load."""
+    if name in ("Simulator", "Fault"):
+        from . import app  # noqa: PLC0415
+
+        return getattr(app, name)
+    raise AttributeError(name)

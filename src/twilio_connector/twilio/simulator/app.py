@@ -26,8 +26,7 @@ from .resources import API, Account, Resource, inbound_item, new_item, reach, re
 
 __all__ = ["DEFAULT_ACCOUNT_SID", "DEFAULT_AUTH_TOKEN", "Fault", "Simulator"]
 
-DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
-DEFAULT_AUTH_TOKEN = "simulator-token"
+from .defaults import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 
 
 @dataclass
