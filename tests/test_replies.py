@@ -158,10 +158,12 @@ def test_a_number_is_read_back_from_when_it_was_first_polled_until_it_has_a_repl
     alone would cover five minutes)."""
     core = SqliteCore(str(tmp_path / "journal.db"))
     try:
-        assert core.reply_horizon(DEFAULT_FROM, 100.0) == 100.0  # first polled now
-        assert core.reply_horizon(DEFAULT_FROM, 4000.0) == 100.0  # and still, an hour later
+        assert core.reply_horizon(DEFAULT_FROM) is None  # never polled
+        assert core.first_polled(DEFAULT_FROM, 100.0) == 100.0  # first polled now
+        assert core.first_polled(DEFAULT_FROM, 4000.0) == 100.0  # and still, an hour later
+        assert core.reply_horizon(DEFAULT_FROM) == 100.0
         document = {"from_number": PERSON, "to_number": DEFAULT_FROM, "body": "ACK"}
         core.record_reply("SM1", DEFAULT_FROM, 150.0, json.dumps(document).encode())
-        assert core.reply_horizon(DEFAULT_FROM, 5000.0) == 150.0  # then from the newest reply
+        assert core.reply_horizon(DEFAULT_FROM) == 150.0  # then from the newest reply
     finally:
         core.close()

@@ -154,7 +154,9 @@ class Delivery:
             self.sent()
             if self._lag is not None:
                 self._lag.created(notification, outcome, began)
-        await self._apply(entry, self._now_lifecycle().after_attempt(attempt, outcome, self._clock()), started)
+        # A success needs no window: the evidence is read only when the outcome is a failure.
+        lifecycle = self._lifecycle if isinstance(outcome, SendResult) else self._now_lifecycle()
+        await self._apply(entry, lifecycle.after_attempt(attempt, outcome, self._clock()), started)
 
     def _now_lifecycle(self) -> Lifecycle:
         """The lifecycle with the reconcile window the list's measured lag allows now."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TypeVar
 
 from ..ports.journal import JournalPort
@@ -44,10 +44,6 @@ class StatusPublisher:
         self._pending = asyncio.Event()  # statuses may be waiting
         self._idle = asyncio.Event()  # the last round found nothing to publish
         self._retry_delay = RETRY_BASE
-        self._replies_marked: Awaitable[None] | None = None
-
-    def _mark_replies(self, sids: list[str]) -> None:
-        self._replies_marked = self._journal.mark_replies_published(sids)
 
     def wake(self) -> None:
         self._pending.set()
@@ -76,11 +72,11 @@ class StatusPublisher:
                 published += len(followups)
             if self._reply_topic is not None:
                 replies = await journal.unpublished_replies(PUBLISH_BATCH)
-                await self._publish_rows(self._reply_topic, replies, self._mark_replies)
+                acknowledged: list[str] = []
+                await self._publish_rows(self._reply_topic, replies, acknowledged.extend)
+                if acknowledged:  # marked before the next round reads them again
+                    await journal.mark_replies_published(acknowledged)
                 published += len(replies)
-                if self._replies_marked is not None:
-                    await self._replies_marked  # marked before the next round reads them again
-                    self._replies_marked = None
             if not published:
                 self._idle.set()
                 await self._pending.wait()

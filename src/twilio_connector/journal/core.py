@@ -244,12 +244,17 @@ class SqlCore(OperatorStatements, abc.ABC):
         ).fetchall()
         return [str(row[0]) for row in rows]
 
-    def reply_horizon(self, number: str, now: float) -> float:
-        """Where the replies to `number` are read back from: the newest one known, or when `number` was first
-        polled (recorded now if it never was: nothing older than that is published)."""
+    def reply_horizon(self, number: str) -> float | None:
+        """Where the replies to `number` are read back from: the newest one known, else when `number` was first
+        polled (None: never)."""
         row = self.db.execute("SELECT MAX(received_at) FROM replies WHERE number = ?", (number,)).fetchone()
         if row is not None and row[0] is not None:
             return float(row[0])
+        row = self.db.execute("SELECT since FROM reply_cursors WHERE number = ?", (number,)).fetchone()
+        return None if row is None else float(row[0])
+
+    def first_polled(self, number: str, now: float) -> float:
+        """Record that `number` is polled from `now` on (nothing older is published), unless it was before."""
         self.db.execute(
             "INSERT INTO reply_cursors (number, since) VALUES (?, ?) ON CONFLICT (number) DO NOTHING", (number, now)
         )

@@ -344,8 +344,11 @@ class Journal(abc.ABC):
         return await self.read(lambda: self.core.reply_numbers(since))
 
     async def reply_horizon(self, number: str) -> float:
-        now = self.clock()
-        return await self.write(lambda: self.core.reply_horizon(number, now))
+        found = await self.read(lambda: self.core.reply_horizon(number))
+        if found is not None:
+            return found
+        now = self.clock()  # a commit only the first time a number is polled, not at every poll
+        return await self.write(lambda: self.core.first_polled(number, now))
 
     async def known_replies(self, sids: Collection[str]) -> set[str]:
         return await self.read(lambda: self.core.known_replies(list(sids)))

@@ -239,27 +239,36 @@ class TwilioClient:
         query = {"To": notification.to, "PageSize": str(PAGE_SIZE)}
         if notification.from_:
             query["From"] = notification.from_
-        url: URL | None = self._urls[notification.kind].with_query(query)
-        found: list[SendResult] = []
+        listed = await self._walk(
+            self._urls[notification.kind].with_query(query), notification.kind, since - CLOCK_SKEW
+        )
+        if isinstance(listed, TwilioFailure):
+            return listed
+        return [
+            SendResult(str(item["sid"]), str(item.get("status") or ""), str(item.get("to")), str(item.get("from")), at)
+            for item, at in listed
+            if _matches(item, notification, at, since)
+        ]
+
+    async def _walk(
+        self, url: URL, kind: Kind, back_to: float
+    ) -> list[tuple[dict[str, Any], float | None]] | TwilioFailure:
+        """The resources of a list, newest first, each with when it was created: page after page, up to MAX_PAGES,
+        until one reaches back past `back_to` (epoch seconds) or shows a resource without a date."""
+        listed: list[tuple[dict[str, Any], float | None]] = []
+        following: URL | None = url
         for _ in range(MAX_PAGES):
-            if url is None:
+            if following is None:
                 break
-            page = await self._page(url, notification.kind)
+            page = await self._page(following, kind)
             if isinstance(page, TwilioFailure):
                 return page
-            items, url = page
-            created = [_created_at(item) for item in items]
-            found.extend(
-                SendResult(
-                    str(item["sid"]), str(item.get("status") or ""), str(item.get("to")), str(item.get("from")), at
-                )
-                for item, at in zip(items, created, strict=True)
-                if _matches(item, notification, at, since)
-            )
-            oldest = created[-1] if created else None
-            if oldest is None or oldest < since - CLOCK_SKEW:
+            items, following = page
+            listed.extend((item, _created_at(item)) for item in items)
+            oldest = listed[-1][1] if items else None
+            if oldest is None or oldest < back_to:
                 break
-        return found
+        return listed
 
     async def _page(self, url: URL, kind: Kind) -> tuple[list[dict[str, Any]], URL | None] | TwilioFailure:
         """One page of a list: its resources, and the next page's URL (None on the last page)."""
@@ -276,23 +285,16 @@ class TwilioClient:
     async def inbound(self, number: str, since: float) -> list[Reply] | TwilioFailure:
         """Texts people sent to `number` created since `since` (epoch seconds), newest first: the list of messages
         To `number`, walked page by page until one reaches back past `since`, keeping the inbound ones."""
-        url: URL | None = self._urls[Kind.SMS].with_query({"To": number, "PageSize": str(PAGE_SIZE)})
-        replies: list[Reply] = []
-        for _ in range(MAX_PAGES):
-            if url is None:
-                break
-            page = await self._page(url, Kind.SMS)
-            if isinstance(page, TwilioFailure):
-                return page
-            items, url = page
-            for item in items:
-                at = _created_at(item)
-                if str(item.get("direction", "")).startswith("inbound") and at is not None and at >= since:
-                    replies.append(_reply(item, at))
-            oldest = _created_at(items[-1]) if items else None
-            if oldest is None or oldest < since:
-                break
-        return replies
+        listed = await self._walk(
+            self._urls[Kind.SMS].with_query({"To": number, "PageSize": str(PAGE_SIZE)}), Kind.SMS, since
+        )
+        if isinstance(listed, TwilioFailure):
+            return listed
+        return [
+            _reply(item, at)
+            for item, at in listed
+            if str(item.get("direction", "")).startswith("inbound") and at is not None and at >= since
+        ]
 
     async def media_urls(self, sid: str) -> list[str] | TwilioFailure:
         """Where the media of message `sid` are (Twilio's media URLs: the resource's `uri` without `.json`)."""
