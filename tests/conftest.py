@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -327,6 +327,12 @@ class MqttProbe:
         await self.publish(self._status_topic, {"id": marker})
         await self.status_of(marker)
         return [s for s in self.statuses if s["id"] != marker]
+
+    async def first(self, matches: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
+        """The first status that `matches`, once one arrived."""
+        async with self._arrived:
+            await asyncio.wait_for(self._arrived.wait_for(lambda: any(matches(s) for s in self.statuses)), timeout)
+        return next(s for s in self.statuses if matches(s))
 
     async def status_of(self, request_id: str | None, timeout: float = 20.0) -> dict[str, Any]:
         async with self._arrived:

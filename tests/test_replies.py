@@ -24,6 +24,7 @@ from conftest import (
     sms,
 )
 from twilio_connector.domain.optout import opt_out_of
+from twilio_connector.domain.records import ReplyRecord
 from twilio_connector.engine.replies import FAST, FAST_FOR, ReplyOptions, ReplyPoller
 from twilio_connector.journal.sqlite import SqliteCore
 
@@ -163,7 +164,7 @@ def test_a_number_is_read_back_from_when_it_was_first_polled_until_it_has_a_repl
         assert core.first_polled(DEFAULT_FROM, 4000.0) == 100.0  # and still, an hour later
         assert core.reply_horizon(DEFAULT_FROM) == 100.0
         document = {"from_number": PERSON, "to_number": DEFAULT_FROM, "body": "ACK"}
-        core.record_reply("SM1", DEFAULT_FROM, 150.0, json.dumps(document).encode())
+        core.record_reply(ReplyRecord("SM1", DEFAULT_FROM, PERSON, 150.0, json.dumps(document).encode()))
         assert core.reply_horizon(DEFAULT_FROM) == 150.0  # then from the newest reply
     finally:
         core.close()

@@ -274,11 +274,17 @@ def engine_options(settings: Settings) -> EngineOptions:
         reconcile_window=settings.reconcile_window,
         lag_probe_interval=settings.lag_probe_interval,
         replies=ReplyOptions(
-            settings.reply_numbers, settings.default_from, settings.reply_poll_interval, settings.reply_window
+            settings.reply_numbers,
+            settings.default_from,
+            settings.reply_poll_interval,
+            settings.reply_window,
+            paging=settings.paging,
         )
         if settings.replies
         else None,
         reply_topic=settings.reply_topic,
+        paging=settings.paging,
+        ack_topic=settings.ack_topic,
         delivery=DeliveryOptions(
             settings.http_timeout, settings.sender_rate, settings.limits.max_segments, opt_outs=settings.replies
         ),
@@ -291,10 +297,9 @@ def messaging(settings: Settings, engine: Engine, metrics: Metrics) -> Messaging
         options = options_from_environment(
             statuses_to_cloud=settings.status_to_iot_core, requests_from_cloud=settings.iot_core_requests
         )
-        topics = [settings.txt_topic, settings.call_topic]
         return GreengrassTransport(
             options,
-            topics,
+            settings.input_topics,
             engine.handle,
             on_state=metrics.broker_connected.set,
             busy=lambda: engine.in_flight > 0,

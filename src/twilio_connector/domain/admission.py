@@ -17,7 +17,7 @@ from typing import Protocol
 
 from .contract import ErrorCode, Notification, encode_status, failure_status
 from .policy import Caps, Limits, refusal
-from .records import Duplicate, Entry, Identity
+from .records import Duplicate, Entry, Identity, dedupe_key, stored_options
 from .storms import StormRule, Verdict, Window, foldable, window_key
 
 __all__ = ["Accepted", "Admission", "AdmissionStore", "Folded", "Refused"]
@@ -118,6 +118,14 @@ class Admission:
             return duplicate
         return self._decide(core, notification, now, partial(core.record, notification, identity, now), begin)
 
+    def follow_up(self, core: AdmissionStore, notification: Notification) -> Accepted | Folded | Refused:
+        """A page's later send (domain/paging.py): never a duplicate (the page's journal row makes each send
+        once), through the same guards, storms and caps as any request. Run inside a journal write."""
+        now = self._clock()
+        options = stored_options(notification)
+        identity = Identity(dedupe_key(notification, options), options)
+        return self._decide(core, notification, now, partial(core.record, notification, identity, now), False)
+
     def readmit(self, core: AdmissionStore, entry: Entry) -> Accepted | Folded | Refused:
         """A failed request an operator asked to send again (`twilio-connector journal retry`), through the same
         guards, storms and caps as a new one: refused, it stays failed as it was. Run inside a journal write."""
@@ -152,8 +160,9 @@ class Admission:
 
     def _refuse(self, put: Put, notification: Notification, reason: str) -> Refused:
         recipient = notification.to if notification.listed else None
-        status = encode_status(failure_status(notification.id, ErrorCode.REJECTED, reason, recipient=recipient))
-        return Refused(put(refused=(status, reason)), reason)
+        status = failure_status(notification.id, ErrorCode.REJECTED, reason, recipient=recipient)
+        status.update(notification.followup_fields())
+        return Refused(put(refused=(encode_status(status), reason)), reason)
 
     def _count_within_caps(self, core: AdmissionStore, notification: Notification, now: float) -> str | None:
         """Why a cap refuses the send, or None after counting it against every cap."""

@@ -20,10 +20,14 @@ __all__ = [
     "InvalidRequest",
     "Kind",
     "Notification",
+    "Page",
     "SendResult",
     "encode_status",
     "failure_status",
     "normalise_number",
+    "page_call",
+    "page_send",
+    "parse_ack",
     "parse_request",
     "success_status",
 ]
@@ -37,6 +41,11 @@ VALIDITY_RANGE = (1, 36000)  # seconds, Twilio's ValidityPeriod range
 MAX_ID_CHARS = 256
 MAX_NAME_CHARS = 256
 MAX_URL_CHARS = 2048
+PAGE_EVERY_RANGE = (1, 86400)  # seconds between the sends of a page
+PAGE_TIMES_RANGE = (1, 10)  # sends of a page in all, the first included
+MAX_ACK_PATTERN_CHARS = 100
+#: `then_call: true`: the call reads the text aloud.
+SAY_TEXT = "say"
 
 # Separators people type inside phone numbers; anything else makes the number invalid.
 _SEPARATORS = re.compile(r"[\s\-().]")
@@ -79,6 +88,24 @@ class Content(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Page:
+    """Page until acknowledged (our extension): send again every `every` s until acknowledged, `times` sends in
+    all; then, unacknowledged, call (`then_call`: a TwiML URL, or SAY_TEXT to read the text aloud)."""
+
+    every: int
+    times: int
+    then_call: str | None = None
+    ack_pattern: str | None = None  # a shell-style pattern a reply must match (any case); None: any reply
+
+    def stored(self) -> dict[str, Any]:
+        return {"every_s": self.every, "times": self.times, "then_call": self.then_call, "ack": self.ack_pattern}
+
+    @staticmethod
+    def of_stored(stored: dict[str, Any]) -> Page:
+        return Page(stored["every_s"], stored["times"], stored.get("then_call"), stored.get("ack"))
+
+
+@dataclass(frozen=True, slots=True)
 class Notification:
     """One validated notification to one recipient; numbers in E.164 (with `whatsapp:` kept for WhatsApp)."""
 
@@ -94,6 +121,9 @@ class Notification:
     messaging_service_sid: str | None = None
     validity_period: int | None = None
     listed: bool = False  # one of several recipients: its status names the recipient
+    page: Page | None = None  # page until acknowledged (the request that starts a page)
+    repeat: int = 0  # >= 2: the page's n-th send
+    escalated: bool = False  # the call that ends a page nobody acknowledged
 
     def options(self) -> dict[str, Any]:
         """The optional fields that are set, for storage (see `with_options`)."""
@@ -108,6 +138,12 @@ class Notification:
             options["validity_period"] = self.validity_period
         if self.listed:
             options["listed"] = True
+        if self.page is not None:
+            options["page"] = self.page.stored()
+        if self.repeat:
+            options["repeat"] = self.repeat
+        if self.escalated:
+            options["escalated"] = True
         return options
 
     def with_options(self, options: dict[str, Any]) -> Notification:
@@ -118,7 +154,18 @@ class Notification:
             messaging_service_sid=options.get("messaging_service_sid"),
             validity_period=options.get("validity_period"),
             listed=bool(options.get("listed", False)),
+            page=Page.of_stored(options["page"]) if "page" in options else None,
+            repeat=int(options.get("repeat", 0)),
+            escalated=bool(options.get("escalated", False)),
         )
+
+    def followup_fields(self) -> dict[str, Any]:
+        """What a status of a page's later send carries besides its id: which send it is."""
+        if self.escalated:
+            return {"update": "call"}
+        if self.repeat:
+            return {"update": "repeat", "repeat": self.repeat}
+        return {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,8 +396,40 @@ def _one(
     return name, to, content
 
 
+def _whole(value: object, path: str, bounds: tuple[int, int], default: int | None = None) -> int:
+    if value is None and default is not None:
+        return default
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ContractViolation(f"{path} must be an integer from {low} to {high}")
+    return value
+
+
+def _page(request: dict[str, Any], kind: Kind, sender: str, allow_http: bool) -> Page | None:
+    """`request.until_acknowledged`: our extension (the original ignored unknown fields, and so would a fleet)."""
+    value = request.get("until_acknowledged")
+    if value is None:
+        return None
+    path = "request.until_acknowledged"
+    if not isinstance(value, dict):
+        raise ContractViolation(f"{path} must be an object")
+    every = _whole(value.get("every_s"), f"{path}.every_s", PAGE_EVERY_RANGE)
+    times = _whole(value.get("times"), f"{path}.times", PAGE_TIMES_RANGE, default=3)
+    then_call, call = None, value.get("then_call")
+    if call is not None and call is not False:
+        if kind is Kind.CALL:
+            raise ContractViolation(f"{path}.then_call is for text requests (a call request is itself called again)")
+        if sender.startswith(WHATSAPP) or not sender:
+            raise ContractViolation(f"{path}.then_call needs a phone number to call from: give request.from_number")
+        then_call = SAY_TEXT if call is True else _check_url(call, f"{path}.then_call", allow_http)
+    pattern = value.get("ack_pattern")
+    if pattern is not None:
+        pattern = _text(pattern, f"{path}.ack_pattern", limit=MAX_ACK_PATTERN_CHARS)
+    return Page(every, times, then_call, pattern)
+
+
 def _validate(
-    document: object, kind: Kind, default_from: str | None, max_retries: int, allow_http: bool
+    document: object, kind: Kind, default_from: str | None, max_retries: int, *, allow_http: bool, paging: bool
 ) -> list[Notification]:
     if not isinstance(document, dict):
         raise ContractViolation("payload must be a JSON object")
@@ -361,16 +440,20 @@ def _validate(
     validity = _validity(request, kind)
     retries = _check_retries(request.get("retries"), max_retries)
     listed = isinstance(request["recipient"], list)
+    page = _page(request, kind, sender, allow_http) if paging else None
     notifications = []
     for recipient in recipients:
         name, to, (content_type, content, media) = _one(recipient, kind, "request.recipient", allow_http)
         if to.startswith(WHATSAPP) != sender.startswith(WHATSAPP) and sender:
             raise ContractViolation("a WhatsApp recipient needs a WhatsApp sender (whatsapp:+...), and the reverse")
+        if page is not None and page.then_call == SAY_TEXT and len(_spoken(content)) > MAX_TWIML_CHARS:
+            raise ContractViolation("request.until_acknowledged.then_call: the text is too long to read aloud")
         notifications.append(
             Notification(
-                request_id, kind, to, sender, name, content, retries, content_type, media, service, validity, listed
+                request_id, kind, to, sender, name, content, retries, content_type, media, service, validity, listed,
+                page,
             )
-        )
+        )  # fmt: skip
     if len({n.to for n in notifications}) < len(notifications):
         raise ContractViolation("request.recipient lists the same phone number twice")
     return notifications
@@ -384,9 +467,10 @@ def parse_request(
     max_retries: int,
     max_payload_bytes: int,
     allow_http: bool = False,
+    paging: bool = False,
 ) -> list[Notification] | InvalidRequest:
     """Validate one MQTT payload into one notification per recipient. Never raises: a bad payload becomes an
-    `InvalidRequest`."""
+    `InvalidRequest`. `paging`: honour `until_acknowledged` (else ignored, as the original ignored it)."""
     if len(payload) > max_payload_bytes:
         return InvalidRequest(None, f"payload is larger than {max_payload_bytes} bytes")
     try:
@@ -395,7 +479,46 @@ def parse_request(
     except orjson.JSONDecodeError as exc:
         return InvalidRequest(None, f"payload is not valid JSON: {exc}")
     try:
-        return _validate(document, kind, default_from, max_retries, allow_http)
+        return _validate(document, kind, default_from, max_retries, allow_http=allow_http, paging=paging)
+    except ContractViolation as exc:
+        return InvalidRequest(_read_id(document), str(exc))
+
+
+def _spoken(text: str) -> str:
+    return _say(text.strip() or "An alert was not acknowledged.", None, None)
+
+
+def page_send(notification: Notification, n: int) -> Notification:
+    """The n-th send (n >= 2) of the page `notification` started: the same text, or call, again."""
+    return replace(notification, page=None, repeat=n)
+
+
+def page_call(notification: Notification) -> Notification:
+    """The call that ends the text page `notification` started, nobody having acknowledged it."""
+    assert notification.page is not None and notification.page.then_call is not None
+    then_call = notification.page.then_call
+    content_type, content = (
+        (Content.TWIML, _spoken(notification.content)) if then_call == SAY_TEXT else (Content.URL, then_call)
+    )
+    name = notification.name or notification.to
+    return Notification(
+        notification.id, Kind.CALL, notification.to, notification.from_, name, content, notification.retries,
+        content_type, listed=notification.listed, escalated=True,
+    )  # fmt: skip
+
+
+def parse_ack(payload: bytes) -> tuple[str, str] | InvalidRequest:
+    """An acknowledgement (`{"id": ..., "by": ...}`, `by` optional): (request id, by whom)."""
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        return InvalidRequest(None, f"payload is not valid JSON: {exc}")
+    try:
+        if not isinstance(document, dict):
+            raise ContractViolation("payload must be a JSON object")
+        by = document.get("by")
+        by = "mqtt" if by is None else _text(by, "by", limit=MAX_NAME_CHARS)
+        return _check_id(document), by
     except ContractViolation as exc:
         return InvalidRequest(_read_id(document), str(exc))
 
@@ -416,6 +539,7 @@ def success_status(notification: Notification, result: SendResult, attempts: int
             "attempts": attempts,
         },
         "id": notification.id,
+        **notification.followup_fields(),
     }
     if notification.listed:
         status["recipient"] = notification.to
@@ -485,6 +609,10 @@ def delivery_status(
     if error_message:
         response["error_message"] = error_message
     status: dict[str, Any] = {"response": response, "id": notification.id, "update": "delivery"}
+    if notification.repeat:
+        status["repeat"] = notification.repeat
+    if notification.escalated:
+        status["call"] = True
     if notification.listed:
         status["recipient"] = notification.to
     return status

@@ -13,7 +13,18 @@ import orjson
 from .contract import Notification
 from .states import State
 
-__all__ = ["Duplicate", "Entry", "Identity", "Reply", "Track", "Tracked", "dedupe_key", "key_of", "stored_options"]
+__all__ = [
+    "Duplicate",
+    "Entry",
+    "Identity",
+    "Reply",
+    "ReplyRecord",
+    "Track",
+    "Tracked",
+    "dedupe_key",
+    "key_of",
+    "stored_options",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +112,16 @@ class Reply:
     body: str
     received_at: float  # epoch seconds
     num_media: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRecord:
+    """A reply as the journal keeps it: its document to publish, and what it changes."""
+
+    sid: str
+    number: str  # the account's number it was sent to
+    person: str  # who sent it
+    received_at: float
+    payload: bytes
+    opt_out: bool | None = None  # its sender opted out of texts from `number` (True), back in (False)
+    acknowledges: str | None = None  # the id of the request whose pages it acknowledges

@@ -28,6 +28,7 @@ from ..domain.contract import (
     Notification,
     encode_status,
     failure_status,
+    parse_ack,
     parse_request,
 )
 from ..domain.lifecycle import Lifecycle, lookup_offsets
@@ -42,6 +43,7 @@ from .delivery import Delivery, Sender
 from .dispatch import Dispatcher
 from .lag import LagProbe, ListLag
 from .options import EngineOptions
+from .pages import Pager
 from .publisher import StatusPublisher
 from .replies import Inbound, ReplyPoller
 from .supervisor import Supervisor
@@ -89,7 +91,9 @@ class Engine:
         self._room.set()
         delivery_topic = options.delivery_topic if tracker is not None else None
         reply_topic = options.reply_topic if options.replies is not None else None
-        self._publisher = StatusPublisher(journal, publish, options.status_topic, delivery_topic, reply_topic)
+        self._publisher = StatusPublisher(
+            journal, publish, options.status_topic, delivery_topic, reply_topic, pages=options.paging
+        )
         if tracker is not None:
             tracker.notify = self._publisher.wake
         lifecycle = Lifecycle(RetryPolicy(options.backoff_base, options.backoff_max), options.reconcile_window, rand)
@@ -115,7 +119,11 @@ class Engine:
         if options.replies is not None and inbound is not None:
             self._replies = ReplyPoller(journal, inbound, options.replies, self._publisher.wake)
             self._delivery.sent = self._replies.sent
+        self._pager = None
+        if options.paging:
+            self._pager = Pager(journal, self._admission, self._admitted_later, self._publisher.wake)
         self._kinds = {options.txt_topic: Kind.SMS, options.call_topic: Kind.CALL}
+        self._ignoring_pages = False  # said once: `until_acknowledged` comes with paging off
         self._begin_at_once = not options.delivery.sender_rate
         # Gauges read at scrape time, and the commonest counter bound once: nothing to update per request.
         self.metrics.in_flight.set_function(lambda: self._dispatcher.in_flight)
@@ -161,6 +169,8 @@ class Engine:
         loops["audit"] = self._auditor.run
         if self._replies is not None:
             loops["replies"] = self._replies.run
+        if self._pager is not None:
+            loops["pages"] = self._pager.run
         self._loops = [asyncio.create_task(self.loops.run(name, loop), name=name) for name, loop in loops.items()]
 
     async def stop(self, grace: float) -> bool:
@@ -191,6 +201,9 @@ class Engine:
         and died before acknowledging: it is looked for in the journal as far back as a session can hold it."""
         kind = self._kinds.get(topic)
         if kind is None:
+            if self._pager is not None and topic == self._options.ack_topic:
+                await self._acknowledge(payload)
+                return
             log.warning("ignoring a message on unexpected topic %r", topic)
             return
         self._received[topic].inc()
@@ -203,7 +216,11 @@ class Engine:
             max_retries=self._options.max_retries,
             max_payload_bytes=self._options.max_payload_bytes,
             allow_http=self._options.allow_http_urls,
+            paging=self._pager is not None,
         )
+        if self._pager is None and not self._ignoring_pages and b"until_acknowledged" in payload:
+            self._ignoring_pages = True
+            log.warning("a request asks to page until acknowledged, and paging is off: sent once (set paging = true)")
         if isinstance(parsed, InvalidRequest):
             log.info("request id=%s kind=%s result=invalid reason=%r", parsed.id, kind.value, parsed.message)
             await self._fail(kind, parsed.id, ErrorCode.INVALID_PARAMETER, parsed.message)
@@ -249,6 +266,22 @@ class Engine:
             defect_tries=DEFECT_TRIES,
         )
 
+    async def _acknowledge(self, payload: bytes) -> None:
+        """An acknowledgement over MQTT: `{"id": ..., "by": ...}` ends the open pages of request `id`."""
+        ack = parse_ack(payload)
+        if isinstance(ack, InvalidRequest):
+            log.warning("ignoring an acknowledgement on %s: %s", self._options.ack_topic, ack.message)
+            return
+        request_id, by = ack
+        acknowledge = partial(self._journal.acknowledge, request_id, by, "mqtt")
+        ended = await until_written(self._journal, acknowledge, f"the acknowledgement of request id={request_id}")
+        log.info("request id=%s: acknowledged by %s over MQTT (%d open page(s) ended)", request_id, by, ended)
+        if ended:
+            self._publisher.wake()
+
+    async def _admitted_later(self, notification: Notification, admitted: Accepted | Folded | Refused) -> None:
+        await self._admitted(notification, admitted, False)
+
     async def _fail(self, kind: Kind, request_id: str | None, error: ErrorCode, message: str) -> None:
         """Record a request that cannot be admitted with its failure status, which goes out like any other."""
         status = encode_status(failure_status(request_id, error, message))
@@ -284,6 +317,8 @@ class Engine:
             return
         self._unfinished += 1
         self._update_room()
+        if notification.page is not None and self._pager is not None:
+            self._pager.wake()
         if isinstance(admitted, Folded):
             log.info("request id=%s result=folded into digest-%d", notification.id, admitted.digest)
             self.metrics.folded.inc()

@@ -291,6 +291,7 @@ class Delivery:
         log.exception("request id=%s failed with an internal error", notification.id)
         recipient = notification.to if notification.listed else None
         status = failure_status(notification.id, ErrorCode.INTERNAL_ERROR, "internal error", recipient=recipient)
+        status.update(notification.followup_fields())
         await self._journal.finish(entry.seq, State.FAILED, encode_status(status), None, "internal error")
         self._count(entry.notification.kind, ErrorCode.INTERNAL_ERROR.value)
         self._finished(1)
@@ -337,6 +338,7 @@ def final(
             recipient=notification.to if notification.listed else None,
             twilio_request_id=outcome.request_id,
         )
+        status.update(notification.followup_fields())
         state, result = State.FAILED, error.value
     if folded:
         status["response"]["folded"] = True

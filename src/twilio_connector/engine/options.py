@@ -47,3 +47,5 @@ class EngineOptions:
     lag_probe_interval: float = 60.0  # seconds between probes of the list's lag; 0: none
     replies: ReplyOptions | None = None  # poll for replies (None: off)
     reply_topic: str = "twilio/message/reply"
+    paging: bool = False  # honour `until_acknowledged` (domain/paging.py), and take acknowledgements on ack_topic
+    ack_topic: str = "twilio/message/ack"

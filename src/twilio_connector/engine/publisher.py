@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from ..ports.journal import JournalPort
@@ -33,14 +33,17 @@ class StatusPublisher:
         status_topic: str,
         delivery_topic: str | None = None,
         reply_topic: str | None = None,
+        *,
+        pages: bool = False,
     ) -> None:
         """`delivery_topic`: also publish follow-ups there (delivery tracking's, a double's); `reply_topic`: also
-        publish replies there (with `replies` on)."""
+        publish replies there (with `replies` on); `pages`: publish how pages ended on the status topic."""
         self._journal = journal
         self._publish = publish
         self._status_topic = status_topic
         self._delivery_topic = delivery_topic
         self._reply_topic = reply_topic
+        self._pages = pages
         self._pending = asyncio.Event()  # statuses may be waiting
         self._idle = asyncio.Event()  # the last round found nothing to publish
         self._retry_delay = RETRY_BASE
@@ -72,14 +75,24 @@ class StatusPublisher:
                 published += len(followups)
             if self._reply_topic is not None:
                 replies = await journal.unpublished_replies(PUBLISH_BATCH)
-                acknowledged: list[str] = []
-                await self._publish_rows(self._reply_topic, replies, acknowledged.extend)
-                if acknowledged:  # marked before the next round reads them again
-                    await journal.mark_replies_published(acknowledged)
+                await self._publish_marked(self._reply_topic, replies, journal.mark_replies_published)
                 published += len(replies)
+            if self._pages:
+                ends = await journal.unpublished_page_statuses(PUBLISH_BATCH)
+                await self._publish_marked(self._status_topic, ends, journal.mark_page_statuses_published)
+                published += len(ends)
             if not published:
                 self._idle.set()
                 await self._pending.wait()
+
+    async def _publish_marked(
+        self, topic: str, rows: list[tuple[K, bytes]], mark: Callable[[list[K]], Awaitable[None]]
+    ) -> None:
+        """As `_publish_rows`, marking in a write of its own before the next round reads them again."""
+        acknowledged: list[K] = []
+        await self._publish_rows(topic, rows, acknowledged.extend)
+        if acknowledged:
+            await mark(acknowledged)
 
     async def _publish_rows(
         self, topic: str, rows: list[tuple[K, bytes]], mark: Callable[[list[K]], None]

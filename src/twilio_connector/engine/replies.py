@@ -23,7 +23,8 @@ import orjson
 
 from ..domain.optout import opt_out_of
 from ..domain.outcomes import TwilioFailure
-from ..domain.records import Reply
+from ..domain.paging import acknowledges
+from ..domain.records import Reply, ReplyRecord
 from ..ports.journal import JournalPort
 
 __all__ = ["Inbound", "ReplyOptions", "ReplyPoller"]
@@ -49,6 +50,7 @@ class ReplyOptions:
     default_from: str | None
     interval: float
     window: float  # how far back `in_reply_to` looks, and which recent senders are polled
+    paging: bool = False  # a reply may acknowledge a page (domain/paging.py)
 
 
 class ReplyPoller:
@@ -85,7 +87,7 @@ class ReplyPoller:
 
     async def poll(self) -> int:
         """Take the new replies of every number into the journal; returns how many."""
-        rows: list[tuple[str, str, float, bytes, bool | None]] = []
+        rows: list[ReplyRecord] = []
         for number in await self._numbers():
             rows.extend(await self._poll(number))
         if rows:
@@ -99,7 +101,14 @@ class ReplyPoller:
         recent = await self._journal.reply_numbers(self._clock() - self._options.window)
         return sorted({*recent, *([self._options.default_from] if self._options.default_from else [])})
 
-    async def _poll(self, number: str) -> list[tuple[str, str, float, bytes, bool | None]]:
+    async def _acknowledges(self, reply: Reply, answered: str | None) -> str | None:
+        """The request whose pages `reply` acknowledges, if it does."""
+        if not self._options.paging or answered is None:
+            return None
+        pages = await self._journal.open_pages(answered)
+        return answered if any(acknowledges(page, reply.sender, reply.body) for page in pages) else None
+
+    async def _poll(self, number: str) -> list[ReplyRecord]:
         horizon = await self._journal.reply_horizon(number)
         found = await self._source.inbound(number, horizon - MARGIN)
         if isinstance(found, TwilioFailure):
@@ -116,6 +125,7 @@ class ReplyPoller:
             since = reply.received_at - self._options.window
             answered = await self._journal.in_reply_to(reply.sender, number, since)
             opt_out = opt_out_of(reply.body)
+            acked = await self._acknowledges(reply, answered)
             media = await self._source.media_urls(reply.sid) if reply.num_media else []
             if isinstance(media, TwilioFailure):  # the text still goes out; its media are said to be missing
                 log.warning("reply sid=%s: cannot list its %d media: %s", reply.sid, reply.num_media, media.message)
@@ -130,14 +140,13 @@ class ReplyPoller:
                 "media_urls": media,
                 "in_reply_to": answered,
                 "opt_out": opt_out,
+                "acknowledges": acked,
             }
             log.info(
-                "reply sid=%s from=%s to=%s in_reply_to=%s opt_out=%s",
-                reply.sid,
-                reply.sender,
-                number,
-                answered,
-                opt_out,
+                "reply sid=%s from=%s to=%s in_reply_to=%s opt_out=%s acknowledges=%s",
+                *(reply.sid, reply.sender, number, answered, opt_out, acked),
             )
-            rows.append((reply.sid, number, reply.received_at, orjson.dumps(document), opt_out))
+            rows.append(
+                ReplyRecord(reply.sid, number, reply.sender, reply.received_at, orjson.dumps(document), opt_out, acked)
+            )
         return rows

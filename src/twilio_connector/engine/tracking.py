@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from ..domain.contract import FINAL_STATES, Kind, delivery_status, encode_status
 from ..domain.outcomes import TwilioFailure
+from ..domain.paging import answered
 from ..domain.records import Track, Tracked
 from ..ports.journal import JournalPort
 
@@ -93,26 +94,35 @@ class DeliveryTracker:
                     final=True,
                     error_code=int(code) if code else None,
                     error_message=answer.get("error_message"),
+                    duration=answer.get("duration"),
                 )
                 return
         interval = min(self._options.poll_interval_max, item.interval * 2)
         await self._journal.check_later(item.seq, min(now + interval, item.deadline), interval, state)
 
     async def _conclude(
-        self, item: Tracked, state: str, *, final: bool, error_code: int | None = None, error_message: Any = None
+        self,
+        item: Tracked,
+        state: str,
+        *,
+        final: bool,
+        error_code: int | None = None,
+        error_message: Any = None,
+        duration: Any = None,
     ) -> None:
+        """`duration`: a call's seconds, as Twilio says them: a page's call answered acknowledges the page."""
+        notification = item.notification
         message = error_message if isinstance(error_message, str) else None
         payload = encode_status(
-            delivery_status(
-                item.notification, item.sid, state, final=final, error_code=error_code, error_message=message
-            )
+            delivery_status(notification, item.sid, state, final=final, error_code=error_code, error_message=message)
         )
-        if await self._journal.delivered(item.seq, payload):
-            log.info("request id=%s sid=%s delivery=%s final=%s", item.notification.id, item.sid, state, final)
+        acknowledges = (notification.id, notification.to) if answered(notification, state, duration) else None
+        if await self._journal.delivered(item.seq, payload, acknowledges):
+            log.info("request id=%s sid=%s delivery=%s final=%s", notification.id, item.sid, state, final)
             self.notify()
 
-    async def reported(self, sid: str, state: str, error_code: int | None = None) -> None:
+    async def reported(self, sid: str, state: str, error_code: int | None = None, duration: str | None = None) -> None:
         """Twilio reported `state` for `sid` (a status callback): a final state ends its tracking."""
         item = await self._journal.tracked_by_sid(sid)
         if item is not None and state in FINAL_STATES[item.notification.kind]:
-            await self._conclude(item, state, final=True, error_code=error_code)
+            await self._conclude(item, state, final=True, error_code=error_code, duration=duration)

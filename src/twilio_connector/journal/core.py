@@ -27,11 +27,10 @@ from collections import deque
 from collections.abc import Collection, Iterable
 from typing import Any
 
-import orjson
-
 from ..domain.contract import Kind, Notification
+from ..domain.paging import OpenPage, PageStep, acknowledged_status
 from ..domain.policy import Caps
-from ..domain.records import Duplicate, Entry, Identity, Track, Tracked, dedupe_key, stored_options
+from ..domain.records import Duplicate, Entry, Identity, ReplyRecord, Track, Tracked, dedupe_key, stored_options
 from ..domain.states import UNFINISHED, State, Step
 from ..domain.storms import Window
 from .operator import OperatorStatements
@@ -142,6 +141,11 @@ class SqlCore(OperatorStatements, abc.ABC):
                 ),
             ).fetchone()[0]
         )
+        if n.page is not None and refused is None:
+            self.db.execute(
+                "INSERT INTO pages (seq, request_id, sends, next_at) VALUES (?, ?, 1, ?)",
+                (seq, n.id, start + n.page.every),
+            )
         if digest is not None:
             self.db.execute("UPDATE requests SET members = members + 1 WHERE seq = ?", (digest,))
         elif status is not None:
@@ -276,18 +280,21 @@ class SqlCore(OperatorStatements, abc.ABC):
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def record_reply(
-        self, sid: str, number: str, received_at: float, payload: bytes, opt_out: bool | None = None
-    ) -> None:
-        """Keep a reply to publish; `opt_out`: its sender opted out of texts from `number` (True) or back in."""
-        self.db.execute(
+    def record_reply(self, reply: ReplyRecord) -> None:
+        """Keep a reply to publish, with what it changes: an opt-out or in, a page it acknowledges."""
+        number, received_at = reply.number, reply.received_at
+        inserted = self.db.execute(
             "INSERT INTO replies (sid, number, received_at, payload) VALUES (?, ?, ?, ?) ON CONFLICT (sid) DO NOTHING",
-            (sid, number, received_at, payload),
-        )
-        if opt_out is None:
+            (reply.sid, number, received_at, reply.payload),
+        ).rowcount
+        if not inserted:
+            return  # known already (another connector took it first): what it changes was done then
+        if reply.acknowledges is not None:
+            self.acknowledge(reply.acknowledges, reply.person, "reply", received_at)
+        if reply.opt_out is None:
             return
-        person = orjson.loads(payload)["from_number"]
-        if opt_out:
+        person = reply.person
+        if reply.opt_out:
             self.db.execute(
                 "INSERT INTO opt_outs (person, number, since) VALUES (?, ?, ?) ON CONFLICT (person, number) DO NOTHING",
                 (person, number, received_at),
@@ -317,6 +324,61 @@ class SqlCore(OperatorStatements, abc.ABC):
 
     def mark_replies_published(self, sids: Iterable[str]) -> None:
         self.db.executemany("UPDATE replies SET published = 1 WHERE sid = ?", [(sid,) for sid in sids])
+
+    # -- pages until acknowledged (domain/paging.py) ------------------------------------------------------------
+
+    def _pages(self, where: str, parameters: tuple[Any, ...]) -> list[OpenPage]:
+        rows = self.db.execute(
+            f"SELECT p.sends, p.next_at, {PREFIXED} FROM pages p JOIN requests r ON r.seq = p.seq "
+            f"WHERE p.state = 'paging' AND {where}",
+            parameters,
+        ).fetchall()
+        return [OpenPage(int(row[2]), entry_of(row[2:]).notification, int(row[0]), float(row[1])) for row in rows]
+
+    def pages_due(self, now: float, limit: int) -> list[OpenPage]:
+        return self._pages("p.next_at <= ? ORDER BY p.next_at LIMIT ?", (now, limit))
+
+    def open_pages(self, request_id: str) -> list[OpenPage]:
+        return self._pages("p.request_id = ? ORDER BY p.seq", (request_id,))
+
+    def next_page_at(self) -> float | None:
+        row = self.db.execute("SELECT MIN(next_at) FROM pages WHERE state = 'paging'").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def page_step(self, page: OpenPage, step: PageStep, now: float) -> bool:
+        """Record `step` of `page`; False if the page moved meanwhile (acknowledged, or taken by another
+        connector): then nothing of the step must happen."""
+        if step.next_at is not None:
+            changed = self.db.execute(
+                "UPDATE pages SET sends = ?, next_at = ? WHERE seq = ? AND state = 'paging' AND sends = ?",
+                (step.sends, step.next_at, page.seq, page.sends),
+            ).rowcount
+        else:
+            changed = self.db.execute(
+                "UPDATE pages SET state = ?, ended_at = ?, status = ?, published = ? "
+                "WHERE seq = ? AND state = 'paging' AND sends = ?",
+                (step.ended, now, step.status, int(step.status is None), page.seq, page.sends),
+            ).rowcount
+        return bool(changed)
+
+    def acknowledge(self, request_id: str, by: str, via: str, now: float) -> int:
+        """End every open page of `request_id` as acknowledged `by` whom `via` what; returns how many."""
+        pages = self.open_pages(request_id)
+        self.db.executemany(
+            "UPDATE pages SET state = 'acknowledged', ended_at = ?, status = ?, published = 0 "
+            "WHERE seq = ? AND state = 'paging'",
+            [(now, acknowledged_status(page, by, via), page.seq) for page in pages],
+        )
+        return len(pages)
+
+    def unpublished_page_statuses(self, limit: int) -> list[tuple[int, bytes]]:
+        rows = self.db.execute(
+            "SELECT seq, status FROM pages WHERE status IS NOT NULL AND published = 0 ORDER BY seq LIMIT ?", (limit,)
+        ).fetchall()
+        return [(int(row[0]), bytes(row[1])) for row in rows]
+
+    def mark_page_statuses_published(self, seqs: Iterable[int]) -> None:
+        self.db.executemany("UPDATE pages SET published = 1 WHERE seq = ?", [(seq,) for seq in seqs])
 
     def digest_texts(self, seq: int, limit: int) -> list[str]:
         """The first `limit` texts folded into digest `seq`, oldest first."""
@@ -529,11 +591,15 @@ class SqlCore(OperatorStatements, abc.ABC):
             (at, interval, last_status, seq),
         )
 
-    def delivered(self, seq: int, payload: bytes) -> bool:
-        """Record the follow-up status and stop tracking. False if it was no longer tracked (already done)."""
+    def delivered(self, seq: int, payload: bytes, acknowledges: tuple[str, str] | None = None) -> bool:
+        """Record the follow-up status and stop tracking; `acknowledges`: (request id, by whom) a call answered
+        acknowledges. False if it was no longer tracked (already done)."""
         if self.db.execute("DELETE FROM tracking WHERE seq = ?", (seq,)).rowcount != 1:
             return False
-        self.db.execute("INSERT INTO followups (payload, created_at) VALUES (?, ?)", (payload, time.time()))
+        now = time.time()
+        self.db.execute("INSERT INTO followups (payload, created_at) VALUES (?, ?)", (payload, now))
+        if acknowledges is not None:
+            self.acknowledge(*acknowledges, "call", now)
         return True
 
     def unpublished_followups(self, limit: int, skip: Collection[int] = ()) -> list[tuple[int, bytes]]:
@@ -561,9 +627,10 @@ class SqlCore(OperatorStatements, abc.ABC):
 
     def prune(self, before: float) -> int:
         self.db.execute("DELETE FROM followups WHERE published = 1 AND created_at < ?", (before,))
+        self.db.execute("DELETE FROM pages WHERE published = 1 AND ended_at < ?", (before,))
         cursor = self.db.execute(
             "DELETE FROM requests WHERE status_published = 1 AND updated_at < ? AND state != 'retry' "
-            "AND seq NOT IN (SELECT seq FROM tracking)",
+            "AND seq NOT IN (SELECT seq FROM tracking) AND seq NOT IN (SELECT seq FROM pages)",
             (before,),
         )
         return int(cursor.rowcount)

@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 from ..domain.admission import Accepted, Admission, Folded, Refused
 from ..domain.contract import Kind, Notification
-from ..domain.records import Duplicate, Entry, Track, Tracked
+from ..domain.paging import OpenPage, PageStep
+from ..domain.records import Duplicate, Entry, ReplyRecord, Track, Tracked
 from ..domain.states import State
 from ..ports.journal import JournalClosed, JournalDamaged, SidClaimed
 from .core import SqlCore
@@ -356,14 +357,45 @@ class Journal(abc.ABC):
     async def in_reply_to(self, person: str, number: str, since: float) -> str | None:
         return await self.read(lambda: self.core.in_reply_to(person, number, since))
 
-    async def record_replies(self, rows: list[tuple[str, str, float, bytes, bool | None]]) -> None:
-        """Keep each reply (sid, number, received_at, payload, opt_out) once, to publish."""
+    async def record_replies(self, rows: list[ReplyRecord]) -> None:
+        """Keep each reply once, to publish, with what it changes (opt-outs, pages acknowledged)."""
 
         def record() -> None:
             for row in rows:
-                self.core.record_reply(*row)
+                self.core.record_reply(row)
 
         await self.write(record)
+
+    async def open_pages(self, request_id: str) -> list[OpenPage]:
+        return await self.read(lambda: self.core.open_pages(request_id))
+
+    async def pages_due(self, now: float, limit: int) -> list[OpenPage]:
+        return await self.read(lambda: self.core.pages_due(now, limit))
+
+    async def next_page_at(self) -> float | None:
+        return await self.read(self.core.next_page_at)
+
+    async def page_step(
+        self, admission: Admission, page: OpenPage, step: PageStep
+    ) -> tuple[bool, Accepted | Folded | Refused | None]:
+        """Record `step` of `page` and admit what it sends, in one transaction: (False, None) if the page moved
+        meanwhile, and nothing was done."""
+
+        def take() -> tuple[bool, Accepted | Folded | Refused | None]:
+            if not self.core.page_step(page, step, self.clock()):
+                return False, None
+            return True, None if step.send is None else admission.follow_up(self.core, step.send)
+
+        return await self.write(take)
+
+    async def acknowledge(self, request_id: str, by: str, via: str) -> int:
+        return await self.write(lambda: self.core.acknowledge(request_id, by, via, self.clock()))
+
+    async def unpublished_page_statuses(self, limit: int) -> list[tuple[int, bytes]]:
+        return await self.read(lambda: self.core.unpublished_page_statuses(limit))
+
+    async def mark_page_statuses_published(self, seqs: list[int]) -> None:
+        await self.write(lambda: self.core.mark_page_statuses_published(seqs))
 
     async def opted_out(self, person: str, number: str | None) -> bool:
         return await self.read(lambda: self.core.opted_out(person, number))
@@ -425,8 +457,8 @@ class Journal(abc.ABC):
         skip = frozenset(self._marking[1])
         return await self.read(lambda: self.core.unpublished_followups(limit, skip))
 
-    async def delivered(self, seq: int, payload: bytes) -> bool:
-        return await self.write(lambda: self.core.delivered(seq, payload))
+    async def delivered(self, seq: int, payload: bytes, acknowledges: tuple[str, str] | None = None) -> bool:
+        return await self.write(lambda: self.core.delivered(seq, payload, acknowledges))
 
     async def check_later(self, seq: int, at: float, interval: float, last_status: str) -> None:
         await self.write(lambda: self.core.check_later(seq, at, interval, last_status))

@@ -35,7 +35,26 @@ class Dialect:
 SQLITE = Dialect("sqlite", "INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB", "REAL", "INTEGER", " WITHOUT ROWID")
 POSTGRES = Dialect("postgres", "BIGSERIAL PRIMARY KEY", "BYTEA", "DOUBLE PRECISION", "BIGINT", "")
 
-_TABLES = """
+#: Pages until acknowledged (domain/paging.py): one per request that started one, with its sends so far, when it
+#: next falls due while `paging`, and once ended (`acknowledged`, `unacknowledged`, `called`) its status to publish.
+_PAGES = """
+CREATE TABLE IF NOT EXISTS pages (
+    seq {big} PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    sends INTEGER NOT NULL,
+    next_at {real} NOT NULL,
+    state TEXT NOT NULL DEFAULT 'paging',
+    ended_at {real},
+    status {blob},
+    published INTEGER NOT NULL DEFAULT 0
+){rowless};
+CREATE INDEX IF NOT EXISTS pages_due ON pages (next_at) WHERE state = 'paging';
+CREATE INDEX IF NOT EXISTS pages_request ON pages (request_id) WHERE state = 'paging';
+CREATE INDEX IF NOT EXISTS pages_unpublished ON pages (seq) WHERE status IS NOT NULL AND published = 0;
+"""
+
+_TABLES = (
+    """
 CREATE TABLE IF NOT EXISTS requests (
     seq {row_id},
     dedupe_key {blob} NOT NULL,
@@ -134,6 +153,10 @@ CREATE INDEX IF NOT EXISTS audits_due ON audits (due_at);
 CREATE INDEX IF NOT EXISTS replies_received ON replies (number, received_at);
 CREATE INDEX IF NOT EXISTS replies_unpublished ON replies (received_at) WHERE published = 0;
 """
+    + _PAGES
+    + """
+"""
+)
 
 
 _LAGS_AUDITS_REPLIES = """
@@ -246,6 +269,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _LAGS_AUDITS_REPLIES.format(**vars_of(SQLITE)),
         _LAGS_AUDITS_REPLIES.format(**vars_of(POSTGRES)),
     ),
+    Migration("pages until acknowledged", _PAGES.format(**vars_of(SQLITE)), _PAGES.format(**vars_of(POSTGRES))),
 )
 
 

@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 
 class Reports(Protocol):
-    async def reported(self, sid: str, state: str, error_code: int | None = None) -> None: ...
+    async def reported(
+        self, sid: str, state: str, error_code: int | None = None, duration: str | None = None
+    ) -> None: ...
 
 
 class CallbackListener:
@@ -46,5 +48,7 @@ class CallbackListener:
         sid = params.get("MessageSid") or params.get("CallSid") or ""
         state = params.get("MessageStatus") or params.get("CallStatus") or ""
         code = params.get("ErrorCode")
-        await self._reports.reported(sid, state, int(code) if code and code.isdigit() else None)
+        # CallDuration: a call's seconds, in Twilio's report of a completed call (an answered page's evidence).
+        error = int(code) if code and code.isdigit() else None
+        await self._reports.reported(sid, state, error, params.get("CallDuration"))
         return web.Response(status=204)

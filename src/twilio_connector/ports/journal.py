@@ -19,7 +19,8 @@ from typing import Protocol, TypeVar
 
 from ..domain.admission import Accepted, Admission, Folded, Refused
 from ..domain.contract import Kind, Notification
-from ..domain.records import Duplicate, Entry, Track, Tracked
+from ..domain.paging import OpenPage, PageStep
+from ..domain.records import Duplicate, Entry, ReplyRecord, Track, Tracked
 from ..domain.states import State
 
 __all__ = ["JournalClosed", "JournalDamaged", "JournalPort", "SidClaimed", "until_written"]
@@ -189,7 +190,7 @@ class JournalPort(Protocol):
 
     async def in_reply_to(self, person: str, number: str, since: float) -> str | None: ...
 
-    async def record_replies(self, rows: list[tuple[str, str, float, bytes, bool | None]]) -> None: ...
+    async def record_replies(self, rows: list[ReplyRecord]) -> None: ...
 
     async def opted_out(self, person: str, number: str | None) -> bool: ...
 
@@ -199,7 +200,32 @@ class JournalPort(Protocol):
 
     async def check_later(self, seq: int, at: float, interval: float, last_status: str) -> None: ...
 
-    async def delivered(self, seq: int, payload: bytes) -> bool: ...
+    async def delivered(self, seq: int, payload: bytes, acknowledges: tuple[str, str] | None = None) -> bool:
+        """Record a tracked request's follow-up and stop tracking it; `acknowledges`: (request id, by whom), an
+        answered call that ends its request's pages. False if it was no longer tracked."""
+        ...
+
+    # -- pages until acknowledged (domain/paging.py) ----------------------------------------------------
+    async def open_pages(self, request_id: str) -> list[OpenPage]: ...
+
+    async def pages_due(self, now: float, limit: int) -> list[OpenPage]: ...
+
+    async def next_page_at(self) -> float | None: ...
+
+    async def page_step(
+        self, admission: Admission, page: OpenPage, step: PageStep
+    ) -> tuple[bool, Accepted | Folded | Refused | None]:
+        """Record `step` of `page` and admit what it sends, in one transaction: (False, None) if the page moved
+        meanwhile (acknowledged, or stepped by another connector), and nothing was done."""
+        ...
+
+    async def acknowledge(self, request_id: str, by: str, via: str) -> int:
+        """End the open pages of `request_id` as acknowledged; returns how many."""
+        ...
+
+    async def unpublished_page_statuses(self, limit: int) -> list[tuple[int, bytes]]: ...
+
+    async def mark_page_statuses_published(self, seqs: list[int]) -> None: ...
 
     # -- upkeep --------------------------------------------------------------------------------------
     async def tend(self, held: Collection[int] = ()) -> bool:

@@ -151,8 +151,14 @@ def _cross_checks(settings: Settings) -> list[str]:
             "lists them)"
         )
     topics = (settings.txt_topic, settings.call_topic, settings.status_topic, settings.delivery_topic)
-    if len(set(topics)) < len(topics) or (settings.replies and settings.reply_topic in topics):
-        problems.append("txt_topic, call_topic, status_topic, delivery_topic and reply_topic must all differ")
+    optional = [
+        *([settings.reply_topic] if settings.replies else []),
+        *([settings.ack_topic] if settings.paging else []),
+    ]
+    if len(set(topics)) < len(topics) or len({*topics, *optional}) < len(topics) + len(optional):
+        problems.append(
+            "txt_topic, call_topic, status_topic, delivery_topic, reply_topic and ack_topic must all differ"
+        )
     if settings.transport != "greengrass" and (settings.status_to_iot_core or settings.iot_core_requests):
         problems.append(
             "status_to_iot_core and iot_core_requests need transport = greengrass (the nucleus's IoT Core link)"

@@ -462,6 +462,20 @@ class Settings:
         "Seconds back a reply is matched to the latest request sent to that person from that number (in_reply_to).",
         section=REPLIES,
     )
+    paging: bool = setting(
+        False,
+        p.boolean,
+        "Honour requests' until_acknowledged: send again until acknowledged (by a reply, with replies on; by an "
+        "answered call, with delivery_tracking on; or on ack_topic), then call. Off: it is ignored, as the original "
+        "did.",
+        section=REPLIES,
+    )
+    ack_topic: str = setting(
+        "twilio/message/ack",
+        p.topic,
+        'Topic acknowledgements come on, with paging on: {"id": "<request id>", "by": "<who>"}.',
+        section=REPLIES,
+    )
     poll_interval: float = setting(
         5.0, p.positive_float, "First delay between delivery polls, in seconds.", section=TRACKING
     )
@@ -511,8 +525,16 @@ class Settings:
     @property
     def request_filters(self) -> list[str]:
         """What to subscribe to for requests: the input topics, shared within `share_group` when it is set."""
-        topics = [self.txt_topic, self.call_topic]
-        return [f"$share/{self.share_group}/{topic}" for topic in topics] if self.share_group else topics
+        return (
+            [f"$share/{self.share_group}/{topic}" for topic in self.input_topics]
+            if self.share_group
+            else self.input_topics
+        )
+
+    @property
+    def input_topics(self) -> list[str]:
+        """The topics the connector takes messages from: requests, and acknowledgements with paging on."""
+        return [self.txt_topic, self.call_topic, *([self.ack_topic] if self.paging else [])]
 
     @property
     def limits(self) -> Limits:

@@ -247,7 +247,7 @@ class Simulator:
 
     async def _deliver(self, resource: Resource, item: dict[str, Any], final: str, form: dict[str, str]) -> None:
         await asyncio.sleep(float(self.delivery.get("after_ms", 0)) / 1000)
-        reach(item, final)
+        reach(item, final, int(self.delivery.get("call_seconds", 1)))
         callback = form.get("StatusCallback")
         if not callback:
             return
@@ -259,6 +259,8 @@ class Simulator:
             "To": item["to"],
             "From": item["from"] or "",
         }
+        if prefix == "Call" and item["duration"] is not None:
+            params["CallDuration"] = item["duration"]
         headers = {"X-Twilio-Signature": signature(self._auth_token, callback, params)}
         async with aiohttp.ClientSession() as session, session.post(callback, data=params, headers=headers):
             pass

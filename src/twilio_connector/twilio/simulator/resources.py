@@ -219,8 +219,9 @@ def inbound_item(resource: Resource, form: dict[str, str], media: list[str], acc
     }
 
 
-def reach(item: dict[str, Any], status: str) -> None:
-    """Move a message or call to `status`, stamping the dates Twilio stamps on the way."""
+def reach(item: dict[str, Any], status: str, seconds: int = 1) -> None:
+    """Move a message or call to `status`, stamping the dates Twilio stamps on the way; a call completed was
+    answered and lasted `seconds`."""
     stamp = now()
     item["status"] = status
     item["date_updated"] = stamp
@@ -232,7 +233,7 @@ def reach(item: dict[str, Any], status: str) -> None:
         item["start_time"] = stamp
     if status in CALL_FINAL:
         item["end_time"] = stamp
-        item["duration"] = "0" if item["start_time"] is None else item["duration"] or "1"
+        item["duration"] = "0" if item["start_time"] is None else item["duration"] or str(seconds)
 
 
 def update(item: dict[str, Any], form: dict[str, str]) -> Problem | None:
