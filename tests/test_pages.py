@@ -115,7 +115,7 @@ def test_a_page_sends_times_in_all_then_calls() -> None:
     page = OpenPage(7, started(Page(60, 3, "say")), 1, 1060.0)
     steps = []
     while True:
-        step = next_step(page)
+        step = next_step(page, page.next_at)
         steps.append(step)
         if step.next_at is None:
             break
@@ -130,8 +130,14 @@ def test_a_page_sends_times_in_all_then_calls() -> None:
     assert last.status is None  # the call's own status says how the page ended
 
 
+def test_a_page_due_long_ago_sends_once_and_waits_every_s_from_now() -> None:
+    """A connector back from an hour's stop: one text, not the two it missed in a burst."""
+    step = next_step(OpenPage(7, started(Page(60, 3)), 1, 1060.0), 4660.0)
+    assert (step.sends, step.next_at) == (2, 4720.0)
+
+
 def test_a_page_without_a_call_ends_unacknowledged_with_a_status() -> None:
-    step = next_step(OpenPage(7, started(Page(60, 2)), 2, 1120.0))
+    step = next_step(OpenPage(7, started(Page(60, 2)), 2, 1120.0), 1120.0)
     assert step.send is None and step.ended == "unacknowledged" and step.status is not None
     status = orjson.loads(step.status)
     assert (status["id"], status["update"], status["response"]["status"]) == ("freezer-3", "unacknowledged", "fail")
@@ -178,11 +184,11 @@ def test_a_page_s_step_is_taken_once_and_never_after_an_acknowledgement(tmp_path
             assert isinstance(admission().admit(core, notification), Accepted)
         pages = core.pages_due(time.time() + 61, 10)
         assert [page.sends for page in pages] == [1, 1]
-        step = next_step(pages[0])
+        step = next_step(pages[0], time.time())
         assert core.page_step(pages[0], step, time.time())
         assert not core.page_step(pages[0], step, time.time())  # the same step again (another connector): no
         assert core.acknowledge("freezer-3", PERSON, "reply", time.time()) == 2  # the whole team's page ends
-        assert not core.page_step(pages[1], next_step(pages[1]), time.time())
+        assert not core.page_step(pages[1], next_step(pages[1], time.time()), time.time())
         assert core.pages_due(time.time() + 10_000, 10) == [] and core.next_page_at() is None
         ends = [orjson.loads(status) for _, status in core.unpublished_page_statuses(10)]
         assert [(end["recipient"], end["update"]) for end in ends] == [

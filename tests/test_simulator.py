@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from conftest import SimulatorHandle, basic
+from twilio_connector.cli.main import main
 from twilio_connector.twilio.client import TRIAL_PREFIX
 from twilio_connector.twilio.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 
@@ -191,3 +192,30 @@ async def test_twilios_habits_on_demand(http: aiohttp.ClientSession, simulator: 
     with pytest.raises(aiohttp.ServerDisconnectedError):
         await create(http, "Messages", Body="dropped", **form)
     assert simulator.created()[-1]["outcome"] == "dropped" and "stored" in simulator.created()[-1]
+
+
+async def test_a_reply_can_be_told_from_the_command_line(
+    http: aiohttp.ClientSession, simulator: SimulatorHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command = ["simulator", "reply", "--url", simulator.url, "--from", "+15557654321", "--to", "+15005550006"]
+    told = await asyncio.to_thread(main, [*command, "--body", "ACK"])
+    assert told == 0 and '"direction":"inbound"' in capsys.readouterr().out
+    async with http.get(f"{API}/Messages.json", params={"To": "+15005550006"}) as response:
+        [reply] = (await response.json())["messages"]
+    assert (reply["from"], reply["body"], reply["direction"]) == ("+15557654321", "ACK", "inbound")
+    nobody = await asyncio.to_thread(main, [*command[:3], "http://127.0.0.1:9", *command[4:], "--body", "x"])
+    assert nobody == 2 and "no simulator answers at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+async def test_a_completed_call_lasts_as_long_as_configured(
+    http: aiohttp.ClientSession, simulator: SimulatorHandle
+) -> None:
+    simulator.sim.delivery = {"Calls": "completed", "call_seconds": 30}
+    form = {"To": "+12345000000", "From": "+19999999999", "Url": "https://example.com/twiml"}
+    async with http.post(f"{API}/Calls.json", data=form) as answer:
+        sid = (await answer.json())["sid"]
+    call = {}
+    while call.get("status") != "completed":
+        async with http.get(f"{API}/Calls/{sid}.json") as answer:
+            call = await answer.json()
+    assert call["duration"] == "30" and call["start_time"]

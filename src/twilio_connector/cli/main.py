@@ -17,7 +17,7 @@ from .journal import journal
 from .parser import build_parser
 from .run import loop_factory, run
 from .send import send
-from .simulator import simulate
+from .simulator import reply, simulate
 from .status import status
 
 __all__ = ["main"]
@@ -37,6 +37,8 @@ def _dispatch(args: Any) -> int:
         return send(args)
     if args.command == "status":
         return asyncio.run(status(args))
+    if args.verb == "reply":
+        return reply(args)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(simulate(args))
     return 0

@@ -172,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     completion.add_argument("shell", choices=["bash", "zsh", "tcsh"])
 
+    _add_simulator(commands)
+    return parser
+
+
+def _add_simulator(commands: Any) -> None:
     sim = commands.add_parser(
         "simulator",
         help="run a local Twilio API simulator",
@@ -195,4 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--trial", action="store_true", help="a trial account: bodies prefixed as Twilio does")
     sim.add_argument("--auth-token", dest="secret_flag", nargs="?", action=_SecretFlag, help=argparse.SUPPRESS)
     sim.add_argument("--latency-ms", type=float, default=0.0, help="delay before every answer")
-    return parser
+    verbs = sim.add_subparsers(dest="verb", metavar="VERB", help="with none: serve")
+    reply = verbs.add_parser(
+        "reply",
+        help="someone texts one of the account's numbers (a running simulator lists it as Twilio would)",
+        description="Tell a running simulator that someone texted one of the account's numbers.",
+    )
+    reply.add_argument("--url", default="http://127.0.0.1:8080", help="the running simulator")
+    reply.add_argument("--from", dest="sender", required=True, metavar="E164", help="who texted")
+    reply.add_argument("--to", required=True, metavar="E164", help="the account's number they texted")
+    reply.add_argument("--body", required=True, help="what they wrote")
+    reply.add_argument("--media", action="append", default=[], metavar="URL", help="a picture they sent; repeatable")

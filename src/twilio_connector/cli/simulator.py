@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import os
 
+import orjson
+
 from ..settings.secrets import SecretError, read_secret_file
 from ..twilio.simulator.defaults import DEFAULT_AUTH_TOKEN
 from .common import UserError, os_error_words
 
-__all__ = ["simulate"]
+__all__ = ["reply", "simulate"]
 
 
 def _auth_token(args: argparse.Namespace) -> str:
@@ -46,3 +48,27 @@ async def simulate(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await runner.cleanup()
+
+
+def reply(args: argparse.Namespace) -> int:
+    """`simulator reply`: someone texted the account; prints the message as the simulator lists it."""
+    import urllib.error  # noqa: PLC0415 (not on the connector's way to ready)
+    import urllib.request  # noqa: PLC0415
+
+    if not args.url.startswith(("http://", "https://")):
+        raise UserError(f"--url must be the simulator's http:// or https:// address, not {args.url!r}")
+    document = {"from": args.sender, "to": args.to, "body": args.body, "media": args.media}
+    request = urllib.request.Request(  # noqa: S310 (http or https, checked above)
+        args.url.rstrip("/") + "/_sim/inbound",
+        data=orjson.dumps(document),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+            print(answer.read().decode())
+    except urllib.error.HTTPError as exc:
+        raise UserError(f"the simulator refused it: {exc.read().decode(errors='replace')}", code=1) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise UserError(f"no simulator answers at {args.url}: {getattr(exc, 'reason', exc)}") from None
+    return 0

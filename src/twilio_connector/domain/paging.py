@@ -48,12 +48,14 @@ class PageStep:
     status: bytes | None = None
 
 
-def next_step(page: OpenPage) -> PageStep:
+def next_step(page: OpenPage, now: float) -> PageStep:
+    """The step of `page`, due, taken at `now`. The next one falls `every` seconds after it: a connector back from
+    a long stop sends one text, not every one it missed in a burst."""
     spec = page.notification.page
     assert spec is not None
     if page.sends < spec.times:
         sends = page.sends + 1
-        return PageStep(page_send(page.notification, sends), sends, page.next_at + spec.every)
+        return PageStep(page_send(page.notification, sends), sends, max(page.next_at, now) + spec.every)
     if spec.then_call is not None:
         return PageStep(page_call(page.notification), page.sends, ended="called")
     return PageStep(None, page.sends, ended="unacknowledged", status=_unacknowledged(page))

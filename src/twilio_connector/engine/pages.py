@@ -53,7 +53,7 @@ class Pager:
         self._wake.set()
 
     async def _step(self, page: OpenPage) -> None:
-        step = next_step(page)
+        step = next_step(page, self._clock())
         notification = page.notification
         taken, admitted = await until_written(
             self._journal,
