@@ -326,7 +326,7 @@ class MqttProbe:
         marker = f"settle-{uuid.uuid4().hex}"
         await self.publish(self._status_topic, {"id": marker})
         await self.status_of(marker)
-        return [s for s in self.statuses if s["id"] != marker]
+        return [s for s in self.statuses if s.get("id") != marker]
 
     async def first(self, matches: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
         """The first status that `matches`, once one arrived."""
@@ -337,9 +337,9 @@ class MqttProbe:
     async def status_of(self, request_id: str | None, timeout: float = 20.0) -> dict[str, Any]:
         async with self._arrived:
             await asyncio.wait_for(
-                self._arrived.wait_for(lambda: any(s["id"] == request_id for s in self.statuses)), timeout
+                self._arrived.wait_for(lambda: any(s.get("id") == request_id for s in self.statuses)), timeout
             )
-        return next(s for s in self.statuses if s["id"] == request_id)
+        return next(s for s in self.statuses if s.get("id") == request_id)
 
 
 @pytest.fixture

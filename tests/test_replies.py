@@ -10,9 +10,11 @@ import json
 import sqlite3
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from conftest import (
+    DEFAULT_AUTH_TOKEN,
     DEFAULT_FROM,
     Broker,
     ConnectorProcess,
@@ -20,13 +22,17 @@ from conftest import (
     RunningConnector,
     SimulatorHandle,
     cli,
+    free_port,
     make_settings,
     sms,
 )
 from twilio_connector.domain.optout import opt_out_of
 from twilio_connector.domain.records import ReplyRecord
+from twilio_connector.domain.signature import signature
 from twilio_connector.engine.replies import FAST, FAST_FOR, ReplyOptions, ReplyPoller
 from twilio_connector.journal.sqlite import SqliteCore
+from twilio_connector.ops.callbacks import EMPTY_TWIML
+from twilio_connector.settings.config import ConfigError, load_settings
 
 PERSON, STRANGER = "+15557654321", "+15557650000"
 
@@ -168,3 +174,54 @@ def test_a_number_is_read_back_from_when_it_was_first_polled_until_it_has_a_repl
         assert core.reply_horizon(DEFAULT_FROM) == 150.0  # then from the newest reply
     finally:
         core.close()
+
+
+async def test_a_reply_comes_at_once_through_twilio_s_webhook_and_is_taken_once(
+    broker: Broker, simulator: SimulatorHandle, probe: MqttProbe
+) -> None:
+    """Twilio posts the text to the numbers' messaging webhook (signed); with polls off it alone brings replies.
+    It acknowledges a page; a replay of the same post publishes nothing more; a forged one is refused."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/twilio/inbound"
+    simulator.sim.inbound_webhook = url
+    settings = make_settings(
+        broker,
+        simulator,
+        replies=True,
+        paging=True,
+        reply_poll_interval=0,
+        reply_webhook_url=url,
+        callback_listen=f"127.0.0.1:{port}",
+    )
+    replies = MqttProbe(broker.url, status_topic=settings.reply_topic)
+    await replies.start()
+    running = await RunningConnector(settings).wait_ready()
+    try:
+        await probe.publish("twilio/txt", sms("door-7", to=PERSON, until_acknowledged={"every_s": 600}))
+        await probe.status_of("door-7")
+        sent = simulator.sim.receive(PERSON, DEFAULT_FROM, "on it", media=["https://cam.example/door.jpg"])
+        [reply] = await replies.wait_for(1)
+        ack = await probe.first(lambda status: status.get("update") == "acknowledged")
+        form = {"MessageSid": sent["sid"], "From": PERSON, "To": DEFAULT_FROM, "Body": "on it", "NumMedia": "0"}
+        signed = {"X-Twilio-Signature": signature(DEFAULT_AUTH_TOKEN, url, form)}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, data=form, headers=signed) as again:
+                replayed = (again.status, await again.text())
+            async with http.post(url, data=form | {"Body": "forged"}, headers=signed) as forged:
+                refused = forged.status
+        everything = await replies.settle()
+    finally:
+        await running.stop()
+        await replies.stop()
+    assert (reply["body"], reply["in_reply_to"], reply["acknowledges"]) == ("on it", "door-7", "door-7")
+    assert reply["media_urls"] == ["https://cam.example/door.jpg"] and reply["sid"] == sent["sid"]
+    assert ack["response"]["payload"]["via"] == "reply"
+    assert replayed == (200, EMPTY_TWIML) and refused == 403
+    assert len(everything) == 1  # the replay was known by its SID
+
+
+def test_polls_off_need_the_webhook() -> None:
+    with pytest.raises(ConfigError, match="reply_poll_interval = 0 needs reply_webhook_url"):
+        load_settings(env={"TWILIO_CONNECTOR_REPLIES": "true", "TWILIO_CONNECTOR_REPLY_POLL_INTERVAL": "0"})
+    with pytest.raises(ConfigError, match="reply_webhook_url needs replies = true"):
+        load_settings(env={"TWILIO_CONNECTOR_REPLY_WEBHOOK_URL": "https://edge.example/twilio/inbound"})

@@ -157,7 +157,7 @@ async def run(
                 assert transport is not None
                 return transport.publish(topic, status)
 
-            tracker, callbacks = await _tracking(settings, credentials, journal, client)
+            tracker = _tracking(settings, journal, client)
             metrics = Metrics()
             sender = Reauthenticating(
                 client, credentials, partial(resolve_credentials, settings, secret_source(settings))
@@ -167,6 +167,7 @@ async def run(
                 engine_options(settings), sender, journal, publish, tracker=tracker, metrics=metrics, inbound=sender
             )
             metrics.loops_failing.set_function(lambda: len(engine.loops.failing))
+            callbacks = await _webhooks(settings, credentials, tracker, engine)
             transport = messaging(settings, engine, metrics)
             operations: web.AppRunner | None = None
             if settings.metrics_listen:
@@ -210,27 +211,35 @@ async def run(
     log.info("stopped")
 
 
-async def _tracking(
-    settings: Settings, credentials: Credentials, journal: Journal, client: TwilioClient
-) -> tuple[DeliveryTracker | None, web.AppRunner | None]:
-    """Delivery tracking as `delivery_tracking` asks, and the listener for Twilio's callbacks when it asks for them."""
+def _tracking(settings: Settings, journal: Journal, client: TwilioClient) -> DeliveryTracker | None:
+    """Delivery tracking as `delivery_tracking` asks."""
     if settings.delivery_tracking == "off":
-        return None, None
+        return None
     options = TrackingOptions(
         polling=settings.delivery_tracking == "poll",
         poll_interval=settings.poll_interval,
         poll_interval_max=settings.poll_interval_max,
         give_up=settings.tracking_give_up,
     )
-    tracker = DeliveryTracker(options, journal, client)
-    if settings.delivery_tracking != "callback":
-        return tracker, None
-    if not (settings.callback_url and credentials.auth_token):  # load_settings refuses such settings
-        raise ConfigError(["delivery_tracking = callback needs callback_url and the auth token"])
-    from .ops.callbacks import CallbackListener  # noqa: PLC0415 (aiohttp only when callbacks are asked for)
+    return DeliveryTracker(options, journal, client)
 
-    listener = CallbackListener(tracker, settings.callback_url, credentials.auth_token, settings.callback_listen)
-    return tracker, await listener.serve()
+
+async def _webhooks(
+    settings: Settings, credentials: Credentials, tracker: DeliveryTracker | None, engine: Engine
+) -> web.AppRunner | None:
+    """The listener for Twilio's webhooks, when status callbacks or incoming texts are asked for."""
+    reports = (tracker, settings.callback_url) if tracker and settings.callback_url else None
+    if settings.delivery_tracking != "callback":
+        reports = None
+    replies = (engine.replies, settings.reply_webhook_url) if engine.replies and settings.reply_webhook_url else None
+    if reports is None and replies is None:
+        return None
+    if not credentials.auth_token:  # load_settings refuses such settings
+        raise ConfigError(["Twilio's webhooks need the auth token: Twilio signs them with it"])
+    from .ops.callbacks import CallbackListener  # noqa: PLC0415 (aiohttp only when webhooks are asked for)
+
+    listener = CallbackListener(credentials.auth_token, settings.callback_listen, reports=reports, replies=replies)
+    return await listener.serve()
 
 
 def tls_files(settings: Settings) -> TlsFiles:

@@ -143,6 +143,11 @@ class Engine:
         return self._delivery.run(entry, begun)
 
     @property
+    def replies(self) -> ReplyPoller | None:
+        """What takes replies in (None: replies are off); Twilio's webhook hands them to it too."""
+        return self._replies
+
+    @property
     def in_flight(self) -> int:
         return len(self._dispatcher.active)
 
@@ -167,8 +172,8 @@ class Engine:
         if self._tracker is not None:
             loops["track"] = self._tracker.run
         loops["audit"] = self._auditor.run
-        if self._replies is not None:
-            loops["replies"] = self._replies.run
+        if self._replies is not None and self._options.replies is not None and self._options.replies.interval > 0:
+            loops["replies"] = self._replies.run  # 0: only Twilio's webhook brings them
         if self._pager is not None:
             loops["pages"] = self._pager.run
         self._loops = [asyncio.create_task(self.loops.run(name, loop), name=name) for name, loop in loops.items()]

@@ -118,35 +118,50 @@ class ReplyPoller:
             return []
         self._failing.discard(number)
         known = await self._journal.known_replies([reply.sid for reply in found])
-        rows = []
-        for reply in sorted(found, key=lambda reply: reply.received_at):
-            if reply.sid in known:
-                continue
-            since = reply.received_at - self._options.window
-            answered = await self._journal.in_reply_to(reply.sender, number, since)
-            opt_out = opt_out_of(reply.body)
-            acked = await self._acknowledges(reply, answered)
-            media = await self._source.media_urls(reply.sid) if reply.num_media else []
-            if isinstance(media, TwilioFailure):  # the text still goes out; its media are said to be missing
-                log.warning("reply sid=%s: cannot list its %d media: %s", reply.sid, reply.num_media, media.message)
-                media = []
-            document = {
-                "from_number": reply.sender,
-                "to_number": reply.to,
-                "body": reply.body,
-                "sid": reply.sid,
-                "received_at": datetime.fromtimestamp(reply.received_at, UTC).isoformat().replace("+00:00", "Z"),
-                "num_media": reply.num_media,
-                "media_urls": media,
-                "in_reply_to": answered,
-                "opt_out": opt_out,
-                "acknowledges": acked,
-            }
-            log.info(
-                "reply sid=%s from=%s to=%s in_reply_to=%s opt_out=%s acknowledges=%s",
-                *(reply.sid, reply.sender, number, answered, opt_out, acked),
-            )
-            rows.append(
-                ReplyRecord(reply.sid, number, reply.sender, reply.received_at, orjson.dumps(document), opt_out, acked)
-            )
-        return rows
+        fresh = sorted((reply for reply in found if reply.sid not in known), key=lambda reply: reply.received_at)
+        return [await self._row(reply, None) for reply in fresh]
+
+    async def received(self, reply: Reply, media: list[str]) -> bool:
+        """A reply Twilio posted to our webhook (ops/callbacks.py), with its media URLs: taken as a poll takes
+        it, once by its SID whichever way comes first. False if it was known already."""
+        if await self._journal.known_replies([reply.sid]):
+            return False
+        await self._journal.record_replies([await self._row(reply, media)])
+        self._wake()
+        return True
+
+    async def _row(self, reply: Reply, media: list[str] | None) -> ReplyRecord:
+        """What the journal keeps of `reply`; `media`: its media URLs (None: ask Twilio if it has any)."""
+        number = reply.to
+        since = reply.received_at - self._options.window
+        answered = await self._journal.in_reply_to(reply.sender, number, since)
+        opt_out = opt_out_of(reply.body)
+        acked = await self._acknowledges(reply, answered)
+        if media is None:
+            media = await self._media(reply)
+        document = {
+            "from_number": reply.sender,
+            "to_number": reply.to,
+            "body": reply.body,
+            "sid": reply.sid,
+            "received_at": datetime.fromtimestamp(reply.received_at, UTC).isoformat().replace("+00:00", "Z"),
+            "num_media": reply.num_media,
+            "media_urls": media,
+            "in_reply_to": answered,
+            "opt_out": opt_out,
+            "acknowledges": acked,
+        }
+        log.info(
+            "reply sid=%s from=%s to=%s in_reply_to=%s opt_out=%s acknowledges=%s",
+            *(reply.sid, reply.sender, number, answered, opt_out, acked),
+        )
+        return ReplyRecord(reply.sid, number, reply.sender, reply.received_at, orjson.dumps(document), opt_out, acked)
+
+    async def _media(self, reply: Reply) -> list[str]:
+        if not reply.num_media:
+            return []
+        media = await self._source.media_urls(reply.sid)
+        if isinstance(media, TwilioFailure):  # the text still goes out; its media are said to be missing
+            log.warning("reply sid=%s: cannot list its %d media: %s", reply.sid, reply.num_media, media.message)
+            return []
+        return media

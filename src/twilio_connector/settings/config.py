@@ -163,6 +163,7 @@ def _cross_checks(settings: Settings) -> list[str]:
         problems.append(
             "status_to_iot_core and iot_core_requests need transport = greengrass (the nucleus's IoT Core link)"
         )
+    problems.extend(_webhook_problems(settings))
     if settings.delivery_tracking == "callback":
         if not settings.callback_url:
             problems.append("delivery_tracking = callback needs callback_url, the public URL Twilio will call")
@@ -170,6 +171,23 @@ def _cross_checks(settings: Settings) -> list[str]:
             settings.auth_token or settings.auth_token_file or settings.auth_token_secret_arn
         ):
             problems.append("delivery_tracking = callback needs the auth token too: Twilio signs callbacks with it")
+    return problems
+
+
+def _webhook_problems(settings: Settings) -> list[str]:
+    if not settings.replies:
+        return ["reply_webhook_url needs replies = true"] if settings.reply_webhook_url else []
+    problems = []
+    if not settings.reply_poll_interval and not settings.reply_webhook_url:
+        problems.append("reply_poll_interval = 0 needs reply_webhook_url: nothing would bring replies in")
+    if settings.reply_webhook_url:
+        if settings.api_key_sid and not (
+            settings.auth_token or settings.auth_token_file or settings.auth_token_secret_arn
+        ):
+            problems.append("reply_webhook_url needs the auth token too: Twilio signs its webhooks with it")
+        callback = settings.callback_url if settings.delivery_tracking == "callback" else None
+        if callback and urlsplit(callback).path == urlsplit(settings.reply_webhook_url).path:
+            problems.append("reply_webhook_url and callback_url are served on one listener: give them different paths")
     return problems
 
 

@@ -455,7 +455,19 @@ class Settings:
         "within reply_window.",
         section=REPLIES,
     )
-    reply_poll_interval: float = setting(15.0, p.positive_float, "Seconds between polls for replies.", section=REPLIES)
+    reply_poll_interval: float = setting(
+        15.0,
+        p.non_negative_float,
+        "Seconds between polls for replies; 0: none (reply_webhook_url alone brings them).",
+        section=REPLIES,
+    )
+    reply_webhook_url: str | None = setting(
+        None,
+        p.optional_url,
+        "Public URL Twilio calls when a text comes in (set it as the numbers' messaging webhook), served on "
+        "callback_listen: replies arrive at once; polls go on as a safety net (a longer reply_poll_interval will do).",
+        section=REPLIES,
+    )
     reply_window: float = setting(
         86400.0,
         p.positive_float,

@@ -11,7 +11,7 @@ import ssl
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -97,6 +97,7 @@ class Simulator:
         #: Delivery simulation, e.g. {"Messages": "delivered", "Calls": "completed", "after_ms": 50}: created
         #: resources reach that status after that delay, and their StatusCallback (if any) is called, signed.
         self.delivery: dict[str, Any] = {}
+        self.inbound_webhook: str | None = None  # the numbers' messaging webhook: incoming texts are posted there
         self._background: set[asyncio.Task[None]] = set()
         self.faults: deque[Fault] = deque()
         self.received: list[dict[str, Any]] = []
@@ -240,10 +241,13 @@ class Simulator:
             self._extra_lag[sid] = random.expovariate(1 / self.list_lag_spread)
         final = self.delivery.get(resource.name)
         if final:
-            task = asyncio.get_running_loop().create_task(self._deliver(resource, item, final, form))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self._deliver(resource, item, final, form))
         return item
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _deliver(self, resource: Resource, item: dict[str, Any], final: str, form: dict[str, str]) -> None:
         await asyncio.sleep(float(self.delivery.get("after_ms", 0)) / 1000)
@@ -344,7 +348,29 @@ class Simulator:
         messages.items[item["sid"]] = item
         self._media_of[item["sid"]] = list(media or [])
         self._created_at[item["sid"]] = time.monotonic()
+        if self.inbound_webhook:
+            self._in_background(self._post_inbound(self.inbound_webhook, item, list(media or [])))
         return item
+
+    async def _post_inbound(self, url: str, item: dict[str, Any], media: list[str]) -> None:
+        """Post an incoming text to the messaging webhook as Twilio does: a signed form."""
+        params = {
+            "MessageSid": item["sid"],
+            "SmsSid": item["sid"],
+            "SmsMessageSid": item["sid"],
+            "AccountSid": self.account_sid,
+            "From": item["from"],
+            "To": item["to"],
+            "Body": item["body"],
+            "NumMedia": str(len(media)),
+            "NumSegments": "1",
+            "SmsStatus": "received",
+            "ApiVersion": "2010-04-01",
+            **{f"MediaUrl{i}": url for i, url in enumerate(media)},
+        }
+        headers = {"X-Twilio-Signature": signature(self._auth_token, url, params)}
+        async with aiohttp.ClientSession() as session, session.post(url, data=params, headers=headers) as answer:
+            await answer.read()
 
     async def _inbound(self, request: web.Request) -> web.Response:
         try:
@@ -371,6 +397,7 @@ class Simulator:
         document = orjson.loads(await request.read())
         self.latency = float(document.get("latency_ms", self.latency * 1000)) / 1000
         self.delivery = document.get("delivery", self.delivery)
+        self.inbound_webhook = document.get("inbound_webhook", self.inbound_webhook)
         self.list_lag = float(document.get("list_lag_ms", self.list_lag * 1000)) / 1000
         self.list_lag_spread = float(document.get("list_lag_spread_ms", self.list_lag_spread * 1000)) / 1000
         self.trial = bool(document.get("trial", self.trial))
