@@ -225,3 +225,18 @@ def test_polls_off_need_the_webhook() -> None:
         load_settings(env={"TWILIO_CONNECTOR_REPLIES": "true", "TWILIO_CONNECTOR_REPLY_POLL_INTERVAL": "0"})
     with pytest.raises(ConfigError, match="reply_webhook_url needs replies = true"):
         load_settings(env={"TWILIO_CONNECTOR_REPLY_WEBHOOK_URL": "https://edge.example/twilio/inbound"})
+
+
+def test_a_reply_is_matched_to_a_request_a_messaging_service_sent(tmp_path: Path) -> None:
+    core = SqliteCore(str(tmp_path / "journal.db"))
+    try:
+        core.db.execute(
+            "INSERT INTO requests (dedupe_key, request_id, kind, to_number, from_number, name, content, retries, "
+            "state, next_attempt_at, accepted_at, updated_at) "
+            "VALUES (x'01', 'via-service', 'txt', ?, '', '', 'x', 0, 'sent', 0, 100, 100)",
+            (PERSON,),
+        )
+        assert core.in_reply_to(PERSON, DEFAULT_FROM, 0.0) == "via-service"
+        assert core.in_reply_to(STRANGER, DEFAULT_FROM, 0.0) is None
+    finally:
+        core.close()

@@ -272,9 +272,10 @@ class SqlCore(OperatorStatements, abc.ABC):
         return found
 
     def in_reply_to(self, person: str, number: str, since: float) -> str | None:
-        """The id of the latest request sent to `person` from `number` since `since`."""
+        """The id of the latest request sent to `person` from `number`, or through a Messaging Service (which
+        picked a number the journal does not know: `from_number` empty), since `since`."""
         row = self.db.execute(
-            "SELECT request_id FROM requests WHERE state = ? AND to_number = ? AND from_number = ? "
+            "SELECT request_id FROM requests WHERE state = ? AND to_number = ? AND from_number IN (?, '') "
             "AND updated_at >= ? ORDER BY updated_at DESC LIMIT 1",
             (State.SENT.value, person, number, since),
         ).fetchone()
