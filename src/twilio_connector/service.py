@@ -17,8 +17,6 @@ from .engine.core import Engine
 from .engine.options import DeliveryOptions, EngineOptions
 from .engine.replies import ReplyOptions
 from .engine.tracking import DeliveryTracker, TrackingOptions
-from .greengrass.secrets import fetch_from_nucleus
-from .greengrass.session import GreengrassTransport, options_from_environment
 from .journal.front import Journal
 from .journal.opening import open_journal
 from .mqtt.session import BrokerError, MqttTransport
@@ -158,7 +156,7 @@ async def run(
                 return transport.publish(topic, status)
 
             tracker = _tracking(settings, journal, client)
-            metrics = Metrics()
+            metrics = Metrics(exported=bool(settings.metrics_listen))
             sender = Reauthenticating(
                 client, credentials, partial(resolve_credentials, settings, secret_source(settings))
             )
@@ -303,6 +301,8 @@ def engine_options(settings: Settings) -> EngineOptions:
 def messaging(settings: Settings, engine: Engine, metrics: Metrics) -> Messaging:
     """Requests in and statuses out as `transport` says: an MQTT broker, or the Greengrass nucleus."""
     if settings.transport == "greengrass":
+        from .greengrass.session import GreengrassTransport, options_from_environment  # noqa: PLC0415 (its transport)
+
         options = options_from_environment(
             statuses_to_cloud=settings.status_to_iot_core, requests_from_cloud=settings.iot_core_requests
         )
@@ -327,6 +327,9 @@ def secret_source(settings: Settings) -> Callable[[str], Secret]:
     """Where the secret an ARN names is read: from the Greengrass nucleus with that transport (no network, no AWS
     credentials), else from AWS Secrets Manager."""
     if settings.transport == "greengrass":
+        from .greengrass.secrets import fetch_from_nucleus  # noqa: PLC0415 (only on Greengrass)
+        from .greengrass.session import options_from_environment  # noqa: PLC0415
+
         return partial(fetch_from_nucleus, options_from_environment())
     return fetch_secrets_manager
 

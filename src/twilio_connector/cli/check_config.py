@@ -19,7 +19,6 @@ from ..settings.config import (
     resolve_credentials,
 )
 from ..settings.schema import Settings
-from ..twilio.doctor import ask, judge
 from .common import EXIT_FAILURE, report, settings_from
 
 __all__ = ["check_config"]
@@ -50,6 +49,8 @@ async def _online(settings: Settings, credentials: Credentials) -> int:
     """Ask Twilio what it makes of the account: one line per finding; 1 when any fails."""
     client = service.twilio_client(settings, credentials)
     async with client:
+        from ..twilio.doctor import ask, judge  # noqa: PLC0415 (only for --online)
+
         findings = judge(await ask(client, settings.default_from), settings.default_from, settings.api_base_url)
     for finding in findings:
         print(finding)

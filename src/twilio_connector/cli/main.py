@@ -8,8 +8,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import shtab
-
 from ..settings.config import ConfigError
 from .check_config import check_config
 from .common import UserError, report
@@ -31,6 +29,8 @@ def _dispatch(args: Any) -> int:
     if args.command == "journal":
         return journal(args)
     if args.command == "completion":
+        import shtab  # noqa: PLC0415 (18 ms at every start otherwise)
+
         print(shtab.complete(build_parser(), shell=args.shell))
         return 0
     if args.command == "send":

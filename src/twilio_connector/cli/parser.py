@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import difflib
-from importlib.metadata import version
 from typing import Any, ClassVar, NoReturn
 
+from .._version import __version__
 from ..domain.states import STATES
 from ..settings.schema import OPTIONS, Settings
 from ..twilio.simulator.defaults import DEFAULT_ACCOUNT_SID
@@ -42,6 +41,8 @@ def _closest_flag(name: str, flags: set[str]) -> list[str]:
     option = OPTIONS.get(name.lstrip("-").replace("-", "_"))
     if option is not None and option.flag in flags:
         return [option.flag]
+    import difflib  # noqa: PLC0415 (only to word a mistake)
+
     return difflib.get_close_matches(name, flags, n=1)
 
 
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="MQTT to Twilio SMS and voice calls: a drop-in for the Greengrass v1 Twilio Notifications "
         "connector.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version('twilio-connector')}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="run the connector", description="Run the connector until SIGTERM.")

@@ -10,7 +10,6 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
-from xml.sax.saxutils import escape
 
 import orjson
 
@@ -294,7 +293,12 @@ def _say(text: str, voice: object, language: object) -> str:
         if not isinstance(value, str) or not _SAY_OPTION.fullmatch(value):
             raise ContractViolation(f"request.recipient.{attribute} must be a short name such as Polly.Joanna or en-US")
         attributes += f' {attribute}="{value}"'
-    return f"<Response><Say{attributes}>{escape(text)}</Say></Response>"
+    return f"<Response><Say{attributes}>{_escape(text)}</Say></Response>"
+
+
+def _escape(text: str) -> str:
+    """XML's three (xml.sax.saxutils.escape's: importing it costs 45 ms at every start, html's 100 KB of entities)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _text_content(recipient: dict[str, Any], allow_http: bool) -> tuple[Content, str, tuple[str, ...]]:

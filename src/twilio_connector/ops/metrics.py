@@ -1,32 +1,72 @@
-"""Operations: Prometheus metrics, and /healthz and /readyz, on an optional HTTP listener (`metrics_listen`)."""
+"""Operations: Prometheus metrics, served with /healthz and /readyz on an optional HTTP listener (`metrics_listen`).
+
+Without the listener nothing reads them: `Metrics(exported=False)` then counts nothing, and prometheus_client
+(with the http.server, wsgiref and urllib.request it imports: 12 ms and 1.5 MB) is never imported."""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import contextlib
+from typing import Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-)
-
+from .._version import __version__
 from ..domain.contract import ErrorCode, Kind
 
 __all__ = ["Metrics"]
 
-# A `_created` series beside every counter doubles what is scraped and stored and says nothing an alert uses.
-disable_created_metrics()  # type: ignore[no-untyped-call]
 #: Label values known in advance, exported at 0 from the start: an alert on "any increase" then sees the first.
 BROKER_FAULTS = ("connect_refused", "subscribe_refused", "publish_refused", "publish_timeout")
 
 
-class Metrics:
-    """The connector's metrics, in a registry of their own (several connectors can share a process in tests)."""
+class _Unread:
+    """A metric nobody reads: takes every update and keeps nothing."""
 
-    def __init__(self) -> None:
-        self.registry = registry = CollectorRegistry()
+    def labels(self, *values: str) -> _Unread:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, value: float) -> None:
+        pass
+
+    def set_function(self, function: Any) -> None:
+        pass
+
+    def time(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
+
+
+def _unread(*args: Any, **kwargs: Any) -> _Unread:
+    return _Unread()
+
+
+class Metrics:
+    """The connector's metrics, in a registry of their own (several connectors can share a process in tests).
+    `exported`: something reads them (the metrics listener); else they are kept nowhere."""
+
+    def __init__(self, exported: bool = True) -> None:
+        Counter: Any  # prometheus_client's classes, or what stands in for them
+        Gauge: Any
+        Histogram: Any
+        if exported:
+            from prometheus_client import (  # noqa: PLC0415
+                CollectorRegistry,
+                Counter,
+                Gauge,
+                Histogram,
+                disable_created_metrics,
+            )
+
+            # A `_created` series beside every counter doubles what is scraped and says nothing an alert uses.
+            disable_created_metrics()  # type: ignore[no-untyped-call]
+            self.registry: Any = CollectorRegistry()
+        else:
+            Counter = Gauge = Histogram = _unread
+            self.registry = None
+        registry = self.registry
         self.received = Counter(
             "twilio_connector_requests_received", "MQTT requests taken in", ["topic"], registry=registry
         )
@@ -128,7 +168,7 @@ class Metrics:
         self.build_info = Gauge(
             "twilio_connector_build_info", "The running version (always 1)", ["version"], registry=registry
         )
-        self.build_info.labels(_version()).set(1)
+        self.build_info.labels(__version__).set(1)
         for kind in BROKER_FAULTS:
             self.broker_faults.labels(kind)
         for found in ("yes", "no"):
@@ -143,10 +183,3 @@ class Metrics:
         self.digests.labels("success")
         for error in ErrorCode:
             self.digests.labels(error.value)
-
-
-def _version() -> str:
-    try:
-        return version("twilio-connector")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"

@@ -6,15 +6,12 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import tomllib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
-
-import tomli_w
 
 from .schema import DEFAULT_API_URL, OPTIONS, SECRET_OPTIONS, Settings
 from .secrets import Secret, SecretError, fetch_secrets_manager, read_secret_file
@@ -89,6 +86,8 @@ def _gather(
 
 
 def _suggest(word: str, choices: Collection[str]) -> str:
+    import difflib  # noqa: PLC0415 (only to word a mistake)
+
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.7)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -248,5 +247,7 @@ def describe(settings: Settings) -> list[str]:
         elif value is None:
             lines.append(f"# {item.name}: not set")
         else:
+            import tomli_w  # noqa: PLC0415 (only for check-config's listing)
+
             lines.append(tomli_w.dumps({item.name: list(value) if isinstance(value, tuple) else value}).rstrip())
     return lines

@@ -8,10 +8,9 @@ from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus, urlencode, urljoin, urlsplit
 
 import orjson
-from yarl import URL
 
 from ..domain.contract import Kind, Notification, SendResult
 from ..domain.outcomes import FailureKind, TwilioFailure
@@ -194,14 +193,15 @@ class TwilioClient:
         """`transport`: how requests reach `base_url` (default: a pool of kept-alive HTTP/1.1 connections, of
         `max_connections` at most, with these timeouts, through `proxy` if one is given, verifying Twilio's
         certificate with `ssl_context`'s CAs: the system's by default)."""
-        base = base_url.rstrip("/")
+        parts = urlsplit(base_url.rstrip("/"))
         self._status_callback = status_callback
-        self._urls = {  # parsed once, not per request
-            Kind.SMS: URL(f"{base}/{API_VERSION}/Accounts/{account_sid}/Messages.json"),
-            Kind.CALL: URL(f"{base}/{API_VERSION}/Accounts/{account_sid}/Calls.json"),
-        }
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        #: The account's home, as a path (and a base URL's own path, if it has one, before it).
+        self._home = f"{parts.path}/{API_VERSION}/Accounts/{account_sid}"
+        self._paths = {Kind.SMS: f"{self._home}/Messages", Kind.CALL: f"{self._home}/Calls"}
+        self._create = {kind: f"{path}.json" for kind, path in self._paths.items()}
         self._pool = transport or Http1Pool(
-            str(self._urls[Kind.SMS].origin()),
+            self._origin,
             max_connections=max_connections,
             timeout=timeout,
             connect_timeout=connect_timeout,
@@ -217,7 +217,7 @@ class TwilioClient:
         self._pool.set_headers(Authorization=f"Basic {credentials}")
 
     def __repr__(self) -> str:
-        return f"TwilioClient({str(self._urls[Kind.SMS].parent)!r})"
+        return f"TwilioClient({self._origin + self._home!r})"
 
     async def __aenter__(self) -> TwilioClient:
         return self
@@ -240,7 +240,7 @@ class TwilioClient:
         if notification.from_:
             query["From"] = notification.from_
         listed = await self._walk(
-            self._urls[notification.kind].with_query(query), notification.kind, since - CLOCK_SKEW
+            _with_query(f"{self._paths[notification.kind]}.json", query), notification.kind, since - CLOCK_SKEW
         )
         if isinstance(listed, TwilioFailure):
             return listed
@@ -251,12 +251,12 @@ class TwilioClient:
         ]
 
     async def _walk(
-        self, url: URL, kind: Kind, back_to: float
+        self, target: str, kind: Kind, back_to: float
     ) -> list[tuple[dict[str, Any], float | None]] | TwilioFailure:
         """The resources of a list, newest first, each with when it was created: page after page, up to MAX_PAGES,
         until one reaches back past `back_to` (epoch seconds) or shows a resource without a date."""
         listed: list[tuple[dict[str, Any], float | None]] = []
-        following: URL | None = url
+        following: str | None = target
         for _ in range(MAX_PAGES):
             if following is None:
                 break
@@ -270,9 +270,9 @@ class TwilioClient:
                 break
         return listed
 
-    async def _page(self, url: URL, kind: Kind) -> tuple[list[dict[str, Any]], URL | None] | TwilioFailure:
-        """One page of a list: its resources, and the next page's URL (None on the last page)."""
-        document = await self._get_json(url, "cannot list Twilio resources")
+    async def _page(self, target: str, kind: Kind) -> tuple[list[dict[str, Any]], str | None] | TwilioFailure:
+        """One page of a list: its resources, and the next page's target (None on the last page)."""
+        document = await self._get_json(target, "cannot list Twilio resources")
         if isinstance(document, TwilioFailure):
             return document
         try:
@@ -280,14 +280,13 @@ class TwilioClient:
             following = document.get("next_page_uri")
         except (KeyError, TypeError, AttributeError):
             return TwilioFailure(FailureKind.AMBIGUOUS, "unreadable list answer from Twilio")
-        return items, url.join(URL(following)) if isinstance(following, str) and following else None
+        return items, _target(urljoin(target, following)) if isinstance(following, str) and following else None
 
     async def inbound(self, number: str, since: float) -> list[Reply] | TwilioFailure:
         """Texts people sent to `number` created since `since` (epoch seconds), newest first: the list of messages
         To `number`, walked page by page until one reaches back past `since`, keeping the inbound ones."""
-        listed = await self._walk(
-            self._urls[Kind.SMS].with_query({"To": number, "PageSize": str(PAGE_SIZE)}), Kind.SMS, since
-        )
+        query = {"To": number, "PageSize": str(PAGE_SIZE)}
+        listed = await self._walk(_with_query(f"{self._paths[Kind.SMS]}.json", query), Kind.SMS, since)
         if isinstance(listed, TwilioFailure):
             return listed
         return [
@@ -298,23 +297,22 @@ class TwilioClient:
 
     async def media_urls(self, sid: str) -> list[str] | TwilioFailure:
         """Where the media of message `sid` are (Twilio's media URLs: the resource's `uri` without `.json`)."""
-        url = self._urls[Kind.SMS].with_suffix("") / sid / "Media.json"
-        document = await self._get_json(url.with_query({"PageSize": str(PAGE_SIZE)}), f"cannot list {sid}'s media")
+        target = _with_query(f"{self._paths[Kind.SMS]}/{sid}/Media.json", {"PageSize": str(PAGE_SIZE)})
+        document = await self._get_json(target, f"cannot list {sid}'s media")
         if isinstance(document, TwilioFailure):
             return document
         listed = document.get("media_list") if isinstance(document, dict) else None
         if not isinstance(listed, list):
             return TwilioFailure(FailureKind.AMBIGUOUS, f"cannot list {sid}'s media: an unreadable answer")
-        origin = self._urls[Kind.SMS].origin()
         return [
-            str(origin.join(URL(str(item["uri"]).removesuffix(".json"))))
+            urljoin(self._origin, str(item["uri"]).removesuffix(".json"))
             for item in listed
             if isinstance(item, dict) and item.get("uri")
         ]
 
     async def fetch(self, kind: Kind, sid: str) -> dict[str, Any] | TwilioFailure:
         """The current state of a message or call (for delivery tracking)."""
-        document = await self._get_json(self._urls[kind].with_suffix("") / f"{sid}.json", f"cannot fetch {sid}")
+        document = await self._get_json(f"{self._paths[kind]}/{sid}.json", f"cannot fetch {sid}")
         if isinstance(document, dict | TwilioFailure):
             return document
         return TwilioFailure(FailureKind.AMBIGUOUS, f"cannot fetch {sid}: not an object")
@@ -322,14 +320,14 @@ class TwilioClient:
     async def account(self, listing: str = "", query: Mapping[str, str] | None = None) -> Any | TwilioFailure:
         """The account's own resource, or one of its lists (`IncomingPhoneNumbers`, `OutgoingCallerIds`) as a
         JSON document: what `check-config --online` asks Twilio."""
-        home = self._urls[Kind.SMS].parent
-        url = home.with_name(f"{home.name}.json") if not listing else home / f"{listing}.json"
-        return await self._get_json(url.with_query(query or {}), f"cannot read {listing or 'the account'}")
+        path = f"{self._home}/{listing}.json" if listing else f"{self._home}.json"
+        return await self._get_json(_with_query(path, query or {}), f"cannot read {listing or 'the account'}")
 
-    async def _get_json(self, url: URL, failing: str) -> Any:
-        """The JSON document at `url`, or a `TwilioFailure` (`failing` says what could not be done)."""
+    async def _get_json(self, target: str, failing: str) -> Any:
+        """The JSON document at `target` (a path and query), or a `TwilioFailure` (`failing` says what could not
+        be done)."""
         try:
-            answer = await self._send("GET", url)
+            answer = await self._send("GET", target)
         except HttpError as exc:
             return TwilioFailure(FailureKind.NOT_SENT, f"{failing}: {exc}")
         if answer.status != 200:
@@ -343,7 +341,7 @@ class TwilioClient:
         """Send one SMS or place one call. Never raises for network or API errors."""
         body = _encode(_form(notification, self._status_callback))
         try:
-            answer = await self._send("POST", self._urls[notification.kind], body, FORM_TYPE)
+            answer = await self._send("POST", self._create[notification.kind], body, FORM_TYPE)
         except ConnectFailed as exc:
             return TwilioFailure(FailureKind.NOT_SENT, f"cannot connect to Twilio: {exc}")
         except HttpError as exc:
@@ -352,5 +350,16 @@ class TwilioClient:
             return _created(answer.body, notification)
         return _rejection(answer)
 
-    async def _send(self, method: str, url: URL, body: bytes = b"", content_type: str | None = None) -> Answer:
-        return await self._pool.request(method, url.raw_path_qs, body, content_type)
+    async def _send(self, method: str, target: str, body: bytes = b"", content_type: str | None = None) -> Answer:
+        return await self._pool.request(method, target, body, content_type)
+
+
+def _with_query(path: str, query: Mapping[str, str]) -> str:
+    """`path` with `query`, each value quoted whole (a `+` in a number is %2B, as Twilio needs it)."""
+    return f"{path}?{urlencode(query, quote_via=quote)}" if query else path
+
+
+def _target(url: str) -> str:
+    """The path and query of `url` (Twilio's next page is a path; a full URL is cut to one, on our origin)."""
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}" if parts.query else parts.path
