@@ -12,21 +12,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any
 
 import asyncpg
 import psycopg
 import psycopg_pool
+from pgserver import start_postgres
 
-BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
 SCHEMA = """
 DROP TABLE IF EXISTS requests, counters;
 CREATE TABLE requests (seq BIGSERIAL PRIMARY KEY, request_id TEXT NOT NULL, to_number TEXT NOT NULL,
@@ -39,44 +33,6 @@ CLAIM = (
     "UPDATE requests SET claimed_by = $1, lease_until = $2 WHERE seq IN (SELECT seq FROM requests "
     "WHERE state = 'accepted' AND claimed_by IS NULL ORDER BY seq LIMIT 64 FOR UPDATE SKIP LOCKED) RETURNING seq"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_postgres() -> tuple[subprocess.Popen[bytes], str, Path]:
-    directory = Path(tempfile.mkdtemp(prefix="pgbench-"))
-    owner: dict[str, Any] = {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
-    if owner:
-        shutil.chown(directory, "postgres", "postgres")
-    subprocess.run(
-        [BIN / "initdb", "-D", directory / "data", "-A", "trust", "-U", "postgres"],
-        check=True,
-        capture_output=True,
-        **owner,
-    )
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            BIN / "postgres",
-            "-D",
-            directory / "data",
-            "-p",
-            str(port),
-            "-k",
-            directory,
-            "-c",
-            "listen_addresses=127.0.0.1",
-        ],
-        stderr=subprocess.DEVNULL,
-        **owner,
-    )
-    while subprocess.run([BIN / "pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)], check=False).returncode:
-        time.sleep(0.05)
-    return server, f"postgresql://postgres@127.0.0.1:{port}/postgres", directory
 
 
 async def run_asyncpg(url: str, requests: int) -> None:

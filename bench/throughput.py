@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import gmqtt
 import orjson
+from pgserver import start_postgres
 
 CLI = [sys.executable, "-m", "twilio_connector"]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -199,7 +200,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--max-in-flight", type=int, help="default: the connector's own")
-    parser.add_argument("--journal", choices=["file", "memory"], default="file", help="durable journal or none")
+    parser.add_argument(
+        "--journal",
+        choices=["file", "memory", "postgres"],
+        default="file",
+        help="durable journal (SQLite), none, or a PostgreSQL of its own",
+    )
     parser.add_argument("--sync", choices=["full", "normal", "off"], default="full", help="journal fsync policy")
     parser.add_argument("--backlog", action="store_true", help="queue every request while the connector is stopped")
     parser.add_argument(
@@ -253,6 +259,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             env["TWILIO_CONNECTOR_FOLD_THRESHOLD"] = "0"  # one recipient, many requests: every one really sent
         journal = Path(tmp) / "journal.db"
         metrics_port: int | None = free_port()
+        postgres = start_postgres() if args.journal == "postgres" else None
         command = connector_command(
             mqtt_port,
             sim_port,
@@ -260,6 +267,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             *(("--max-in-flight", str(args.max_in_flight)) if args.max_in_flight else ()),
             *("--journal-sync", args.sync),
             *("--metrics-listen", f"127.0.0.1:{metrics_port}"),
+            *(("--journal-url", postgres[1]) if postgres else ()),
         )
         if args.reference:
             reference = str(Path(__file__).with_name("reference.py"))
@@ -286,10 +294,45 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             result["broker_cpu"] = cpu_seconds(broker.pid) - broker_cpu
             result["journal_mb"] = sum(p.stat().st_size for p in Path(tmp).glob("journal.db*")) / 2**20
         finally:
-            for process in (simulator, broker):
+            for process in (simulator, broker, *([postgres[0]] if postgres else [])):
                 process.send_signal(signal.SIGTERM)
                 process.wait(30)
+            if postgres:
+                shutil.rmtree(postgres[2], ignore_errors=True)
     return result
+
+
+def footprint(reference: bool) -> tuple[float, float]:
+    """(seconds from launch to ready, RSS MB 1.5 s after launch) of the connector with its defaults (no metrics
+    listener: none is on by default), or of the reference design; ready is its own "ready" line."""
+    with tempfile.TemporaryDirectory() as tmp:
+        broker, mqtt_port = start_broker(Path(tmp))
+        sim_port = free_port()
+        simulator = subprocess.Popen([*CLI, "simulator", "--port", str(sim_port)], stdout=subprocess.PIPE)
+        assert simulator.stdout is not None
+        simulator.stdout.readline()
+        env = {**os.environ, "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "simulator-token"}
+        if reference:
+            command = [sys.executable, str(Path(__file__).with_name("reference.py"))]
+            command += ["--broker-port", str(mqtt_port), "--api-url", f"http://127.0.0.1:{sim_port}"]
+        else:
+            command = connector_command(mqtt_port, sim_port, str(Path(tmp) / "journal.db"))
+            command[command.index("WARNING")] = "INFO"
+        launched = time.perf_counter()
+        connector = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            assert connector.stdout is not None
+            marker = b"ready" if reference else b"ready:"
+            for line in connector.stdout:
+                if marker in line:
+                    break
+            ready = time.perf_counter() - launched
+            time.sleep(max(0.0, launched + 1.5 - time.perf_counter()))
+            return ready, rss_mb(connector.pid)
+        finally:
+            for process in (connector, simulator, broker):
+                process.send_signal(signal.SIGTERM)
+                process.wait(30)
 
 
 HEADER = (
@@ -300,7 +343,7 @@ HEADER = (
 
 
 def row(args: argparse.Namespace, result: dict[str, Any]) -> str:
-    mode = f"{args.journal}/{args.sync}" if args.journal == "file" else "none"
+    mode = {"file": f"file/{args.sync}", "postgres": "postgres"}.get(args.journal, "none")
     if args.reference:
         mode = "reference design"
     shape = "backlog" if args.backlog else f"{args.rate:g}/s" if args.rate else "burst"
