@@ -205,15 +205,16 @@ class Engine:
         `redelivered`: the broker sent it before (MQTT's DUP flag), perhaps days ago to a process that recorded it
         and died before acknowledging: it is looked for in the journal as far back as a session can hold it."""
         kind = self._kinds.get(topic)
-        if kind is None:
-            if self._pager is not None and topic == self._options.ack_topic:
-                await self._acknowledge(payload)
-                return
+        acknowledgement = kind is None and self._pager is not None and topic == self._options.ack_topic
+        if kind is None and not acknowledgement:
             log.warning("ignoring a message on unexpected topic %r", topic)
             return
-        self._received[topic].inc()
         if self._closing.is_set() or self._journal.damaged is not None:
             await asyncio.Future()  # never acknowledged: the broker keeps it for the next session
+        if kind is None:
+            await self._acknowledge(payload)
+            return
+        self._received[topic].inc()
         parsed = parse_request(
             payload,
             kind,
