@@ -14,14 +14,13 @@ import argparse
 import asyncio
 import os
 import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import gmqtt
 import orjson
-from throughput import CLI, connector_command, free_port, rss_mb, start_broker
+from throughput import connector_command, rss_mb, start_broker, start_simulator
 
 
 async def soak(args: argparse.Namespace, mqtt_port: int, command: list[str], env: dict[str, str]) -> list[str]:
@@ -72,10 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         broker, mqtt_port = start_broker(Path(tmp))
-        sim_port = free_port()
-        simulator = subprocess.Popen([*CLI, "simulator", "--port", str(sim_port)], stdout=subprocess.PIPE)
-        assert simulator.stdout is not None
-        simulator.stdout.readline()
+        simulator, sim_port = start_simulator()
         env = {
             **os.environ,
             "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,

@@ -90,6 +90,16 @@ def start_broker(directory: Path, stock: bool = False) -> tuple[subprocess.Popen
     raise RuntimeError("mosquitto did not start")
 
 
+def start_simulator(latency_ms: float = 0.0) -> tuple[subprocess.Popen[bytes], int]:
+    """`twilio-connector simulator` on a free port, answering after `latency_ms`; returns once it listens."""
+    port = free_port()
+    command = [*CLI, "simulator", "--port", str(port), "--latency-ms", str(latency_ms)]
+    simulator = subprocess.Popen(command, stdout=subprocess.PIPE)
+    assert simulator.stdout is not None
+    simulator.stdout.readline()
+    return simulator, port
+
+
 class Probe:
     """Publishes requests and times their statuses."""
 
@@ -248,12 +258,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     CPU seconds and the journal's size."""
     with tempfile.TemporaryDirectory() as tmp:
         broker, mqtt_port = start_broker(Path(tmp), args.stock_broker)
-        sim_port = free_port()
-        simulator = subprocess.Popen(
-            [*CLI, "simulator", "--port", str(sim_port), "--latency-ms", str(args.latency_ms)], stdout=subprocess.PIPE
-        )
-        assert simulator.stdout is not None
-        simulator.stdout.readline()
+        simulator, sim_port = start_simulator(args.latency_ms)
         env = {**os.environ, "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "simulator-token"}
         if not args.distinct:
             env["TWILIO_CONNECTOR_FOLD_THRESHOLD"] = "0"  # one recipient, many requests: every one really sent
@@ -307,10 +312,7 @@ def footprint(reference: bool) -> tuple[float, float]:
     listener: none is on by default), or of the reference design; ready is its own "ready" line."""
     with tempfile.TemporaryDirectory() as tmp:
         broker, mqtt_port = start_broker(Path(tmp))
-        sim_port = free_port()
-        simulator = subprocess.Popen([*CLI, "simulator", "--port", str(sim_port)], stdout=subprocess.PIPE)
-        assert simulator.stdout is not None
-        simulator.stdout.readline()
+        simulator, sim_port = start_simulator()
         env = {**os.environ, "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "simulator-token"}
         if reference:
             command = [sys.executable, str(Path(__file__).with_name("reference.py"))]
