@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "src" / "twilio_connector"
@@ -101,3 +103,22 @@ def test_settings_import_only_the_domain() -> None:
     for module, (own, _) in _graph().items():
         if _part(module) == "settings":
             assert {_part(target) for target in own} <= {"domain", "settings"}, f"{module} imports {sorted(own)}"
+
+
+def test_the_connector_with_default_settings_imports_only_what_they_use() -> None:
+    """Idle memory and time to ready (docs/performance.md): what serves metrics, callbacks, the simulator,
+    Greengrass, one command or another is imported when it is used, not at every start."""
+    program = (
+        "import sys; from twilio_connector.cli.main import main; from twilio_connector import service; "
+        "from twilio_connector.ops.metrics import Metrics; Metrics(exported=False); "
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    loaded = set(
+        subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout.split()
+    )
+    heavy = {
+        "aiohttp", "prometheus_client", "yarl", "importlib.metadata", "xml.sax", "html.entities", "shtab",
+        "tomli_w", "difflib", "twilio_connector.greengrass.session", "twilio_connector.twilio.doctor",
+        "twilio_connector.twilio.simulator.app", "twilio_connector.ops.endpoints", "twilio_connector.ops.callbacks",
+    }  # fmt: skip
+    assert not heavy & loaded, sorted(heavy & loaded)
