@@ -355,3 +355,25 @@ async def test_with_paging_off_a_page_is_sent_once(
         await running.stop()
     assert status["response"]["status"] == "success" and len(everything) == 1
     assert len(texts_to(simulator, PERSON)) == 1
+
+
+def test_a_page_s_later_sends_count_against_the_guards_like_any_request(tmp_path: Path) -> None:
+    """A page is no way around a rate cap: its second text, past the recipient's cap, is refused in words, and its
+    status says which send it was."""
+    core = SqliteCore(str(tmp_path / "journal.db"))
+    try:
+        capped = Admission(Limits(per_recipient_per_minute=1), StormRule(0, 60.0), (600.0, 600.0), 5)
+        first = capped.admit(core, started(Page(1, 3)))
+        assert isinstance(first, Accepted)
+        [page] = core.pages_due(time.time() + 2, 10)
+        step = next_step(page, time.time())
+        assert core.page_step(page, step, time.time())
+        refused = capped.follow_up(core, step.send)  # type: ignore[arg-type]
+        assert isinstance(refused, Refused) and "already got 1 in the last minute" in refused.reason
+        status = orjson.loads(
+            core.db.execute("SELECT status FROM requests WHERE seq = ?", (refused.seq,)).fetchone()[0]
+        )
+        assert (status["id"], status["update"], status["repeat"]) == ("freezer-3", "repeat", 2)
+        assert status["response"]["error"] == "Rejected"
+    finally:
+        core.close()
