@@ -39,6 +39,7 @@ from twilio_connector.domain.contract import (
 from twilio_connector.domain.paging import OpenPage, acknowledges, answered, next_step
 from twilio_connector.domain.policy import Limits
 from twilio_connector.domain.storms import StormRule
+from twilio_connector.journal.opening import open_journal
 from twilio_connector.journal.sqlite import SqliteCore
 
 PERSON, OTHER = "+15557654321", "+15557650001"
@@ -377,3 +378,30 @@ def test_a_page_s_later_sends_count_against_the_guards_like_any_request(tmp_path
         assert status["response"]["error"] == "Rejected"
     finally:
         core.close()
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgres"])
+async def test_two_connectors_on_one_journal_take_a_page_s_step_once(
+    where: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Two connectors read the same due page and step it at once: one send, whatever the journal; after an
+    acknowledgement through either, neither steps it."""
+    url = str(tmp_path / "journal.db") if where == "sqlite" else request.getfixturevalue("pg_url")
+    first = await open_journal(url)
+    second = await open_journal(url) if where == "postgres" else first  # SQLite: one connector per file
+    try:
+        guards = admission()
+        assert isinstance(await first.admit(guards, started(Page(1, 3))), Accepted)
+        [page] = await first.pages_due(time.time() + 2, 10)
+        step = next_step(page, time.time())
+        taken = await asyncio.gather(*(journal.page_step(guards, page, step) for journal in (first, second)))
+        assert sorted(done for done, _ in taken) == [False, True]
+        [page] = await second.pages_due(time.time() + 10, 10)
+        assert await first.acknowledge("freezer-3", PERSON, "mqtt") == 1
+        assert await second.page_step(guards, page, next_step(page, time.time())) == (False, None)
+        rows = first.core.db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+        assert rows == 2  # the first text and one repeat: none twice
+    finally:
+        await first.close()
+        if second is not first:
+            await second.close()
