@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import time
 from dataclasses import replace
@@ -23,6 +24,7 @@ from conftest import (
     RunningConnector,
     SimulatorHandle,
     call,
+    cli,
     make_settings,
     sms,
 )
@@ -295,6 +297,10 @@ async def test_an_unacknowledged_page_ends_with_the_call(
     [made] = simulator.created("Calls")
     assert made["params"]["To"] == PERSON and "<Say>freezer 3 at -2 C</Say>" in made["params"]["Twiml"]
     assert page_state(tmp_path / "journal.db") == "called"
+    listed = cli("journal", "--journal-path", str(tmp_path / "journal.db"), "pages")
+    [page] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert listed.returncode == 0 and page["state"] == "called" and page["ended_at"].endswith("Z")
+    assert (page["id"], page["phone_number"], page["sends"], page["times"]) == ("freezer-3", PERSON, 2, 2)
 
 
 async def test_an_acknowledgement_over_mqtt_ends_the_page(

@@ -64,6 +64,12 @@ def _journal_action(core: SqlCore, args: argparse.Namespace) -> int:
         for person, number, since in core.opt_outs():
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
             print(json.dumps({"phone_number": person, "from_number": number, "since": stamp}))
+    elif args.action == "pages":
+        for page in core.pages(args.limit):
+            for key in ("next_at", "ended_at"):
+                if page.get(key) is not None:
+                    page[key] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(page[key]))
+            print(json.dumps(page))
     elif args.action == "list":
         for row in core.rows(args.state or [*UNFINISHED, State.FAILED], args.limit):
             accepted = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.pop("accepted_at")))

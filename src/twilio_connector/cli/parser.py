@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         "read of it, and whether its write-ahead log was cut short. Exit 0: intact; 1: damaged.",
     )
     actions.add_parser("opt-outs", help="who replied STOP to which number (with replies on), newest first")
+    pages = actions.add_parser("pages", help="pages until acknowledged: open ones (next due first), then ended ones")
+    pages.add_argument("--limit", type=int, default=50)
     listing = actions.add_parser("list", help="the newest requests in some states")
     listing.add_argument(
         "--state",

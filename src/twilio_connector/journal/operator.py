@@ -7,6 +7,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
+
 from ..domain.records import Entry
 from ..domain.states import Step
 from .rows import COLUMNS, entry_of
@@ -100,3 +102,22 @@ class OperatorStatements:
         )
         names = [column[0] for column in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def pages(self, limit: int) -> list[dict[str, Any]]:
+        """Pages until acknowledged, open first (soonest due first), then the newest ended ones still kept."""
+        cursor = self.db.execute(
+            "SELECT p.request_id, r.to_number, p.state, p.sends, p.next_at, p.ended_at, r.options FROM pages p "
+            "JOIN requests r ON r.seq = p.seq "
+            "ORDER BY CASE WHEN p.state = 'paging' THEN 0 ELSE 1 END, p.next_at, p.ended_at DESC LIMIT ?",
+            (limit,),
+        )
+        listed = []
+        for request_id, to, state, sends, next_at, ended_at, options in cursor.fetchall():
+            page = orjson.loads(options).get("page") or {}  # as Notification.options() stores it
+            when = {"next_at": next_at} if state == "paging" else {"ended_at": ended_at}
+            listed.append(
+                {"id": request_id, "phone_number": to, "state": state, "sends": sends, "times": page.get("times")}
+                | {"every_s": page.get("every_s")}
+                | when
+            )
+        return listed
