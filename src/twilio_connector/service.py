@@ -226,9 +226,9 @@ async def _webhooks(
     settings: Settings, credentials: Credentials, tracker: DeliveryTracker | None, engine: Engine
 ) -> web.AppRunner | None:
     """The listener for Twilio's webhooks, when status callbacks or incoming texts are asked for."""
-    reports = (tracker, settings.callback_url) if tracker and settings.callback_url else None
-    if settings.delivery_tracking != "callback":
-        reports = None
+    reports = None
+    if settings.delivery_tracking == "callback" and tracker is not None and settings.callback_url:
+        reports = (tracker, settings.callback_url)
     replies = (engine.replies, settings.reply_webhook_url) if engine.replies and settings.reply_webhook_url else None
     if reports is None and replies is None:
         return None
