@@ -366,7 +366,7 @@ class Simulator:
             "NumSegments": "1",
             "SmsStatus": "received",
             "ApiVersion": "2010-04-01",
-            **{f"MediaUrl{i}": url for i, url in enumerate(media)},
+            **{f"MediaUrl{i}": media_url for i, media_url in enumerate(media)},
         }
         headers = {"X-Twilio-Signature": signature(self._auth_token, url, params)}
         async with aiohttp.ClientSession() as session, session.post(url, data=params, headers=headers) as answer:
