@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Protocol
 
-from .contract import ErrorCode, Notification, encode_status, failure_status
+from .contract import ErrorCode, Notification, encode_status, notification_failure
 from .policy import Caps, Limits, refusal
 from .records import Duplicate, Entry, Identity, dedupe_key, stored_options
 from .storms import StormRule, Verdict, Window, foldable, window_key
@@ -159,9 +159,7 @@ class Admission:
         return Accepted(put(begin=begun, start_at=start), begun, start)
 
     def _refuse(self, put: Put, notification: Notification, reason: str) -> Refused:
-        recipient = notification.to if notification.listed else None
-        status = failure_status(notification.id, ErrorCode.REJECTED, reason, recipient=recipient)
-        status.update(notification.followup_fields())
+        status = notification_failure(notification, ErrorCode.REJECTED, reason)
         return Refused(put(refused=(encode_status(status), reason)), reason)
 
     def _count_within_caps(self, core: AdmissionStore, notification: Notification, now: float) -> str | None:

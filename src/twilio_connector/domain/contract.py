@@ -24,6 +24,7 @@ __all__ = [
     "encode_status",
     "failure_status",
     "normalise_number",
+    "notification_failure",
     "page_call",
     "page_send",
     "parse_ack",
@@ -578,6 +579,15 @@ def failure_status(
     status: dict[str, Any] = {"response": response, "id": request_id}
     if recipient is not None:
         status["recipient"] = recipient
+    return status
+
+
+def notification_failure(notification: Notification, error: ErrorCode, message: str, **details: Any) -> dict[str, Any]:
+    """`failure_status` of a valid notification: its id, its recipient when it is one of several, and which send of
+    a page it is; `details`: `failure_status`'s optional fields."""
+    recipient = notification.to if notification.listed else None
+    status = failure_status(notification.id, error, message, recipient=recipient, **details)
+    status.update(notification.followup_fields())
     return status
 
 

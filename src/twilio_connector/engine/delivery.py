@@ -23,7 +23,7 @@ from ..domain.contract import (
     Notification,
     SendResult,
     encode_status,
-    failure_status,
+    notification_failure,
     success_status,
 )
 from ..domain.lifecycle import Attempt, Decision, Lifecycle, LookUp, Retry
@@ -289,9 +289,7 @@ class Delivery:
     async def _internal_error(self, entry: Entry) -> None:
         notification = entry.notification
         log.exception("request id=%s failed with an internal error", notification.id)
-        recipient = notification.to if notification.listed else None
-        status = failure_status(notification.id, ErrorCode.INTERNAL_ERROR, "internal error", recipient=recipient)
-        status.update(notification.followup_fields())
+        status = notification_failure(notification, ErrorCode.INTERNAL_ERROR, "internal error")
         await self._journal.finish(entry.seq, State.FAILED, encode_status(status), None, "internal error")
         self._count(entry.notification.kind, ErrorCode.INTERNAL_ERROR.value)
         self._finished(1)
@@ -328,17 +326,15 @@ def final(
         state, result = State.SENT, "success"
     else:
         error = error_code_for(outcome)
-        status = failure_status(
-            notification.id,
+        status = notification_failure(
+            notification,
             error,
             outcome.message,
             twilio_error_code=outcome.code,
             http_status=outcome.http_status,
             attempts=attempt,
-            recipient=notification.to if notification.listed else None,
             twilio_request_id=outcome.request_id,
         )
-        status.update(notification.followup_fields())
         state, result = State.FAILED, error.value
     if folded:
         status["response"]["folded"] = True
