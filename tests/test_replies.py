@@ -30,6 +30,7 @@ from twilio_connector.domain.optout import opt_out_of
 from twilio_connector.domain.records import ReplyRecord
 from twilio_connector.domain.signature import signature
 from twilio_connector.engine.replies import FAST, FAST_FOR, ReplyOptions, ReplyPoller
+from twilio_connector.journal.opening import open_journal
 from twilio_connector.journal.sqlite import SqliteCore
 from twilio_connector.ops.callbacks import EMPTY_TWIML
 from twilio_connector.settings.config import ConfigError, load_settings
@@ -240,3 +241,19 @@ def test_a_reply_is_matched_to_a_request_a_messaging_service_sent(tmp_path: Path
         assert core.in_reply_to(STRANGER, DEFAULT_FROM, 0.0) is None
     finally:
         core.close()
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgres"])
+async def test_the_replies_a_poll_already_took_are_found_in_one_read(
+    where: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url = str(tmp_path / "journal.db") if where == "sqlite" else request.getfixturevalue("pg_url")
+    journal = await open_journal(url)
+    try:
+        document = {"from_number": PERSON, "to_number": DEFAULT_FROM, "body": "ACK"}
+        await journal.record_replies([ReplyRecord("SM1", DEFAULT_FROM, PERSON, 150.0, json.dumps(document).encode())])
+        assert await journal.known_replies(["SM1", "SM2"]) == {"SM1"}
+        assert await journal.known_replies([]) == set()
+        assert await journal.known_replies([f"SM{n}" for n in range(1000)]) == {"SM1"}  # a walk of 20 pages
+    finally:
+        await journal.close()
