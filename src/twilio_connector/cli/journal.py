@@ -62,21 +62,25 @@ def _journal_action(core: SqlCore, args: argparse.Namespace) -> int:
             print(f"{state}: {count}")
     elif args.action == "opt-outs":
         for person, number, since in core.opt_outs():
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
-            print(json.dumps({"phone_number": person, "from_number": number, "since": stamp}))
+            print(json.dumps({"phone_number": person, "from_number": number, "since": _utc(since)}))
     elif args.action == "pages":
         for page in core.pages(args.limit):
             for key in ("next_at", "ended_at"):
                 if page.get(key) is not None:
-                    page[key] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(page[key]))
+                    page[key] = _utc(page[key])
             print(json.dumps(page))
     elif args.action == "list":
         for row in core.rows(args.state or [*UNFINISHED, State.FAILED], args.limit):
-            accepted = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.pop("accepted_at")))
+            accepted = _utc(row.pop("accepted_at"))
             print(json.dumps({**row, "accepted_at": accepted}))
     else:
         _retry(core, args.seq, args.force, args.wait)
     return 0
+
+
+def _utc(seconds: float) -> str:
+    """Epoch seconds as the listings show them: UTC, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def _retry(core: SqlCore, seq: int, force: bool, wait: float) -> None:
