@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TypeVar
 
 from ..ports.journal import JournalPort
@@ -75,24 +75,15 @@ class StatusPublisher:
                 published += len(followups)
             if self._reply_topic is not None:
                 replies = await journal.unpublished_replies(PUBLISH_BATCH)
-                await self._publish_marked(self._reply_topic, replies, journal.mark_replies_published)
+                await self._publish_rows(self._reply_topic, replies, journal.mark_replies_published)
                 published += len(replies)
             if self._pages:
                 ends = await journal.unpublished_page_statuses(PUBLISH_BATCH)
-                await self._publish_marked(self._status_topic, ends, journal.mark_page_statuses_published)
+                await self._publish_rows(self._status_topic, ends, journal.mark_page_statuses_published)
                 published += len(ends)
             if not published:
                 self._idle.set()
                 await self._pending.wait()
-
-    async def _publish_marked(
-        self, topic: str, rows: list[tuple[K, bytes]], mark: Callable[[list[K]], Awaitable[None]]
-    ) -> None:
-        """As `_publish_rows`, marking in a write of its own before the next round reads them again."""
-        acknowledged: list[K] = []
-        await self._publish_rows(topic, rows, acknowledged.extend)
-        if acknowledged:
-            await mark(acknowledged)
 
     async def _publish_rows(
         self, topic: str, rows: list[tuple[K, bytes]], mark: Callable[[list[K]], None]

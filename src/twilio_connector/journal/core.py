@@ -25,7 +25,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Collection, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..domain.contract import Kind, Notification
 from ..domain.paging import OpenPage, PageStep, acknowledged_status
@@ -36,12 +36,26 @@ from ..domain.storms import Window
 from .operator import OperatorStatements
 from .rows import COLUMNS, PREFIXED, entry_of, tracked_of
 
-__all__ = ["HAND_OVER_LIMIT", "OVERDUE_COUNTED", "SqlCore"]
+__all__ = ["HAND_OVER_LIMIT", "OVERDUE_COUNTED", "Marks", "SqlCore"]
 
 #: Requests and statuses handed to the engine in memory at most (each way); the rest waits in the journal.
 HAND_OVER_LIMIT = 1024
 #: The watchdog counts overdue requests up to this many.
 OVERDUE_COUNTED = 1000
+
+
+class Marks(NamedTuple):
+    """What was published and is not recorded as such yet: statuses and follow-ups (by id), replies (by SID), how
+    pages ended (by the page's seq). Recorded with the next commit (`SqlCore.record_marks`)."""
+
+    statuses: list[Any]
+    followups: list[Any]
+    replies: list[Any]
+    pages: list[Any]
+
+    @staticmethod
+    def none() -> Marks:
+        return Marks([], [], [], [])
 
 
 class SqlCore(OperatorStatements, abc.ABC):
@@ -318,11 +332,11 @@ class SqlCore(OperatorStatements, abc.ABC):
         rows = self.db.execute("SELECT person, number, since FROM opt_outs ORDER BY since DESC").fetchall()
         return [(str(row[0]), str(row[1]), float(row[2])) for row in rows]
 
-    def unpublished_replies(self, limit: int) -> list[tuple[str, bytes]]:
+    def unpublished_replies(self, limit: int, skip: Collection[str] = ()) -> list[tuple[str, bytes]]:
         rows = self.db.execute(
-            "SELECT sid, payload FROM replies WHERE published = 0 ORDER BY received_at LIMIT ?", (limit,)
+            "SELECT sid, payload FROM replies WHERE published = 0 ORDER BY received_at LIMIT ?", (limit + len(skip),)
         ).fetchall()
-        return [(str(row[0]), bytes(row[1])) for row in rows]
+        return [(str(row[0]), bytes(row[1])) for row in rows if row[0] not in skip][:limit]
 
     def mark_replies_published(self, sids: Iterable[str]) -> None:
         self.db.executemany("UPDATE replies SET published = 1 WHERE sid = ?", [(sid,) for sid in sids])
@@ -373,11 +387,12 @@ class SqlCore(OperatorStatements, abc.ABC):
         )
         return len(pages)
 
-    def unpublished_page_statuses(self, limit: int) -> list[tuple[int, bytes]]:
+    def unpublished_page_statuses(self, limit: int, skip: Collection[int] = ()) -> list[tuple[int, bytes]]:
         rows = self.db.execute(
-            "SELECT seq, status FROM pages WHERE status IS NOT NULL AND published = 0 ORDER BY seq LIMIT ?", (limit,)
+            "SELECT seq, status FROM pages WHERE status IS NOT NULL AND published = 0 ORDER BY seq LIMIT ?",
+            (limit + len(skip),),
         ).fetchall()
-        return [(int(row[0]), bytes(row[1])) for row in rows]
+        return [(int(row[0]), bytes(row[1])) for row in rows if row[0] not in skip][:limit]
 
     def mark_page_statuses_published(self, seqs: Iterable[int]) -> None:
         self.db.executemany("UPDATE pages SET published = 1 WHERE seq = ?", [(seq,) for seq in seqs])
@@ -612,6 +627,17 @@ class SqlCore(OperatorStatements, abc.ABC):
 
     def mark_followups_published(self, ids: Iterable[int]) -> None:
         self.db.executemany("UPDATE followups SET published = 1 WHERE id = ?", [(i,) for i in ids])
+
+    def record_marks(self, marks: Marks) -> None:
+        """Record as published what `marks` holds (inside the caller's transaction)."""
+        if marks.statuses:
+            self.mark_published(marks.statuses)
+        if marks.followups:
+            self.mark_followups_published(marks.followups)
+        if marks.replies:
+            self.mark_replies_published(marks.replies)
+        if marks.pages:
+            self.mark_page_statuses_published(marks.pages)
 
     def mark_published(self, seqs: Iterable[int]) -> None:
         now = time.time()

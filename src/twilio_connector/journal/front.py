@@ -20,7 +20,7 @@ from ..domain.paging import OpenPage, PageStep
 from ..domain.records import Duplicate, Entry, ReplyRecord, Track, Tracked
 from ..domain.states import State
 from ..ports.journal import JournalClosed, JournalDamaged, SidClaimed
-from .core import SqlCore
+from .core import Marks, SqlCore
 
 __all__ = ["MARK_DELAY", "Journal", "attempt"]
 
@@ -65,10 +65,10 @@ class Journal(abc.ABC):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._reads: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []  # asked for during a commit
-        # Statuses and follow-ups published, to record with the next commit; and all not recorded yet, which the
-        # queries for what to publish must skip.
-        self._marks: tuple[list[int], list[int]] = ([], [])
-        self._marking: tuple[set[int], set[int]] = (set(), set())
+        # What was published, to record with the next commit (`Marks`); and all not recorded yet, which the
+        # queries for what to publish must skip (in the same order: statuses, follow-ups, replies, pages).
+        self._marks = Marks.none()
+        self._marking: tuple[set[Any], ...] = tuple(set() for _ in Marks._fields)
         self._mark_timer: asyncio.TimerHandle | None = None
         self._flushing = False
         self._flushed = asyncio.Event()
@@ -131,9 +131,7 @@ class Journal(abc.ABC):
         return JournalDamaged(*self._damaged.args)
 
     @abc.abstractmethod
-    async def _group(
-        self, batch: list[Callable[[], Any]], marks: tuple[list[int], list[int]]
-    ) -> list[tuple[bool, Any]]:
+    async def _group(self, batch: list[Callable[[], Any]], marks: Marks) -> list[tuple[bool, Any]]:
         """Run a group of writes and the published marks, durably: each write's outcome, as (True, result) or
         (False, exception). Raises if the group as a whole was not committed."""
 
@@ -161,7 +159,13 @@ class Journal(abc.ABC):
     def mark_followups_published(self, ids: Iterable[int]) -> None:
         self._mark(1, ids)
 
-    def _mark(self, which: int, keys: Iterable[int]) -> None:
+    def mark_replies_published(self, sids: Iterable[str]) -> None:
+        self._mark(2, sids)
+
+    def mark_page_statuses_published(self, seqs: Iterable[int]) -> None:
+        self._mark(3, seqs)
+
+    def _mark(self, which: int, keys: Iterable[Any]) -> None:
         keys = list(keys)  # read twice below: a generator would leave the second empty
         self._marks[which].extend(keys)
         self._marking[which].update(keys)
@@ -196,7 +200,7 @@ class Journal(abc.ABC):
             while True:
                 size = self.GROUP or len(self._batch)
                 batch, self._batch = self._batch[:size], self._batch[size:]
-                marks, self._marks = self._marks, ([], [])
+                marks, self._marks = self._marks, Marks.none()
                 try:
                     outcomes = await self._group([operation for operation, _ in batch], marks)
                     self.core.committed()
@@ -392,19 +396,15 @@ class Journal(abc.ABC):
         return await self.write(lambda: self.core.acknowledge(request_id, by, via, self.clock()))
 
     async def unpublished_page_statuses(self, limit: int) -> list[tuple[int, bytes]]:
-        return await self.read(lambda: self.core.unpublished_page_statuses(limit))
-
-    async def mark_page_statuses_published(self, seqs: list[int]) -> None:
-        await self.write(lambda: self.core.mark_page_statuses_published(seqs))
+        skip = frozenset(self._marking[3])
+        return await self.read(lambda: self.core.unpublished_page_statuses(limit, skip))
 
     async def opted_out(self, person: str, number: str | None) -> bool:
         return await self.read(lambda: self.core.opted_out(person, number))
 
     async def unpublished_replies(self, limit: int) -> list[tuple[str, bytes]]:
-        return await self.read(lambda: self.core.unpublished_replies(limit))
-
-    async def mark_replies_published(self, sids: list[str]) -> None:
-        await self.write(lambda: self.core.mark_replies_published(sids))
+        skip = frozenset(self._marking[2])
+        return await self.read(lambda: self.core.unpublished_replies(limit, skip))
 
     async def unfinished(self) -> int:
         return await self.read(self.core.unfinished)

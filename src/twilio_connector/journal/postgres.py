@@ -38,7 +38,7 @@ import psycopg
 from ..domain.contract import Notification
 from ..domain.records import Duplicate, Entry, Identity, dedupe_key, stored_options
 from ..domain.storms import Window
-from .core import SqlCore
+from .core import Marks, SqlCore
 from .front import Journal
 from .rows import PREFIXED, entry_of
 from .schema import MIGRATIONS, POSTGRES, statements
@@ -145,7 +145,7 @@ class PostgresCore(SqlCore):
     def revive(self) -> None:
         self.db.revive()
 
-    def run_batch(self, operations: list[Callable[[], Any]], marks: tuple[list[int], list[int]]) -> list[Any]:
+    def run_batch(self, operations: list[Callable[[], Any]], marks: Marks) -> list[Any]:
         """Run each write in a transaction of its own: the outcome of each, as (True, result) or (False,
         exception); then record the published marks. Those that ran before the connection was lost stand."""
         self.revive()
@@ -153,10 +153,7 @@ class PostgresCore(SqlCore):
         # Published marks first: until one is recorded, another connector would publish that status again
         # should this one die. Left unmarked if this fails, they are published again: better than failing.
         with contextlib.suppress(psycopg.Error), connection.transaction():
-            if marks[0]:
-                self.mark_published(marks[0])
-            if marks[1]:
-                self.mark_followups_published(marks[1])
+            self.record_marks(marks)
         outcomes: list[tuple[bool, Any]] = []
         for operation in operations:
             mark = self.staged()
@@ -333,9 +330,7 @@ class PostgresJournal(Journal):
         self.core.revive()
         return operation()
 
-    async def _group(
-        self, batch: list[Callable[[], Any]], marks: tuple[list[int], list[int]]
-    ) -> list[tuple[bool, Any]]:
+    async def _group(self, batch: list[Callable[[], Any]], marks: Marks) -> list[tuple[bool, Any]]:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.core.run_batch, batch, marks)
 
     def _healthy(self) -> bool:

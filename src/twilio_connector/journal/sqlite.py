@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from ..domain.records import Entry
 from ..ports.journal import JournalClosed
 from ..settings.parsers import JOURNAL_SYNC
-from .core import SqlCore
+from .core import Marks, SqlCore
 from .front import Journal, attempt
 from .rows import COLUMNS, entry_of
 from .schema import MIGRATIONS, SQLITE, sqlite_steps_taken, statements
@@ -180,22 +180,16 @@ class SqliteJournal(Journal):
             return self._found_damaged(f"{damage_advice(self.where)} ({exc})")
         return exc
 
-    async def _group(
-        self, batch: list[Callable[[], Any]], marks: tuple[list[int], list[int]]
-    ) -> list[tuple[bool, Any]]:
+    async def _group(self, batch: list[Callable[[], Any]], marks: Marks) -> list[tuple[bool, Any]]:
         """Begin a transaction and run the batch's statements in it (on the event loop: microseconds each), then
         COMMIT on the worker thread: it waits for the disk."""
         self.core.db.execute("BEGIN IMMEDIATE")
         # No savepoint per operation (they cost two statements each): a failing statement changes nothing by
         # itself, and one failed operation must not sink the batch.
         outcomes = [attempt(operation, sqlite3.Error, self._checked) for operation in batch]
-        try:
-            if marks[0]:
-                self.core.mark_published(marks[0])
-            if marks[1]:
-                self.core.mark_followups_published(marks[1])
-        except sqlite3.Error:
-            pass  # left unmarked, they are published again after a restart: better than sinking the batch
+        # Left unmarked if this fails, they are published again after a restart: better than sinking the batch.
+        with contextlib.suppress(sqlite3.Error):
+            self.core.record_marks(marks)
         await asyncio.get_running_loop().run_in_executor(self._executor, self._commit)
         return outcomes
 
