@@ -381,10 +381,7 @@ def _validity(request: dict[str, Any], kind: Kind) -> int | None:
         return None
     if kind is not Kind.SMS:
         raise ContractViolation("request.validity_period is not allowed on a call request")
-    low, high = VALIDITY_RANGE
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ContractViolation(f"request.validity_period must be an integer from {low} to {high} (seconds)")
-    return value
+    return _whole(value, "request.validity_period", VALIDITY_RANGE, unit=" (seconds)")
 
 
 def _one(
@@ -401,12 +398,13 @@ def _one(
     return name, to, content
 
 
-def _whole(value: object, path: str, bounds: tuple[int, int], default: int | None = None) -> int:
+def _whole(value: object, path: str, bounds: tuple[int, int], default: int | None = None, unit: str = "") -> int:
+    """An integer within `bounds` (a bool is not one); `default` when absent, if there is one."""
     if value is None and default is not None:
         return default
     low, high = bounds
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ContractViolation(f"{path} must be an integer from {low} to {high}")
+        raise ContractViolation(f"{path} must be an integer from {low} to {high}{unit}")
     return value
 
 
