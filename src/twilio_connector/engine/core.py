@@ -172,8 +172,8 @@ class Engine:
         if self._tracker is not None:
             loops["track"] = self._tracker.run
         loops["audit"] = self._auditor.run
-        if self._replies is not None and self._options.replies is not None and self._options.replies.interval > 0:
-            loops["replies"] = self._replies.run  # 0: only Twilio's webhook brings them
+        if self._replies is not None and self._replies.polls:
+            loops["replies"] = self._replies.run
         if self._pager is not None:
             loops["pages"] = self._pager.run
         self._loops = [asyncio.create_task(self.loops.run(name, loop), name=name) for name, loop in loops.items()]

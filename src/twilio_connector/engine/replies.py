@@ -71,6 +71,11 @@ class ReplyPoller:
         self._failing: set[str] = set()  # numbers whose last poll failed: said once, not every poll
         self._fast_until = float("-inf")
 
+    @property
+    def polls(self) -> bool:
+        """Whether it polls Twilio (with an interval of 0 only Twilio's webhook brings replies)."""
+        return self._options.interval > 0
+
     def sent(self) -> None:
         """A text went out: poll fast for a while."""
         self._fast_until = self._clock() + FAST_FOR
