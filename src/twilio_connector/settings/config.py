@@ -166,11 +166,16 @@ def _cross_checks(settings: Settings) -> list[str]:
     if settings.delivery_tracking == "callback":
         if not settings.callback_url:
             problems.append("delivery_tracking = callback needs callback_url, the public URL Twilio will call")
-        if settings.api_key_sid and not (
-            settings.auth_token or settings.auth_token_file or settings.auth_token_secret_arn
-        ):
+        if _without_auth_token(settings):
             problems.append("delivery_tracking = callback needs the auth token too: Twilio signs callbacks with it")
     return problems
+
+
+def _without_auth_token(settings: Settings) -> bool:
+    """An API key authenticates requests, and no auth token is given: the one key Twilio signs webhooks with."""
+    return bool(settings.api_key_sid) and not (
+        settings.auth_token or settings.auth_token_file or settings.auth_token_secret_arn
+    )
 
 
 def _webhook_problems(settings: Settings) -> list[str]:
@@ -180,9 +185,7 @@ def _webhook_problems(settings: Settings) -> list[str]:
     if not settings.reply_poll_interval and not settings.reply_webhook_url:
         problems.append("reply_poll_interval = 0 needs reply_webhook_url: nothing would bring replies in")
     if settings.reply_webhook_url:
-        if settings.api_key_sid and not (
-            settings.auth_token or settings.auth_token_file or settings.auth_token_secret_arn
-        ):
+        if _without_auth_token(settings):
             problems.append("reply_webhook_url needs the auth token too: Twilio signs its webhooks with it")
         callback = settings.callback_url if settings.delivery_tracking == "callback" else None
         if callback and urlsplit(callback).path == urlsplit(settings.reply_webhook_url).path:
