@@ -199,7 +199,8 @@ class TwilioClient:
         #: The account's home, as a path (and a base URL's own path, if it has one, before it).
         self._home = f"{parts.path}/{API_VERSION}/Accounts/{account_sid}"
         self._paths = {Kind.SMS: f"{self._home}/Messages", Kind.CALL: f"{self._home}/Calls"}
-        self._create = {kind: f"{path}.json" for kind, path in self._paths.items()}
+        #: Each list's own resource: created in with a POST, listed with a GET.
+        self._lists = {kind: f"{path}.json" for kind, path in self._paths.items()}
         self._pool = transport or Http1Pool(
             self._origin,
             max_connections=max_connections,
@@ -240,7 +241,7 @@ class TwilioClient:
         if notification.from_:
             query["From"] = notification.from_
         listed = await self._walk(
-            _with_query(f"{self._paths[notification.kind]}.json", query), notification.kind, since - CLOCK_SKEW
+            _with_query(self._lists[notification.kind], query), notification.kind, since - CLOCK_SKEW
         )
         if isinstance(listed, TwilioFailure):
             return listed
@@ -286,7 +287,7 @@ class TwilioClient:
         """Texts people sent to `number` created since `since` (epoch seconds), newest first: the list of messages
         To `number`, walked page by page until one reaches back past `since`, keeping the inbound ones."""
         query = {"To": number, "PageSize": str(PAGE_SIZE)}
-        listed = await self._walk(_with_query(f"{self._paths[Kind.SMS]}.json", query), Kind.SMS, since)
+        listed = await self._walk(_with_query(self._lists[Kind.SMS], query), Kind.SMS, since)
         if isinstance(listed, TwilioFailure):
             return listed
         return [
@@ -341,7 +342,7 @@ class TwilioClient:
         """Send one SMS or place one call. Never raises for network or API errors."""
         body = _encode(_form(notification, self._status_callback))
         try:
-            answer = await self._send("POST", self._create[notification.kind], body, FORM_TYPE)
+            answer = await self._send("POST", self._lists[notification.kind], body, FORM_TYPE)
         except ConnectFailed as exc:
             return TwilioFailure(FailureKind.NOT_SENT, f"cannot connect to Twilio: {exc}")
         except HttpError as exc:
