@@ -1,7 +1,8 @@
 """paho-mqtt's client driven by the asyncio event loop, through paho's public "external event loop" hooks.
 
 paho does no I/O of its own here: the event loop calls `loop_read` when the socket is readable, `loop_write`
-when paho has bytes queued and the socket is writable, and `loop_misc` once a second (keepalive). Opening a
+when paho has bytes queued (at once, and again when the socket is writable if it did not take them all), and
+`loop_misc` once a second (keepalive). Opening a
 connection (DNS, TCP connect, TLS handshake) blocks, so `open()` runs paho's `reconnect()` in a worker thread;
 paho then calls the socket hooks from that thread, which is why they hop to the loop with call_soon_threadsafe.
 """
@@ -38,6 +39,7 @@ class LoopBinding:
         self._tls = False
         self._reading = False
         self._writing = False
+        self._write_scheduled = False
         self._paused = False
         self._ticker: asyncio.TimerHandle | None = None
         client.on_socket_open = self._socket_opened
@@ -144,10 +146,26 @@ class LoopBinding:
             self._client.loop_read()
 
     def _want_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._on_loop(self._add_writer)
+        self._on_loop(self._write_soon)
+
+    def _write_soon(self) -> None:
+        # Once per loop round, whatever paho queued in it (a PUBACK, statuses) goes out together.
+        if self._fd is not None and not self._writing and not self._write_scheduled:
+            self._write_scheduled = True
+            self._loop.call_soon(self._write_now)
+
+    def _write_now(self) -> None:
+        """Write without asking the selector first: the socket nearly always takes it, and registering a writer
+        for each packet cost two epoll_ctl calls and a loop round. What it does not take waits for writability."""
+        self._write_scheduled = False
+        if self._fd is None or self._writing:
+            return
+        self._client.loop_write()
+        if self._client.want_write():
+            self._add_writer()
 
     def _add_writer(self) -> None:
-        if self._fd is not None and not self._writing:  # paho asks at every packet it queues
+        if self._fd is not None and not self._writing:
             self._loop.add_writer(self._fd, self._client.loop_write)
             self._writing = True
 
