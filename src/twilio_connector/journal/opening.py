@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from .core import HAND_OVER_LIMIT, SqlCore
 from .front import Journal
 from .sqlite import SqliteCore, SqliteJournal
-from .wal import preload
 
 __all__ = ["MissingExtra", "open_core", "open_journal"]
 
@@ -61,15 +60,10 @@ async def open_journal(
     query). `node`: this connector's name among those sharing a PostgreSQL journal (its MQTT client id), and
     `lease` how long its claims last unless renewed."""
     limit = HAND_OVER_LIMIT if hand_over_limit is None else hand_over_limit
-
-    def opened() -> SqlCore:
-        core = open_core(path, sync, hand_over_limit=limit, node=node, lease=lease)
-        if isinstance(core, SqliteCore) and sync == "full" and core.path != ":memory:":
-            preload()
-        return core
-
     with ThreadPoolExecutor(max_workers=1) as opener:
-        core = await asyncio.get_running_loop().run_in_executor(opener, opened)
+        core = await asyncio.get_running_loop().run_in_executor(
+            opener, lambda: open_core(path, sync, hand_over_limit=limit, node=node, lease=lease)
+        )
     if isinstance(core, SqliteCore):
         return SqliteJournal(core, clock, path)
     from .postgres import PostgresJournal  # noqa: PLC0415

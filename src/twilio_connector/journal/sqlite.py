@@ -29,7 +29,7 @@ from .core import Marks, SqlCore
 from .front import Journal, attempt
 from .rows import COLUMNS, entry_of
 from .schema import MIGRATIONS, SQLITE, sqlite_steps_taken, statements
-from .wal import Syncer, WalFile, fast_syncer, thread_syncer
+from .wal import Syncer, WalFile, fast_syncer, preload, thread_syncer
 
 __all__ = ["SYNC_MODES", "NotAJournal", "SqliteCore", "SqliteJournal", "damage_advice", "is_damage"]
 
@@ -192,6 +192,9 @@ class SqliteJournal(Journal):
         core.db.execute("PRAGMA wal_autocheckpoint=0")  # `_checkpoint_if_due` instead, off the loop
         self._wal = None if core.path == ":memory:" else WalFile(core.path)
         self._syncer = syncer
+        self._preloaded: asyncio.Future[None] | None = None
+        if syncer is None and self._durable and self._wal is not None:
+            self._preloaded = asyncio.get_running_loop().run_in_executor(None, preload)
         self._close_syncer: Callable[[], None] | None = None
         self._restart = True  # the next COMMIT may make SQLite sync (a new or restarted WAL): off the loop
         self._commits = 0
@@ -266,6 +269,8 @@ class SqliteJournal(Journal):
         the disk holds, so it is reported as damage."""
         try:
             if self._syncer is None:
+                if self._preloaded is not None:
+                    await self._preloaded
                 found = await fast_syncer(fd)
                 self._syncer, self._close_syncer = found or (thread_syncer(self._executor), None)
             await self._syncer(fd)

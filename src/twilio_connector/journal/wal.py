@@ -62,8 +62,8 @@ class WalFile:
 
 
 def preload() -> None:
-    """Import caio's Linux AIO (blocking: 30-40 ms, as it tries io_setup and io_destroy once) where the connector
-    opens its journal, off the loop, instead of at the first commit, on it."""
+    """Import caio's Linux AIO (blocking: 30-40 ms, mostly waiting, as it tries io_setup and io_destroy once): on
+    a thread while the connector starts, rather than on the loop at the first commit, or before it is ready."""
     if sys.platform == "linux":
         with contextlib.suppress(ImportError):
             import caio.linux_aio_asyncio  # noqa: F401, PLC0415
