@@ -1,11 +1,11 @@
 """What a durable append costs the process at a steady 50/s, by the way its fdatasync is waited for: a Python
-thread (`run_in_executor`, as the journal's commit thread does today) or Linux AIO through caio (no Python thread:
-its completion comes back on the event loop). Evidence for issue 27's next step (docs/performance.md).
+thread (`run_in_executor`, as the journal's commit thread did before) or Linux AIO through caio (no Python thread:
+its completion comes back on the event loop, as the journal's syncs do now). The evidence behind journal/wal.py.
 
-    .venv/bin/pip install caio && .venv/bin/python bench/fsync_paths.py [DIRECTORY]
+    .venv/bin/python bench/fsync_paths.py [DIRECTORY]
 
 Writes 4 KiB and syncs it 300 times, 20 ms apart, in a file under DIRECTORY (default: the current one: put it on
-the disk the journal uses). Prints CPU microseconds per append. Not part of the tests; caio is not a dependency.
+the disk the journal uses). Prints CPU microseconds per append. Not part of the tests.
 """
 
 from __future__ import annotations
