@@ -127,3 +127,27 @@ async def test_linux_aio_syncs_a_file_here(tmp_path: Path) -> None:
             await sync(handle.fileno())
         finally:
             close()
+
+
+async def test_where_linux_aio_refuses_a_worker_thread_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def refused(fd: int) -> None:
+        return None
+
+    synced: list[int] = []
+    fdatasync = os.fdatasync
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        fdatasync(fd)
+
+    monkeypatch.setattr(sqlite, "fast_syncer", refused)
+    monkeypatch.setattr(os, "fdatasync", counting)
+    path = tmp_path / "j.db"
+    journal = SqliteJournal(SqliteCore(str(path)))
+    try:
+        for n in range(3):
+            await journal_accept(journal, note(f"r{n}"), window=600)
+    finally:
+        await journal.close()
+    assert len(synced) == 3  # the first commit's on the worker thread with it, then one per commit
+    assert rows_seen_by_another_connection(path) == 3

@@ -9,7 +9,9 @@ checkpoints still sync, and the journal syncs the WAL itself before anyone learn
 loop already watches (100-130 us). Where the kernel refuses AIO syncs, a worker thread runs `os.fdatasync`.
 
 What SQLite syncs by itself at NORMAL (a new or restarted WAL's header, the directory of a new WAL, checkpoints)
-happens on the worker thread: the journal runs its own checkpoints there, and the commit after one.
+happens on the worker thread: the journal runs its own checkpoints there, and the commit after one. (Only a
+checkpoint by another process, `twilio-connector journal` writing a great deal, could have the next commit on the
+loop sync a restarted WAL's header: SQLite does it then, correctly, for a millisecond of the loop's time.)
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 paho does no I/O of its own here: the event loop calls `loop_read` when the socket is readable, `loop_write`
 when paho has bytes queued (at once, and again when the socket is writable if it did not take them all), and
-`loop_misc` once a second (keepalive). Opening a
-connection (DNS, TCP connect, TLS handshake) blocks, so `open()` runs paho's `reconnect()` in a worker thread;
-paho then calls the socket hooks from that thread, which is why they hop to the loop with call_soon_threadsafe.
+`loop_misc` once a second (keepalive). Opening a connection (DNS, TCP connect, TLS handshake) blocks, so `open()`
+runs paho's `reconnect()` in a worker thread; paho then calls the socket hooks from that thread, which is why
+they hop to the loop with call_soon_threadsafe.
 """
 
 from __future__ import annotations
