@@ -151,3 +151,24 @@ async def test_where_linux_aio_refuses_a_worker_thread_syncs(tmp_path: Path, mon
         await journal.close()
     assert len(synced) == 3  # the first commit's on the worker thread with it, then one per commit
     assert rows_seen_by_another_connection(path) == 3
+
+
+async def test_a_failed_sync_on_the_worker_thread_stops_the_journal_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit that starts a WAL runs, and syncs, on the worker thread: its sync failing is damage as well,
+    not a failed write (the commit stands: its callers must not act as if it had not)."""
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    path = tmp_path / "j.db"
+    journal = SqliteJournal(SqliteCore(str(path)), where="j.db")
+    try:
+        with pytest.raises(JournalDamaged, match="could not be synced to the disk"):
+            await journal_accept(journal, note("first"), window=600)
+        assert journal.damaged is not None
+    finally:
+        await journal.close()
+    assert rows_seen_by_another_connection(path) == 1

@@ -240,7 +240,9 @@ class SqliteJournal(Journal):
         if wal is None:  # in memory: nothing waits for a disk
             self._commit()
         elif self._restart or not wal.current():
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._commit_and_sync, wal)
+            failed = await asyncio.get_running_loop().run_in_executor(self._executor, self._commit_and_sync, wal)
+            if failed is not None:
+                raise self._unsynced(failed)
             self._restart = wal.fd < 0
         else:
             self._commit()
@@ -253,20 +255,22 @@ class SqliteJournal(Journal):
     def _commit(self) -> None:
         self.core.db.execute("COMMIT")
 
-    def _commit_and_sync(self, wal: WalFile) -> None:
-        """COMMIT and sync, both on the worker thread (blocking)."""
+    def _commit_and_sync(self, wal: WalFile) -> OSError | None:
+        """COMMIT and sync, both on the worker thread (blocking). COMMIT's failure is raised (nothing was
+        committed); the sync's is returned: the commit stands, and only its durability is in question."""
         self._commit()
         try:
             fd = wal.ensure_open()
+            if self._durable:
+                os.fdatasync(fd)
         except FileNotFoundError:
-            return  # nothing written yet, so nothing to sync: the next commit comes here again
-        if self._durable:
-            os.fdatasync(fd)
+            return None  # nothing written yet, so nothing to sync: the next commit comes here again
+        except OSError as exc:
+            return exc
+        return None
 
     async def _sync(self, fd: int) -> None:
-        """Wait for the WAL's data to reach the disk. A sync that fails leaves the last commits on the disk or not,
-        nobody knows (and Linux may forget the pages that failed): the connector must stop and start again from what
-        the disk holds, so it is reported as damage."""
+        """Wait for the WAL's data to reach the disk."""
         try:
             if self._syncer is None:
                 if self._preloaded is not None:
@@ -275,10 +279,16 @@ class SqliteJournal(Journal):
                 self._syncer, self._close_syncer = found or (thread_syncer(self._executor), None)
             await self._syncer(fd)
         except (OSError, SystemError) as exc:  # caio reports a failed operation as SystemError
-            raise self._found_damaged(
-                f"the journal at {self.where} could not be synced to the disk ({exc}): its last commits may not be "
-                "on it, so the connector stops; started again, it goes on from what the disk holds"
-            ) from None
+            raise self._unsynced(exc) from None
+
+    def _unsynced(self, exc: BaseException) -> BaseException:
+        """A sync that failed leaves the last commits on the disk or not, nobody knows (and Linux may forget the
+        pages it could not write): the connector must stop and start again from what the disk holds, as for
+        damage. Not a failed write: the commit stands, and its callers must not act as if it had not."""
+        return self._found_damaged(
+            f"the journal at {self.where} could not be synced to the disk ({exc}): its last commits may not be on "
+            "it, so the connector stops; started again, it goes on from what the disk holds"
+        )
 
     async def _checkpoint_if_due(self) -> None:
         self._commits += 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -53,6 +54,9 @@ class WalFile:
         directory = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.fsync(directory)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # a file system that cannot sync a directory says EINVAL: as SQLite, go on
+                raise
         finally:
             os.close(directory)
         return self.fd
