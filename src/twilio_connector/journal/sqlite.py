@@ -271,12 +271,12 @@ class SqliteJournal(Journal):
 
     async def _sync(self, fd: int) -> None:
         """Wait for the WAL's data to reach the disk."""
+        if self._syncer is None:  # the first time: Linux AIO if this machine syncs that way, else the thread
+            if self._preloaded is not None:
+                await self._preloaded
+            found = await fast_syncer(fd)
+            self._syncer, self._close_syncer = found or (thread_syncer(self._executor), None)
         try:
-            if self._syncer is None:
-                if self._preloaded is not None:
-                    await self._preloaded
-                found = await fast_syncer(fd)
-                self._syncer, self._close_syncer = found or (thread_syncer(self._executor), None)
             await self._syncer(fd)
         except (OSError, SystemError) as exc:  # caio reports a failed operation as SystemError
             raise self._unsynced(exc) from None

@@ -71,6 +71,7 @@ def preload() -> None:
     """Import caio's Linux AIO (blocking: 30-40 ms, mostly waiting, as it tries io_setup and io_destroy once): on
     a thread while the connector starts, rather than on the loop at the first commit, or before it is ready."""
     if sys.platform == "linux":
+        # ImportError also says the kernel refused io_setup (caio tries it as it loads): `fast_syncer` tells.
         with contextlib.suppress(ImportError):
             import caio.linux_aio_asyncio  # noqa: F401, PLC0415
 
@@ -88,7 +89,8 @@ async def fast_syncer(fd: int) -> tuple[Syncer, Callable[[], None]] | None:
         return None
     try:
         from caio.linux_aio_asyncio import AsyncioContext  # noqa: PLC0415  (only where it is used)
-    except ImportError:
+    except ImportError as exc:  # not installed, its pure-Python wheel, or the kernel refused io_setup
+        log.info("Linux AIO is not available (%s): the journal syncs on a worker thread", exc)
         return None
     try:
         context = AsyncioContext(max_requests=4)
