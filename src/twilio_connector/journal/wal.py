@@ -89,12 +89,11 @@ async def fast_syncer(fd: int) -> tuple[Syncer, Callable[[], None]] | None:
         return None
     try:
         from caio.linux_aio_asyncio import AsyncioContext  # noqa: PLC0415  (only where it is used)
-    except ImportError as exc:  # not installed, its pure-Python wheel, or the kernel refused io_setup
-        log.info("Linux AIO is not available (%s): the journal syncs on a worker thread", exc)
-        return None
-    try:
+
         context = AsyncioContext(max_requests=4)
-    except (OSError, SystemError) as exc:  # io_setup refused (e.g. by a seccomp profile or aio-max-nr)
+    except (ImportError, OSError, SystemError) as exc:
+        # Not installed, its pure-Python wheel, or io_setup refused (a kernel before 4.18, a seccomp profile,
+        # aio-max-nr reached): caio says so as it loads or as the context opens.
         log.info("Linux AIO is not available (%s): the journal syncs on a worker thread", exc)
         return None
     try:
